@@ -1,0 +1,427 @@
+"""FineTuneJob: one fine-tuning run, in a cluster (the CRD) or on a laptop (`kubetune train`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from .base import (API_VERSION, DNS_LABEL, Condition, KubeModel, ObjectMeta, PodSettings, Rule, StorageSpec, Uri)
+from .enums import (DatasetFormat, DeepSpeedPreset, DType, FileType, LrSchedule, MethodType, OptimizerType, Precision,
+                    PromptTemplate, SystemTemplate)
+
+# Sections a `baseConfig` fills in. The CRD carries no defaults or required keys inside them: the apiserver
+# would otherwise stamp defaults that then override the predefined config the user asked for.
+RECIPE = {"x-kubetune-recipe": True}
+
+
+class ModelSpec(KubeModel):
+    """The base model to fine-tune."""
+
+    uri: Uri
+    """Where the model lives: `hf://org/name[@revision]`, `s3://bucket/prefix`, `pvc://claim/path`, `file:///path`."""
+    trust_remote_code: bool = False
+    """Run the model repository's own Python code (needed by InternLM2, ChatGLM3, Baichuan2...). Off unless you opt in."""
+    dtype: DType = DType.AUTO
+    """Weight dtype when loading; `auto` follows the precision (bf16 where supported, else fp16; fp32 on CPU)."""
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
+    """Attention kernel; `auto` picks flash_attention_2 when installed and needed for varlen attention, else sdpa."""
+
+
+class LoraSpec(KubeModel):
+    """LoRA adapter shape (peft LoraConfig)."""
+
+    r: int = Field(default=64, ge=1, le=4096)
+    """Rank of the update matrices."""
+    alpha: float = Field(default=16, gt=0)
+    """Scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    """Dropout on the LoRA input."""
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(default_factory=list,
+                                                                                      max_length=64)
+    """Module names to adapt; empty means every linear layer except the output head."""
+    bias: Literal["none", "all", "lora_only"] = "none"
+    """Which biases to train."""
+
+
+class QuantizationSpec(KubeModel):
+    """bitsandbytes quantization of the frozen base weights (QLoRA)."""
+
+    bits: Literal[4, 8] = 4
+    """4-bit (NF4/FP4) or 8-bit (LLM.int8) base weights."""
+    type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit data type."""
+    double_quant: bool = True
+    """Quantize the quantization constants too (saves about 0.4 bits per parameter)."""
+    compute_dtype: DType = DType.AUTO
+    """Dtype of the dequantized matmuls; `auto` follows the training precision."""
+
+
+class MethodSpec(KubeModel):
+    """Which parameters train and how the base is stored."""
+
+    __rules__: ClassVar = (
+        Rule(("quantization", "type"), "quantization is only valid with method type qlora",
+             "!has(self.quantization) || (has(self.type) && self.type == 'qlora')",
+             lambda q, t: q is None or t == "qlora"),
+        Rule(("lora", "type"), "lora settings are only valid with method type lora or qlora",
+             "!has(self.lora) || !has(self.type) || self.type != 'full'",
+             lambda lora, t: lora is None or t != "full"),
+    )
+
+    type: MethodType = MethodType.LORA
+    """`full` trains every weight; `lora` trains adapters; `qlora` trains adapters over a 4/8-bit base."""
+    lora: LoraSpec | None = None
+    """Adapter settings for lora and qlora (defaults apply when unset)."""
+    quantization: QuantizationSpec | None = None
+    """Base-weight quantization for qlora (4-bit NF4 with double quantization when unset)."""
+
+    @model_validator(mode="after")
+    def _fill_method_defaults(self):
+        # Filled here, once, so no use site ever needs `spec.method.lora or LoraSpec()`.
+        if self.type != MethodType.FULL and self.lora is None:
+            self.lora = LoraSpec()
+        if self.type == MethodType.QLORA and self.quantization is None:
+            self.quantization = QuantizationSpec()
+        return self
+
+
+class DatasetSource(KubeModel):
+    """One more dataset, concatenated with the main one (e.g. alpaca + alpaca_zh)."""
+
+    __rules__: ClassVar = (
+        Rule(("system", "systemTemplate"), "set at most one of system and systemTemplate",
+             "!(has(self.system) && has(self.systemTemplate))", lambda s, t: s is None or t is None),
+    )
+
+    uri: Uri
+    """Where the data lives (json, jsonl, parquet or arrow; a file or a directory of files)."""
+    format: DatasetFormat = DatasetFormat.XTUNER
+    """Row layout (see `kubetune list-dataset-format`)."""
+    file_type: FileType = FileType.AUTO
+    """File type; `auto` goes by the extension."""
+    split: str = "train"
+    """Split to read from hub datasets."""
+    system: str | None = None
+    """System prompt for every sample of this source."""
+    system_template: SystemTemplate | None = None
+    """A predefined system prompt (XTuner's SYSTEM_TEMPLATE)."""
+    max_samples: int | None = Field(default=None, ge=1)
+    """Randomly keep at most this many rows (XTuner's max_dataset_length)."""
+
+
+class DatasetSpec(DatasetSource):
+    """Training data and how it becomes token sequences."""
+
+    __rules__: ClassVar = DatasetSource.__rules__ + (
+        Rule(("varlenAttention", "packToMaxLength"), "varlenAttention needs packToMaxLength: true",
+             "!has(self.varlenAttention) || !self.varlenAttention || !has(self.packToMaxLength) || "
+             "self.packToMaxLength",
+             lambda varlen, pack: not varlen or pack),
+    )
+
+    prompt_template: PromptTemplate = PromptTemplate.AUTO
+    """Chat template: one of XTuner's templates, or `auto` for the tokenizer's own chat_template."""
+    max_length: int = Field(default=2048, ge=16, le=1048576)
+    """Tokens per training sequence; longer samples are truncated and counted in the data report."""
+    pack_to_max_length: bool = True
+    """Concatenate whole samples into sequences of maxLength (far fewer padding tokens)."""
+    shuffle_before_pack: bool = True
+    """Shuffle samples before packing so a sequence mixes sources."""
+    varlen_attention: bool = False
+    """Keep packed samples from attending to each other (cu_seqlens); needs packToMaxLength."""
+    concat: list[DatasetSource] = Field(default_factory=list, max_length=32)
+    """More datasets, each with its own format and system prompt, concatenated before packing."""
+
+
+class OptimizerSpec(KubeModel):
+    """Optimizer and learning rate."""
+
+    type: OptimizerType = OptimizerType.ADAMW
+    """Optimizer class."""
+    lr: float = Field(default=2e-4, gt=0, le=1)
+    """Peak learning rate."""
+    betas: list[Annotated[float, Field(ge=0, lt=1)]] = Field(default_factory=lambda: [0.9, 0.999], min_length=2,
+                                                             max_length=2)
+    """Adam betas [beta1, beta2]."""
+    weight_decay: float = Field(default=0.0, ge=0)
+    """Decoupled weight decay."""
+    eps: float = Field(default=1e-8, gt=0)
+    """Adam epsilon."""
+
+
+class TrainingSpec(KubeModel):
+    """Optimisation loop settings."""
+
+    __rules__: ClassVar = (
+        Rule(("maxSteps", "maxEpochs"), "set exactly one of maxEpochs and maxSteps, not both",
+             "!(has(self.maxEpochs) && has(self.maxSteps))", lambda s, e: s is None or e is None),
+    )
+
+    batch_size: int = Field(default=1, ge=1, le=4096)
+    """Sequences per device per micro-step."""
+    accumulative_counts: int = Field(default=16, ge=1, le=65536)
+    """Gradient accumulation steps per optimizer step."""
+    max_epochs: int | None = Field(default=None, ge=1)
+    """Passes over the data (3 when neither maxEpochs nor maxSteps is set)."""
+    max_steps: int | None = Field(default=None, ge=1)
+    """Optimizer steps to run, instead of maxEpochs."""
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    """Optimizer and learning rate."""
+    max_norm: float = Field(default=1.0, gt=0)
+    """Clip the global gradient norm to this value."""
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    """Fraction of steps with linear warm-up from 1e-5·lr, after which the schedule runs."""
+    lr_schedule: LrSchedule = LrSchedule.COSINE
+    """Decay after warm-up: cosine to 0 (XTuner's), linear to 0, or constant."""
+    precision: Precision = Precision.AUTO
+    """Mixed precision; `auto` is bf16 where supported, else fp16 with loss scaling; fp32 on CPU."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in backward to save memory."""
+    sequence_parallel_size: int = Field(default=1, ge=1, le=64)
+    """Split each sequence over this many GPUs (DeepSpeed-Ulysses); must divide dataset.maxLength."""
+    deepspeed: DeepSpeedPreset = DeepSpeedPreset.NONE
+    """DeepSpeed ZeRO preset (XTuner's JSON files); `none` uses plain data parallel."""
+    seed: int | None = Field(default=None, ge=0)
+    """Random seed; unset picks one and records it in the work dir, so resumes stay exact."""
+    dataloader_num_workers: int = Field(default=0, ge=0, le=64)
+    """Dataloader worker processes."""
+    log_every_steps: int = Field(default=10, ge=1)
+    """Log (and publish progress) every this many optimizer steps."""
+
+    @model_validator(mode="after")
+    def _default_length(self):
+        if self.max_epochs is None and self.max_steps is None:
+            self.max_epochs = 3
+        return self
+
+
+class CheckpointSpec(KubeModel):
+    """When checkpoints are written, how many stay, and where they go."""
+
+    __rules__: ClassVar = (
+        Rule(("everySteps", "byEpoch"), "set either everySteps or byEpoch: true, not both",
+             "!(has(self.everySteps) && has(self.byEpoch) && self.byEpoch)",
+             lambda steps, by_epoch: steps is None or not by_epoch),
+        Rule(("keep",), "keep must be -1 (keep all) or at least 1",
+             "!has(self.keep) || self.keep == -1 || self.keep >= 1", lambda keep: keep == -1 or keep >= 1),
+    )
+
+    every_steps: int | None = Field(default=None, ge=1)
+    """Save every this many optimizer steps (500 unless byEpoch is set)."""
+    by_epoch: bool = False
+    """Save at the end of every epoch instead of every N steps."""
+    keep: int = 2
+    """Checkpoints to keep (XTuner's save_total_limit); -1 keeps all. Applied to the remote copy too."""
+    uri: Uri | None = None
+    """Where checkpoints and exported artifacts go (`s3://...`, `pvc://...`); unset keeps them in the work dir."""
+
+    @model_validator(mode="after")
+    def _default_interval(self):
+        if self.every_steps is None and not self.by_epoch:
+            self.every_steps = 500
+        return self
+
+
+class EvaluationSpec(KubeModel):
+    """Sample generations during training (XTuner's EvaluateChatHook)."""
+
+    every_steps: int = Field(default=500, ge=1)
+    """Generate for every input every this many steps (and before and after training)."""
+    inputs: list[str] = Field(default_factory=list, max_length=64)
+    """Prompts to answer; empty disables evaluation."""
+    max_new_tokens: int = Field(default=600, ge=1, le=65536)
+    """Longest answer."""
+
+
+class FineTuneResources(PodSettings):
+    """Gang size and placement: `nodes` pods with `gpusPerNode` GPUs each."""
+
+    nodes: int = Field(default=1, ge=1, le=1024)
+    """Pods in the gang (torchrun --nnodes)."""
+    gpus_per_node: int = Field(default=0, ge=0, le=64)
+    """GPUs per pod (torchrun --nproc_per_node, the `nvidia.com/gpu` limit); 0 trains on CPU."""
+
+
+class RunPolicy(KubeModel):
+    """Lifecycle: suspension, restarts, deadlines, queueing."""
+
+    suspend: bool = False
+    """Create nothing (or delete running pods) until set back to false."""
+    max_restarts: int = Field(default=3, ge=0, le=100)
+    """Whole-gang restarts after a failure, each resuming from the latest complete checkpoint."""
+    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    """Fail the run after this many seconds of running."""
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    """Delete the finished Job and its pods after this many seconds (the FineTuneJob stays)."""
+    queue_name: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)] | None = None
+    """Kueue LocalQueue; the Job is created suspended with `kueue.x-k8s.io/queue-name` and Kueue admits it."""
+
+
+class ExportSpec(KubeModel):
+    """What to export into `<checkpoints.uri>/export/` after success."""
+
+    adapter: bool = True
+    """Convert the final checkpoint to Hugging Face format (a PEFT adapter, or the full model for method full)."""
+    merge: bool = False
+    """Also merge the adapter into the base model (lora and qlora only)."""
+
+
+class FineTuneJobSpec(KubeModel):
+    """What to fine-tune, on which data, how, and where it runs."""
+
+    __rules__: ClassVar = (
+        Rule(("training.deepspeed", "method.type"),
+             "qlora cannot be combined with ZeRO-3: 4-bit base weights cannot be partitioned; use zero1 or zero2",
+             "!has(self.method) || !has(self.method.type) || self.method.type != 'qlora' || !has(self.training) || "
+             "!has(self.training.deepspeed) || !self.training.deepspeed.startsWith('zero3')",
+             lambda ds, t: not (t == "qlora" and str(ds).startswith("zero3"))),
+        Rule(("training.sequenceParallelSize", "dataset.maxLength"),
+             "training.sequenceParallelSize must divide dataset.maxLength",
+             "!has(self.training) || !has(self.training.sequenceParallelSize) || !has(self.dataset) || "
+             "!has(self.dataset.maxLength) || self.dataset.maxLength % self.training.sequenceParallelSize == 0",
+             lambda sp, n: n % sp == 0),
+        Rule(("training.deepspeed", "training.sequenceParallelSize"),
+             "sequence parallelism needs a DeepSpeed preset (training.deepspeed other than none)",
+             "!has(self.training) || !has(self.training.sequenceParallelSize) || "
+             "self.training.sequenceParallelSize == 1 || "
+             "(has(self.training.deepspeed) && self.training.deepspeed != 'none')",
+             lambda ds, sp: sp == 1 or ds != "none"),
+        Rule(("training.batchSize", "dataset.varlenAttention"),
+             "varlenAttention needs training.batchSize: 1 (packed sequences already fill a batch)",
+             "!has(self.dataset) || !has(self.dataset.varlenAttention) || !self.dataset.varlenAttention || "
+             "!has(self.training) || !has(self.training.batchSize) || self.training.batchSize == 1",
+             lambda bs, varlen: not varlen or bs == 1),
+        Rule(("training.sequenceParallelSize", "resources.gpusPerNode", "resources.nodes"),
+             "nodes x gpusPerNode must be a multiple of training.sequenceParallelSize",
+             "!has(self.training) || !has(self.training.sequenceParallelSize) || "
+             "self.training.sequenceParallelSize == 1 || !has(self.resources) || "
+             "(self.resources.nodes * self.resources.gpusPerNode) % self.training.sequenceParallelSize == 0",
+             lambda sp, gpus, nodes: sp == 1 or (nodes * gpus) % sp == 0),
+        Rule(("export.merge", "method.type"), "export.merge needs method type lora or qlora",
+             "!has(self.export) || !has(self.export.merge) || !self.export.merge || !has(self.method) || "
+             "!has(self.method.type) || self.method.type != 'full'",
+             lambda merge, t: not merge or t != "full"),
+        Rule(("model",), "model is required unless baseConfig names a predefined config",
+             "has(self.baseConfig) || (has(self.model) && has(self.model.uri))",
+             lambda model: model is not None),
+        Rule(("dataset",), "dataset is required unless baseConfig names a predefined config",
+             "has(self.baseConfig) || (has(self.dataset) && has(self.dataset.uri))",
+             lambda dataset: dataset is not None),
+    )
+
+    base_config: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=253)] | None = None
+    """A predefined config (`kubetune list-cfg`) that the fields set here override."""
+    model: Annotated[ModelSpec, Field(json_schema_extra=RECIPE)] = None  # type: ignore[assignment]
+    """The base model."""
+    method: Annotated[MethodSpec, Field(json_schema_extra=RECIPE)] = Field(default_factory=MethodSpec)
+    """full, lora or qlora, with adapter and quantization settings."""
+    dataset: Annotated[DatasetSpec, Field(json_schema_extra=RECIPE)] = None  # type: ignore[assignment]
+    """Training data, template and packing."""
+    training: Annotated[TrainingSpec, Field(json_schema_extra=RECIPE)] = Field(default_factory=TrainingSpec)
+    """Optimisation loop."""
+    checkpoints: Annotated[CheckpointSpec, Field(json_schema_extra=RECIPE)] = Field(default_factory=CheckpointSpec)
+    """Checkpoint interval, retention and location."""
+    evaluation: Annotated[EvaluationSpec, Field(json_schema_extra=RECIPE)] = Field(default_factory=EvaluationSpec)
+    """Sample generations during training."""
+    resources: FineTuneResources = Field(default_factory=FineTuneResources)
+    """Pods, GPUs and placement."""
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    """Credentials and endpoint for s3:// and hf:// URIs."""
+    run_policy: RunPolicy = Field(default_factory=RunPolicy)
+    """Suspension, restarts, deadlines, Kueue."""
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    """Artifacts written after success."""
+
+
+class FineTunePhase(StrEnum):
+    PENDING = "Pending"
+    INITIALIZING = "Initializing"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class Progress(KubeModel):
+    """Training progress, published by rank 0 every log interval."""
+
+    step: int | None = None
+    """Optimizer steps done."""
+    total_steps: int | None = None
+    """Optimizer steps in the whole run."""
+    step_display: str | None = None
+    """`step/totalSteps`, for `kubectl get`."""
+    epoch: float | None = None
+    """Fractional epoch."""
+    loss: float | None = None
+    """Mean loss of the last log interval."""
+    learning_rate: float | None = None
+    """Current learning rate."""
+    tokens_per_second: float | None = None
+    """Training throughput over the last log interval, all ranks together."""
+    eta: str | None = None
+    """Estimated time left, e.g. `1h02m`."""
+
+
+class CheckpointRef(KubeModel):
+    """A complete checkpoint."""
+
+    step: int | None = None
+    """Optimizer step it was taken at."""
+    uri: str | None = None
+    """Where it lives."""
+    time: datetime | None = None
+    """When its upload completed."""
+
+
+class Artifacts(KubeModel):
+    """Exported results."""
+
+    adapter: str | None = None
+    """URI of the Hugging Face adapter (or full model)."""
+    merged: str | None = None
+    """URI of the merged model."""
+
+
+class FineTuneJobStatus(KubeModel):
+    """Observed state, written by the operator and (progress only) by rank 0."""
+
+    phase: FineTunePhase | None = None
+    """Pending, Initializing, Running, Restarting, Succeeded, Failed or Suspended."""
+    observed_generation: int | None = None
+    """The .metadata.generation the operator last acted on."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Created, Running, Succeeded, Failed, Suspended."""
+    start_time: datetime | None = None
+    """When the first pod started."""
+    completion_time: datetime | None = None
+    """When the run succeeded or finally failed."""
+    restarts: int = 0
+    """Whole-gang restarts so far."""
+    message: str | None = None
+    """Why the job is in its phase, in one line."""
+    progress: Progress | None = None
+    """Live training progress."""
+    latest_checkpoint: CheckpointRef | None = None
+    """The newest complete checkpoint."""
+    artifacts: Artifacts | None = None
+    """Exported adapter and merged model."""
+
+
+class FineTuneJob(KubeModel):
+    """A fine-tuning run: model, method, data, training loop, checkpoints and where it runs."""
+
+    api_version: Literal["kubetune.io/v1alpha1"] = API_VERSION
+    """`kubetune.io/v1alpha1`."""
+    kind: Literal["FineTuneJob"] = "FineTuneJob"
+    """`FineTuneJob`."""
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    """Standard object metadata."""
+    spec: FineTuneJobSpec
+    """Desired state."""
+    status: FineTuneJobStatus | None = None
+    """Observed state."""

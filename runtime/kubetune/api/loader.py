@@ -1,0 +1,287 @@
+"""Load a manifest or bare spec from YAML/JSON, apply `--cfg-options`, resolve `baseConfig`, validate.
+
+Every problem is reported at once, each with the path of the field it concerns, so a user fixes a file in one
+pass instead of one error per run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterable, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from . import catalog
+from .base import API_VERSION, RULE_ERROR, KubeModel, field_name, get_path, list_submodel, submodel
+from .chat import ChatEndpoint
+from .convert import ConvertJob
+from .finetune import FineTuneJob, FineTuneJobSpec
+
+KINDS: dict[str, type[KubeModel]] = {"FineTuneJob": FineTuneJob, "ConvertJob": ConvertJob, "ChatEndpoint": ChatEndpoint}
+T = TypeVar("T", bound=KubeModel)
+
+# When a user sets one member of a group, the predefined config's other members must not survive the merge,
+# or `baseConfig: x_e3` plus `maxSteps: 100` would carry both maxEpochs and maxSteps.
+EXCLUSIVE = (("training", "maxEpochs", "maxSteps"), ("dataset", "system", "systemTemplate"),
+             ("checkpoints", "everySteps", "byEpoch"))
+
+
+class ManifestError(Exception):
+    """A manifest that cannot be used; `errors` holds (field path, message) pairs."""
+
+    def __init__(self, source: str, errors: list[tuple[str, str]]):
+        self.source = source
+        self.errors = errors
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        if len(self.errors) == 1 and not self.errors[0][0]:
+            return f"{self.source}: {self.errors[0][1]}"
+        lines = [f"{self.source}: {len(self.errors)} invalid field{'s' if len(self.errors) != 1 else ''}"]
+        lines += [f"  {path or '<document>'}: {msg}" for path, msg in self.errors]
+        return "\n".join(lines)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-4` as a float, as YAML 1.2 and kubectl do (PyYAML's YAML 1.1 makes it a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?([0-9][0-9_]*)?\.?[0-9]+([eE][-+]?[0-9]+)$|^[-+]?[0-9][0-9_]*\.[0-9_]*([eE][-+]?[0-9]+)?$"),
+    list("-+0123456789."),
+)
+
+
+def read_document(path: str | Path) -> Any:
+    """Parse one YAML or JSON document; ManifestError naming the file on any problem."""
+    path = Path(path)
+    source = str(path)
+    if not path.exists():
+        raise ManifestError(source, [("", "no such file")])
+    if path.is_dir():
+        raise ManifestError(source, [("", "is a directory, not a manifest file")])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(source, [("", f"cannot read: {exc}")]) from None
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        docs = [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise ManifestError(source, [("", f"not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                                          f"{' '.join(str(exc).split())}")]) from None
+    if len(docs) != 1:
+        raise ManifestError(source, [("", f"expected exactly one document, found {len(docs)}")])
+    return docs[0]
+
+
+def load_manifest(path: str | Path, kind: str | None = None, overrides: Iterable[str] = ()) -> KubeModel:
+    """Load a FineTuneJob, ConvertJob or ChatEndpoint from a file holding a whole manifest or a bare spec.
+
+    A bare spec is taken to be of `kind` (FineTuneJob when not given). `overrides` are `--cfg-options`
+    strings (`training.optimizer.lr=1e-4`), applied before validation.
+    """
+    return parse_manifest(read_document(path), str(path), kind=kind, overrides=overrides)
+
+
+def parse_manifest(data: Any, source: str = "<manifest>", kind: str | None = None,
+                   overrides: Iterable[str] = ()) -> KubeModel:
+    """Validate an already parsed document; see `load_manifest`."""
+    if not isinstance(data, dict):
+        raise ManifestError(source, [("", f"expected a mapping, got {type(data).__name__}")])
+    is_manifest = any(k in data for k in ("apiVersion", "kind", "spec"))
+    doc = copy.deepcopy(data) if is_manifest else {"apiVersion": API_VERSION, "kind": kind or "FineTuneJob", "spec": data}
+    prefix = "" if is_manifest else "spec."
+
+    errors: list[tuple[str, str]] = []
+    if doc.get("apiVersion") != API_VERSION:
+        errors.append(("apiVersion", f"must be {API_VERSION}, got {doc.get('apiVersion')!r}"))
+    doc_kind = doc.get("kind")
+    if doc_kind not in KINDS:
+        errors.append(("kind", f"must be one of {', '.join(KINDS)}, got {doc_kind!r}"))
+    elif kind and doc_kind != kind:
+        errors.append(("kind", f"expected {kind}, got {doc_kind}"))
+    if not isinstance(doc.get("spec"), dict):
+        errors.append(("spec", "required, and must be a mapping"))
+    if errors:
+        raise ManifestError(source, _strip(errors, prefix))
+
+    errors += apply_overrides(doc["spec"], overrides)
+    if doc_kind == "FineTuneJob" and doc["spec"].get("baseConfig"):
+        try:
+            doc["spec"] = merge_base_config(doc["spec"])
+        except KeyError as exc:
+            errors.append(("spec.baseConfig", exc.args[0]))
+    if errors:
+        raise ManifestError(source, _strip(errors, prefix))
+
+    model = KINDS[doc_kind]
+    spec_model = submodel(model.model_fields["spec"].annotation)
+    errors = rule_errors(spec_model, doc["spec"], "spec.")
+    obj = None
+    try:
+        obj = model.model_validate(doc)
+    except ValidationError as exc:
+        errors += [e for e in _pydantic_errors(exc) if e not in errors]
+    if errors:
+        raise ManifestError(source, _strip(errors, prefix))
+    return obj
+
+
+def validate_spec(model: type[T], data: dict[str, Any], source: str = "<spec>") -> T:
+    """Validate a spec-level dict against one of the spec models, with the same error reporting."""
+    errors = rule_errors(model, data, "")
+    try:
+        obj = model.model_validate(data)
+    except ValidationError as exc:
+        errors += [e for e in _pydantic_errors(exc) if e not in errors]
+        raise ManifestError(source, errors) from None
+    if errors:
+        raise ManifestError(source, errors)
+    return obj
+
+
+def merge_base_config(spec: dict[str, Any]) -> dict[str, Any]:
+    """The predefined config named by `spec.baseConfig`, overridden by every field the spec sets."""
+    base = catalog.get(spec["baseConfig"])["spec"]
+    for section, *group in EXCLUSIVE:
+        chosen = spec.get(section) or {}
+        if any(k in chosen for k in group) and isinstance(base.get(section), dict):
+            for key in group:
+                base[section].pop(key, None)
+    method = spec.get("method") or {}
+    if "type" in method and method["type"] != base.get("method", {}).get("type"):
+        base.pop("method", None)  # switching method: the base's lora/quantization blocks no longer apply
+    return deep_merge(base, spec)
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Mappings merge key by key; lists and scalars from `over` replace those of `base`."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_overrides(spec: dict[str, Any], overrides: Iterable[str]) -> list[tuple[str, str]]:
+    """Apply `a.b=c` strings in place (values parsed as YAML: `x=[1,2]`, `flag=true`); return problems."""
+    errors = []
+    overrides = list(overrides)
+    keys = {o.partition("=")[0].strip().removeprefix("spec.") for o in overrides}
+    for section, *group in EXCLUSIVE:
+        chosen = {k for k in group if f"{section}.{k}" in keys}
+        if chosen and isinstance(spec.get(section), dict):
+            for key in set(group) - chosen:
+                spec[section].pop(key, None)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            errors.append((f"--cfg-options {item}", "expected KEY=VALUE"))
+            continue
+        if key.startswith("spec."):
+            key = key[len("spec."):]
+        try:
+            value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node: Any = spec
+        parts = key.split(".")
+        try:
+            for part in parts[:-1]:
+                node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+            if isinstance(node, list):
+                node[int(parts[-1])] = value
+            elif isinstance(node, dict):
+                node[parts[-1]] = value
+            else:
+                raise TypeError
+        except (ValueError, IndexError, TypeError, AttributeError):
+            errors.append((f"spec.{key}", f"--cfg-options cannot set this path (a parent is not a mapping)"))
+    return errors
+
+
+def rule_errors(model: type[BaseModel], data: Any, prefix: str) -> list[tuple[str, str]]:
+    """Check every cross-field rule on raw data, independently of field errors, so all problems surface together."""
+    if not isinstance(data, dict) or not issubclass(model, KubeModel):
+        return []
+    out = []
+    for rule in model.__rules__:
+        try:
+            ok = rule.check(*(_raw_value(model, data, f) for f in rule.fields))
+        except Exception:  # a field of the wrong type: its own error is reported by field validation
+            continue
+        if not ok:
+            out.append((", ".join(prefix + f for f in rule.fields), rule.message))
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        value = data.get(key)
+        item_model = list_submodel(info.annotation)
+        if item_model is not None and isinstance(value, list):
+            for i, item in enumerate(value):
+                out += rule_errors(item_model, item, f"{prefix}{key}[{i}].")
+        elif (sub := submodel(info.annotation)) is not None and isinstance(value, dict):
+            out += rule_errors(sub, value, f"{prefix}{key}.")
+    return out
+
+
+def _raw_value(model: type[BaseModel], data: Any, path: str) -> Any:
+    """Value at `path` in raw data; where a key is absent, the field's default (so rules see what validation will)."""
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        name = field_name(model, part)
+        info = model.model_fields[name]
+        key = part if part in data else name
+        if isinstance(data, dict) and key in data:
+            data = data[key]
+            model = submodel(info.annotation) or model
+            continue
+        default = info.get_default(call_default_factory=True)
+        return get_path(default, ".".join(parts[i + 1:])) if i + 1 < len(parts) else default
+    return data
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part not in ("function-after", "function-before") and not str(part).startswith(("function-", "lax-",
+                                                                                            "json-or-python")):
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _pydantic_errors(exc: ValidationError) -> list[tuple[str, str]]:
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = _loc(err["loc"])
+        if err["type"] == RULE_ERROR:
+            base = loc + "." if loc else ""
+            out += [(", ".join(base + f for f in fields), msg) for fields, msg in err["ctx"]["rules"]]
+            continue
+        msg = {"extra_forbidden": "unknown field", "missing": "required"}.get(err["type"], err["msg"])
+        if err["type"] not in ("extra_forbidden", "missing") and "input" in err and not isinstance(err["input"],
+                                                                                                      (dict, list)):
+            msg += f" (got {err['input']!r})"
+        out.append((loc, msg))
+    return out
+
+
+def _strip(errors: list[tuple[str, str]], prefix: str) -> list[tuple[str, str]]:
+    if not prefix:
+        return errors
+    return [(", ".join(p.removeprefix(prefix) for p in path.split(", ")), msg) for path, msg in errors]
+
+
+__all__ = ["ManifestError", "load_manifest", "parse_manifest", "validate_spec", "merge_base_config", "KINDS",
+           "FineTuneJobSpec"]

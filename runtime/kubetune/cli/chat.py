@@ -1,0 +1,54 @@
+"""`kubetune chat` and `kubetune serve`: flags now, the engines with issues #5 and #10."""
+
+from __future__ import annotations
+
+import argparse
+
+from .errors import NotAvailable
+
+TEMPLATES_HELP = "prompt template (XTuner's names, or auto for the tokenizer's chat_template)"
+
+
+def _generation(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--adapter", default=None, help="LoRA adapter directory")
+    p.add_argument("--prompt-template", default="auto", help=TEMPLATES_HELP)
+    system = p.add_mutually_exclusive_group()
+    system.add_argument("--system", default=None, help="system prompt")
+    system.add_argument("--system-template", default=None, help="predefined system prompt (alpaca, coder, lawyer...)")
+    p.add_argument("--bits", type=int, choices=[4, 8], default=None, help="load the model in 4 or 8 bits")
+    p.add_argument("--torch-dtype", choices=["fp16", "bf16", "fp32", "auto"], default="auto", help="weight dtype")
+    p.add_argument("--stop-words", nargs="+", default=[], help="extra stop words")
+    p.add_argument("--max-new-tokens", type=int, default=2048, help="longest answer")
+    p.add_argument("--temperature", type=float, default=0.1, help="sampling temperature")
+    p.add_argument("--top-k", type=int, default=40, help="top-k sampling")
+    p.add_argument("--top-p", type=float, default=0.75, help="nucleus sampling")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="repetition penalty")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+
+
+def add_parser(sub, mode: str, summary: str) -> None:
+    p = sub.add_parser(mode, help=summary, description=summary)
+    p.add_argument("model_name_or_path", help="model (hf://, s3://, pvc://, path)")
+    _generation(p)
+    if mode == "chat":
+        p.add_argument("--llava", default=None, help="LLaVA directory (projector, adapters)")
+        p.add_argument("--visual-encoder", default=None, help="CLIP vision encoder")
+        p.add_argument("--visual-select-layer", type=int, default=-2, help="encoder layer whose features are used")
+        p.add_argument("--image", default=None, help="image for the first turn")
+        p.add_argument("--bot-name", default="BOT", help="bot name in the moss_sft system prompt")
+        p.add_argument("--with-plugins", nargs="+", choices=["calculate", "solve", "search"], default=[],
+                       help="MOSS plugins")
+        p.add_argument("--no-streamer", action="store_true", help="print answers when complete")
+        p.add_argument("--offload-folder", default=None, help="where to offload weights that do not fit")
+        p.add_argument("--prompt", default=None, help="answer one prompt and exit (non-interactive)")
+    else:
+        p.add_argument("--host", default="0.0.0.0", help="listen address")
+        p.add_argument("--port", type=int, default=8000, help="listen port")
+        p.add_argument("--api-key-file", default=None, help="file with accepted API keys, one per line")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.mode == "chat" and args.llava:
+        raise NotAvailable("chat --llava", 10, "vision-language chat")
+    raise NotAvailable(args.mode, 5, "chat and the OpenAI-compatible server")

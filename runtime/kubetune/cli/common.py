@@ -1,0 +1,41 @@
+"""Helpers shared by the modes: resolving a CONFIG argument, common flags."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+
+def load_config(config: str, overrides: list[str] | None = None, kind: str = "FineTuneJob") -> Any:
+    """CONFIG is a manifest/spec file or a predefined config name; returns the validated object."""
+    from kubetune.api import ManifestError, catalog, load_manifest, parse_manifest
+
+    try:
+        if Path(config).exists() or not _looks_like_name(config):
+            return load_manifest(config, kind=kind, overrides=overrides or ())
+        if config in catalog.catalog():
+            return parse_manifest(catalog.get(config), source=config, kind=kind, overrides=overrides or ())
+        catalog.get(config)  # raises with close matches
+    except ManifestError as exc:
+        if exc.errors == [("", "no such file")]:
+            raise UserError(f"{config}: no such file, and no predefined config has that name "
+                            "(see `kubetune list-cfg`)") from None
+        raise UserError(str(exc)) from None
+    except KeyError as exc:
+        raise UserError(f"{config}: no such file, and {exc.args[0]}") from None
+    raise AssertionError("unreachable")
+
+
+def _looks_like_name(config: str) -> bool:
+    return "/" not in config and not config.endswith((".yaml", ".yml", ".json"))
+
+
+def add_cfg_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cfg-options", nargs="+", metavar="KEY=VALUE", default=[],
+        help="override fields of the config, e.g. training.optimizer.lr=1e-4 dataset.maxLength=4096 "
+             "'method.lora.targetModules=[q_proj,v_proj]'; values are YAML and are validated like the CRD "
+             "(`kubetune explain finetunejob.spec` lists the fields)")

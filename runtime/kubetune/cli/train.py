@@ -1,0 +1,46 @@
+"""`kubetune train CONFIG`: load and validate the config; the engine itself arrives with issue #4."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_cfg_options, load_config
+from .errors import NotAvailable, UserError
+
+DEEPSPEED = ("zero1", "zero2", "zero2_offload", "zero3", "zero3_offload")
+
+
+def add_parser(sub, mode: str, summary: str) -> None:
+    p = sub.add_parser(mode, help=summary, description="Fine-tune an LLM from a FineTuneJob manifest, a bare spec "
+                       "or a predefined config name. Distributed: set NPROC_PER_NODE, NNODES, NODE_RANK, ADDR, PORT "
+                       "or run under torchrun.")
+    p.add_argument("config", help="FineTuneJob YAML/JSON (manifest or bare spec), or a predefined config name")
+    p.add_argument("--work-dir", default=None, help="directory for logs and checkpoints "
+                   "(default: ./work_dirs/<config name>)")
+    p.add_argument("--deepspeed", default=None, metavar="PRESET|FILE",
+                   help=f"DeepSpeed preset ({', '.join(DEEPSPEED)}, also as deepspeed_zero2 etc.) or a JSON file")
+    p.add_argument("--resume", default=None, metavar="CKPT|auto",
+                   help="resume from a checkpoint directory, or `auto` for the newest complete one (local or remote)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (overrides training.seed)")
+    add_cfg_options(p)
+    p.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none",
+                   help="how the processes were started (set by the torchrun re-launch)")
+    p.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = list(args.cfg_options)
+    if args.deepspeed:
+        preset = args.deepspeed.removeprefix("deepspeed_")
+        if preset in DEEPSPEED:
+            overrides.append(f"training.deepspeed={preset}")
+        elif not args.deepspeed.endswith(".json"):
+            raise UserError(f"--deepspeed {args.deepspeed}: not a preset ({', '.join(DEEPSPEED)}) or a .json file")
+    if args.seed is not None:
+        overrides.append(f"training.seed={args.seed}")
+    job = load_config(args.config, overrides)
+    name = job.metadata.name or "(unnamed)"
+    print(f"kubetune train: config {args.config} is a valid FineTuneJob ({name}: {job.spec.method.type.value} on "
+          f"{job.spec.model.uri})")
+    raise NotAvailable("train", 4, "the training engine")

@@ -1,0 +1,167 @@
+"""Invalid specs are rejected with every bad field named by its path; the CRD's CEL rules agree with Python."""
+
+import copy
+
+import pytest
+
+from kubetune.api import ManifestError, catalog, parse_manifest
+from kubetune.api.crds import openapi_schema
+from kubetune.api.finetune import FineTuneJob
+from kubetune.api.chat import ChatEndpoint
+from kubetune.api.convert import ConvertJob
+from kubetune.api.loader import deep_merge, rule_errors
+from kubetune.api.finetune import FineTuneJobSpec
+from kubetune.api.convert import ConvertJobSpec
+from kubetune.api.chat import ChatEndpointSpec
+
+from . import celcheck
+
+FTJ = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "t"},
+       "spec": {"model": {"uri": "hf://org/model"}, "dataset": {"uri": "s3://b/d.jsonl"}}}
+CVJ = {"apiVersion": "kubetune.io/v1alpha1", "kind": "ConvertJob", "metadata": {"name": "c"},
+       "spec": {"operation": "merge", "source": {"fineTuneJobRef": "t"}, "output": {"uri": "s3://b/o"}}}
+CHAT = {"apiVersion": "kubetune.io/v1alpha1", "kind": "ChatEndpoint", "metadata": {"name": "e"},
+        "spec": {"model": {"uri": "s3://b/m"}}}
+BASES = {"ftj": FTJ, "cvj": CVJ, "chat": CHAT}
+SPECS = {"ftj": (FineTuneJob, FineTuneJobSpec), "cvj": (ConvertJob, ConvertJobSpec),
+         "chat": (ChatEndpoint, ChatEndpointSpec)}
+
+# (id, base, patch merged into the manifest, paths that must be named, is it a cross-field rule?)
+CASES = [
+    ("method-type-enum", "ftj", {"spec": {"method": {"type": "prefix"}}}, ["spec.method.type"], False),
+    ("quantization-without-qlora", "ftj", {"spec": {"method": {"type": "lora", "quantization": {"bits": 4}}}},
+     ["spec.method.quantization"], True),
+    ("lora-block-with-full", "ftj", {"spec": {"method": {"type": "full", "lora": {"r": 8}}}}, ["spec.method.lora"], True),
+    ("quant-bits", "ftj", {"spec": {"method": {"type": "qlora", "quantization": {"bits": 3}}}},
+     ["spec.method.quantization.bits"], False),
+    ("lora-rank-zero", "ftj", {"spec": {"method": {"lora": {"r": 0}}}}, ["spec.method.lora.r"], False),
+    ("lora-dropout-one", "ftj", {"spec": {"method": {"lora": {"dropout": 1.0}}}}, ["spec.method.lora.dropout"], False),
+    ("lora-bias", "ftj", {"spec": {"method": {"lora": {"bias": "some"}}}}, ["spec.method.lora.bias"], False),
+    ("both-epochs-and-steps", "ftj", {"spec": {"training": {"maxEpochs": 3, "maxSteps": 10}}},
+     ["spec.training.maxEpochs", "spec.training.maxSteps"], True),
+    ("qlora-zero3", "ftj", {"spec": {"method": {"type": "qlora"}, "training": {"deepspeed": "zero3"}}},
+     ["spec.method.type", "spec.training.deepspeed"], True),
+    ("deepspeed-enum", "ftj", {"spec": {"training": {"deepspeed": "zero4"}}}, ["spec.training.deepspeed"], False),
+    ("sp-not-dividing", "ftj", {"spec": {"dataset": {"maxLength": 1000}, "training": {
+        "sequenceParallelSize": 3, "deepspeed": "zero2"}, "resources": {"gpusPerNode": 3}}},
+     ["spec.training.sequenceParallelSize", "spec.dataset.maxLength"], True),
+    ("sp-without-deepspeed", "ftj", {"spec": {"training": {"sequenceParallelSize": 2},
+                                              "resources": {"gpusPerNode": 2}}},
+     ["spec.training.deepspeed"], True),
+    ("sp-vs-world-size", "ftj", {"spec": {"training": {"sequenceParallelSize": 4, "deepspeed": "zero2"},
+                                          "resources": {"nodes": 1, "gpusPerNode": 2}}},
+     ["spec.resources.gpusPerNode"], True),
+    ("varlen-without-packing", "ftj", {"spec": {"dataset": {"varlenAttention": True, "packToMaxLength": False}}},
+     ["spec.dataset.varlenAttention"], True),
+    ("varlen-batch", "ftj", {"spec": {"dataset": {"varlenAttention": True}, "training": {"batchSize": 2}}},
+     ["spec.training.batchSize"], True),
+    ("system-and-template", "ftj", {"spec": {"dataset": {"system": "x", "systemTemplate": "coder"}}},
+     ["spec.dataset.system", "spec.dataset.systemTemplate"], True),
+    ("concat-system-and-template", "ftj", {"spec": {"dataset": {"concat": [
+        {"uri": "d2", "system": "x", "systemTemplate": "sql"}]}}}, ["spec.dataset.concat[0].system"], True),
+    ("prompt-template-enum", "ftj", {"spec": {"dataset": {"promptTemplate": "chatml"}}},
+     ["spec.dataset.promptTemplate"], False),
+    ("dataset-format-enum", "ftj", {"spec": {"dataset": {"format": "csv"}}}, ["spec.dataset.format"], False),
+    ("system-template-enum", "ftj", {"spec": {"dataset": {"systemTemplate": "pirate"}}},
+     ["spec.dataset.systemTemplate"], False),
+    ("max-length-small", "ftj", {"spec": {"dataset": {"maxLength": 4}}}, ["spec.dataset.maxLength"], False),
+    ("uri-with-spaces", "ftj", {"spec": {"model": {"uri": "hf://a b"}}}, ["spec.model.uri"], False),
+    ("uri-unknown-scheme", "ftj", {"spec": {"dataset": {"uri": "gs://bucket/x"}}}, ["spec.dataset.uri"], False),
+    ("lr-negative", "ftj", {"spec": {"training": {"optimizer": {"lr": -0.1}}}}, ["spec.training.optimizer.lr"], False),
+    ("betas-three", "ftj", {"spec": {"training": {"optimizer": {"betas": [0.9, 0.99, 0.999]}}}},
+     ["spec.training.optimizer.betas"], False),
+    ("warmup-ratio-one", "ftj", {"spec": {"training": {"warmupRatio": 1.0}}}, ["spec.training.warmupRatio"], False),
+    ("batch-size-zero", "ftj", {"spec": {"training": {"batchSize": 0}}}, ["spec.training.batchSize"], False),
+    ("precision-enum", "ftj", {"spec": {"training": {"precision": "fp8"}}}, ["spec.training.precision"], False),
+    ("keep-zero", "ftj", {"spec": {"checkpoints": {"keep": 0}}}, ["spec.checkpoints.keep"], True),
+    ("every-steps-and-by-epoch", "ftj", {"spec": {"checkpoints": {"everySteps": 10, "byEpoch": True}}},
+     ["spec.checkpoints.everySteps"], True),
+    ("unknown-field", "ftj", {"spec": {"training": {"learningRate": 1e-4}}}, ["spec.training.learningRate"], False),
+    ("unknown-section", "ftj", {"spec": {"trainer": {}}}, ["spec.trainer"], False),
+    ("nodes-zero", "ftj", {"spec": {"resources": {"nodes": 0}}}, ["spec.resources.nodes"], False),
+    ("memory-not-quantity", "ftj", {"spec": {"resources": {"memory": "lots"}}}, ["spec.resources.memory"], False),
+    ("queue-name", "ftj", {"spec": {"runPolicy": {"queueName": "Bad_Queue"}}}, ["spec.runPolicy.queueName"], False),
+    ("max-restarts-negative", "ftj", {"spec": {"runPolicy": {"maxRestarts": -1}}}, ["spec.runPolicy.maxRestarts"],
+     False),
+    ("merge-with-full", "ftj", {"spec": {"method": {"type": "full"}, "export": {"merge": True}}},
+     ["spec.export.merge"], True),
+    ("unknown-base-config", "ftj", {"spec": {"baseConfig": "llama9_qlora_alpaca_e3"}}, ["spec.baseConfig"], False),
+    ("wrong-kind", "ftj", {"kind": "TrainJob"}, ["kind"], False),
+    ("wrong-api-version", "ftj", {"apiVersion": "kubetune.io/v1"}, ["apiVersion"], False),
+    ("bad-name", "ftj", {"metadata": {"name": "Not_A_Name"}}, ["metadata.name"], False),
+    ("convert-operation", "cvj", {"spec": {"operation": "quantize"}}, ["spec.operation"], False),
+    ("convert-two-sources", "cvj", {"spec": {"source": {"checkpointUri": "s3://b/c"}}},
+     ["spec.source.fineTuneJobRef", "spec.source.checkpointUri"], True),
+    ("convert-clip-not-merge", "cvj", {"spec": {"operation": "split", "isClip": True}}, ["spec.isClip"], True),
+    ("convert-base-not-merge", "cvj", {"spec": {"operation": "pth_to_hf", "baseModel": {"uri": "m"}}},
+     ["spec.baseModel"], True),
+    ("convert-shard-size", "cvj", {"spec": {"maxShardSize": "2 gigs"}}, ["spec.maxShardSize"], False),
+    ("convert-no-output", "cvj", {"spec": {"output": None}}, ["spec.output"], False),
+    ("chat-bits", "chat", {"spec": {"bits": 3}}, ["spec.bits"], False),
+    ("chat-engine", "chat", {"spec": {"engine": "tgi"}}, ["spec.engine"], False),
+    ("chat-autoscaling", "chat", {"spec": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}},
+     ["spec.autoscaling.minReplicas"], True),
+    ("chat-adapter-both", "chat", {"spec": {"adapters": [{"name": "a", "uri": "s3://b/a", "fineTuneJobRef": "t"}]}},
+     ["spec.adapters[0].fineTuneJobRef"], True),
+    ("chat-adapter-duplicate", "chat", {"spec": {"adapters": [{"name": "a", "uri": "x"}, {"name": "a", "uri": "y"}]}},
+     ["spec.adapters"], True),
+    ("chat-top-p", "chat", {"spec": {"generation": {"topP": 0}}}, ["spec.generation.topP"], False),
+    ("chat-temperature", "chat", {"spec": {"generation": {"temperature": 3}}}, ["spec.generation.temperature"], False),
+]
+
+
+def _doc(base: str, patch: dict) -> dict:
+    doc = deep_merge(copy.deepcopy(BASES[base]), patch)
+    if patch.get("spec", {}).get("output", 1) is None:
+        doc["spec"].pop("output")
+    return doc
+
+
+def test_there_are_at_least_thirty_cases():
+    assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize("case_id,base,patch,paths,is_rule", CASES, ids=[c[0] for c in CASES])
+def test_invalid_spec_names_each_bad_field(case_id, base, patch, paths, is_rule):
+    with pytest.raises(ManifestError) as err:
+        parse_manifest(_doc(base, patch), source="case.yaml")
+    named = [p for path, _ in err.value.errors for p in path.split(", ")]
+    for path in paths:
+        assert path in named, f"{path} not in {err.value.errors}"
+    assert str(err.value).startswith("case.yaml:")
+
+
+@pytest.mark.parametrize("case_id,base,patch,paths,is_rule", [c for c in CASES if c[4]],
+                         ids=[c[0] for c in CASES if c[4]])
+def test_cel_rules_agree_with_python(case_id, base, patch, paths, is_rule):
+    doc = _doc(base, patch)
+    kind_model, spec_model = SPECS[base]
+    spec_schema = openapi_schema(kind_model)["properties"]["spec"]
+    cel = {msg for _, msg in celcheck.failures(celcheck.apply_defaults(doc["spec"], spec_schema), spec_schema)}
+    python = {msg for _, msg in rule_errors(spec_model, doc["spec"], "spec.")}
+    assert python, "the case must break a cross-field rule"
+    assert cel == python
+
+
+def test_valid_documents_pass_every_cel_rule():
+    from pathlib import Path
+
+    import yaml
+
+    docs = [yaml.safe_load(p.read_text()) for p in sorted(Path(__file__).parents[1].glob("examples/*.yaml"))]
+    docs = [d for d in docs if "kind" in d]
+    docs += [catalog.get(n) for n in list(catalog.catalog())[::37]]
+    kinds = {"FineTuneJob": FineTuneJob, "ConvertJob": ConvertJob, "ChatEndpoint": ChatEndpoint}
+    for doc in docs:
+        schema = openapi_schema(kinds[doc["kind"]])["properties"]["spec"]
+        assert celcheck.failures(celcheck.apply_defaults(doc["spec"], schema), schema) == set(), doc["metadata"]
+
+
+def test_acceptance_example_names_each_field():
+    doc = _doc("ftj", {"spec": {"method": {"type": "qlora"}, "training": {
+        "deepspeed": "zero3_offload", "maxEpochs": 3, "maxSteps": 100}}})
+    with pytest.raises(ManifestError) as err:
+        parse_manifest(doc)
+    text = str(err.value)
+    for field in ("spec.method.type", "spec.training.deepspeed", "spec.training.maxEpochs", "spec.training.maxSteps"):
+        assert field in text
