@@ -25,3 +25,23 @@ def pytest_sessionfinish(session, exitstatus):
     if skipped and session.exitstatus == 0:
         reporter.write_line(f"FAILED: {len(skipped)} test(s) skipped; every test must run", red=True)
         session.exitstatus = 1
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A tiny tokenizer and tiny Llama weights, built locally once per session."""
+    from kubetune.tiny import build
+
+    return build(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_dir))
+
+
+@pytest.fixture
+def cache_root(tmp_path):
+    return tmp_path / "cache"

@@ -142,10 +142,7 @@ def test_cfg_options_errors_name_the_field(cli):
     (["chat", "model", "--llava", "x"], 10),
     (["mmbench", "model", "--data-path", "x.tsv"], 10),
     (["eval_refcoco", "model"], 10),
-    (["preprocess", "arxiv", "src.json", "dst.json"], 3),
     (["preprocess", "refcoco"], 10),
-    (["check-custom-dataset", "internlm2_chat_1_8b_qlora_alpaca_e3"], 3),
-    (["log-dataset", "internlm2_chat_1_8b_qlora_alpaca_e3", "--show", "all"], 3),
 ])
 def test_unbuilt_modes_say_so_with_exit_2(argv, issue, capsys):
     assert main(argv) == 2

@@ -139,7 +139,8 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 URI_PATTERN = r"^((hf|s3|pvc|file)://\S+|[^:\s]+)$"
 Uri = Annotated[str, Field(pattern=URI_PATTERN, min_length=1, max_length=2048)]
-"""`hf://org/name[@rev]`, `s3://bucket/prefix`, `pvc://claim/path`, `file:///path` or a plain local path."""
+"""`hf://org/name[@rev]`, `s3://bucket/prefix`, `pvc://claim/path`, `file:///path` or a plain local path (relative
+paths in a config file are relative to that file)."""
 
 
 class ObjectMeta(BaseModel):

@@ -21,7 +21,8 @@ class ModelSpec(KubeModel):
     """The base model to fine-tune."""
 
     uri: Uri
-    """Where the model lives: `hf://org/name[@revision]`, `s3://bucket/prefix`, `pvc://claim/path`, `file:///path`."""
+    """Where the model lives: `hf://org/name[@revision]`, `s3://bucket/prefix`, `pvc://claim/path`, `file:///path` or a
+    local path (relative to the config file)."""
     trust_remote_code: bool = False
     """Run the model repository's own Python code (needed by InternLM2, ChatGLM3, Baichuan2...). Off unless you opt in."""
     dtype: DType = DType.AUTO
@@ -97,7 +98,8 @@ class DatasetSource(KubeModel):
     )
 
     uri: Uri
-    """Where the data lives (json, jsonl, parquet or arrow; a file or a directory of files)."""
+    """Where the data lives (json, jsonl, parquet or arrow; a file or a directory of files); local paths are relative to
+    the config file."""
     format: DatasetFormat = DatasetFormat.XTUNER
     """Row layout (see `kubetune list-dataset-format`)."""
     file_type: FileType = FileType.AUTO
@@ -132,6 +134,8 @@ class DatasetSpec(DatasetSource):
     """Shuffle samples before packing so a sequence mixes sources."""
     varlen_attention: bool = False
     """Keep packed samples from attending to each other (cu_seqlens); needs packToMaxLength."""
+    num_proc: int | None = Field(default=None, ge=1, le=256)
+    """Processes that tokenize in parallel; unset uses min(8, CPUs)."""
     concat: list[DatasetSource] = Field(default_factory=list, max_length=32)
     """More datasets, each with its own format and system prompt, concatenated before packing."""
 

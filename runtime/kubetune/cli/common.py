@@ -15,7 +15,8 @@ def load_config(config: str, overrides: list[str] | None = None, kind: str = "Fi
 
     try:
         if Path(config).exists() or not _looks_like_name(config):
-            return load_manifest(config, kind=kind, overrides=overrides or ())
+            return resolve_relative_paths(load_manifest(config, kind=kind, overrides=overrides or ()),
+                                          Path(config).resolve().parent)
         if config in catalog.catalog():
             return parse_manifest(catalog.get(config), source=config, kind=kind, overrides=overrides or ())
         catalog.get(config)  # raises with close matches
@@ -39,3 +40,20 @@ def add_cfg_options(parser: argparse.ArgumentParser) -> None:
         help="override fields of the config, e.g. training.optimizer.lr=1e-4 dataset.maxLength=4096 "
              "'method.lora.targetModules=[q_proj,v_proj]'; values are YAML and are validated like the CRD "
              "(`kubetune explain finetunejob.spec` lists the fields)")
+
+
+def resolve_relative_paths(obj: Any, base: Path) -> Any:
+    """Relative local paths in a config file mean relative to that file (as in kustomize and compose files), so a
+    config and its data can move together."""
+    if getattr(obj, "kind", None) != "FineTuneJob":
+        return obj
+    spec = obj.spec
+    targets = [spec.model, spec.dataset, *spec.dataset.concat, spec.checkpoints]
+    for target in targets:
+        uri = getattr(target, "uri", None)
+        if not uri:
+            continue
+        path = uri[len("file://"):] if uri.startswith("file://") else (None if "://" in uri else uri)
+        if path is not None and not Path(path).is_absolute():
+            target.uri = str((base / path).resolve())
+    return obj

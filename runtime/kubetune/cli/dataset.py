@@ -1,11 +1,11 @@
-"""Dataset modes: list-dataset-format now; check-custom-dataset, log-dataset and preprocess with issue #3."""
+"""Dataset modes: check-custom-dataset, log-dataset, list-dataset-format, preprocess."""
 
 from __future__ import annotations
 
 import argparse
 
 from .common import add_cfg_options, load_config
-from .errors import NotAvailable
+from .errors import NotAvailable, UserError
 
 
 def add_parser(sub, mode: str, summary: str) -> None:
@@ -16,22 +16,25 @@ def add_parser(sub, mode: str, summary: str) -> None:
     if mode == "preprocess":
         pre = p.add_subparsers(dest="submode", metavar="SUBMODE", required=True)
         arxiv = pre.add_parser("arxiv", help="filter the Kaggle arXiv metadata into title-generation data")
-        arxiv.add_argument("src_file", help="arxiv-metadata-oai-snapshot.json")
+        arxiv.add_argument("src_file", help="arxiv-metadata-oai-snapshot.json (JSON lines)")
         arxiv.add_argument("dst_file", help="output json")
         arxiv.add_argument("--categories", nargs="+", default=["cs.AI", "cs.CL", "cs.CV"], help="categories to keep")
-        arxiv.add_argument("--start-date", default="2020-01-01", help="keep papers from this date on")
+        arxiv.add_argument("--start-date", default="2020-01-01", help="keep papers updated on or after this date")
         ref = pre.add_parser("refcoco", help="convert RefCOCO annotations to LLaVA format")
         ref.add_argument("--ann-path", default="data/refcoco_annotations", help="annotation directory")
         ref.add_argument("--image-path", default="data/llava_data/llava_images/coco/train2017", help="COCO images")
         ref.add_argument("--save-path", default="./", help="output directory")
-        p.set_defaults(func=run)
+        p.set_defaults(func=preprocess)
         return
     p.add_argument("config", help="FineTuneJob YAML/JSON or a predefined config name")
     if mode == "log-dataset":
         p.add_argument("--show", choices=["text", "masked_text", "input_ids", "labels", "all"], default="text",
-                       help="what to print of the first sample")
+                       help="what to print of the first sequence")
+        p.add_argument("--index", type=int, default=0, help="which sequence to print")
+    else:
+        p.add_argument("--samples", type=int, default=10, help="rows whose stages are shown (all rows are checked)")
     add_cfg_options(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=check if mode == "check-custom-dataset" else log)
 
 
 def list_formats(args: argparse.Namespace) -> int:
@@ -42,9 +45,55 @@ def list_formats(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.mode == "preprocess":
-        issue = 10 if args.submode == "refcoco" else 3
-        raise NotAvailable(f"preprocess {args.submode}", issue, "dataset preprocessing")
-    load_config(args.config, args.cfg_options)  # a bad config is reported now, not after the pipeline lands
-    raise NotAvailable(args.mode, 3, "the data pipeline")
+def _data_errors():
+    from kubetune.data.encode import TemplateMismatch
+    from kubetune.data.source import DataError
+    from kubetune.model.tokenizer import ModelLoadError
+
+    return DataError, TemplateMismatch, ModelLoadError
+
+
+def check(args: argparse.Namespace) -> int:
+    job = load_config(args.config, args.cfg_options)
+    from kubetune.data.inspect import check_custom_dataset
+    from kubetune.model.tokenizer import load_tokenizer
+
+    try:
+        bad = check_custom_dataset(job.spec.dataset, load_tokenizer(job.spec.model), samples=args.samples)
+    except _data_errors() as exc:
+        raise UserError(str(exc)) from None
+    if bad:
+        raise UserError(f"{bad} row(s) cannot be used (listed above)")
+    return 0
+
+
+def log(args: argparse.Namespace) -> int:
+    job = load_config(args.config, args.cfg_options)
+    from kubetune.data.inspect import log_sample
+    from kubetune.data.pipeline import build
+    from kubetune.model.tokenizer import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(job.spec.model)
+        built = build(job.spec.dataset, tokenizer, seed=job.spec.training.seed or 0)
+    except _data_errors() as exc:
+        raise UserError(str(exc)) from None
+    if not 0 <= args.index < len(built.dataset):
+        raise UserError(f"--index {args.index}: the dataset has {len(built.dataset)} sequences")
+    print(f"Num train sequences: {len(built.dataset)} (cache: {built.path})")
+    log_sample(built.dataset[args.index], tokenizer, args.show)
+    return 0
+
+
+def preprocess(args: argparse.Namespace) -> int:
+    if args.submode == "refcoco":
+        raise NotAvailable("preprocess refcoco", 10, "RefCOCO preprocessing")
+    from kubetune.data.arxiv import preprocess as run
+    from kubetune.data.source import DataError
+
+    try:
+        kept = run(args.src_file, args.dst_file, args.categories, args.start_date)
+    except DataError as exc:
+        raise UserError(str(exc)) from None
+    print(f"wrote {kept} papers to {args.dst_file}")
+    return 0

@@ -1,0 +1,261 @@
+"""Row layouts → XTuner's `conversation` (a list of turns), one function per format, as XTuner's map fns do.
+
+A turn is `{"input", "output"}` plus the optional `system`, `output_with_loss`, `need_eos_token`, `sep`. A bad row
+raises RowError naming the field, which the pipeline turns into `file: row N: field: problem`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable
+
+from .templates import SYSTEM_TEMPLATES
+
+Turn = dict[str, Any]
+Conversation = list[Turn]
+
+
+class RowError(ValueError):
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+def _text(row: dict[str, Any], key: str, optional: bool = False) -> str:
+    if key not in row or row[key] is None:
+        if optional:
+            return ""
+        raise RowError(key, "missing")
+    value = row[key]
+    if not isinstance(value, str):
+        raise RowError(key, f"expected text, got {type(value).__name__}")
+    return value
+
+
+def xtuner(row: dict[str, Any]) -> Conversation:
+    turns = row.get("conversation")
+    if not isinstance(turns, list):
+        raise RowError("conversation", "missing, or not a list of turns")
+    if not turns:
+        raise RowError("conversation", "is empty")
+    out = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise RowError(f"conversation[{i}]", "expected a mapping with input and output")
+        clean: Turn = {"input": _text(turn, "input", optional=True), "output": _text(turn, "output")}
+        for key in ("system", "sep"):
+            if turn.get(key) is not None:
+                clean[key] = _text(turn, key)
+        for key in ("output_with_loss", "need_eos_token"):
+            if turn.get(key) is not None:
+                if not isinstance(turn[key], bool):
+                    raise RowError(f"conversation[{i}].{key}", "expected true or false")
+                clean[key] = turn[key]
+        out.append(clean)
+    return out
+
+
+def openai(row: dict[str, Any]) -> Conversation:
+    messages = row.get("messages")
+    if not isinstance(messages, list):
+        raise RowError("messages", "missing, or not a list of messages")
+    conversation, system, text = [], "", ""
+    started = False
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or msg.get("role") not in ("system", "user", "assistant"):
+            raise RowError(f"messages[{i}].role", "expected system, user or assistant")
+        content = _text(msg, "content") if msg.get("content") is not None else ""
+        if msg["role"] == "assistant" and not started:
+            continue  # a leading assistant message has no prompt to answer (XTuner drops it too)
+        started = True
+        if msg["role"] == "system":
+            system = content
+        elif msg["role"] == "user":
+            text += content
+        else:
+            loss = msg.get("loss", True)
+            conversation.append({"system": system, "input": text, "output": content,
+                                 "output_with_loss": str(loss).lower() == "true"})
+            system, text = "", ""
+    if not conversation:
+        raise RowError("messages", "has no assistant message to learn from")
+    return conversation
+
+
+def _single(system: str | None, input_text: str, output: str) -> Conversation:
+    turn: Turn = {"input": input_text, "output": output}
+    if system:
+        turn["system"] = system
+    return [turn]
+
+
+def default(row):
+    return _single(None, _text(row, "input"), _text(row, "output"))
+
+
+def alpaca(row):
+    if row.get("output") == "<nooutput>":
+        return []
+    return _single(None, f"{_text(row, 'instruction')}\n{_text(row, 'input', optional=True)}", _text(row, "output"))
+
+
+def alpaca_zh(row):
+    return _single(None, f"{_text(row, 'instruction_zh')}\n{_text(row, 'input_zh', optional=True)}",
+                   _text(row, "output_zh"))
+
+
+def arxiv(row):
+    return _single(SYSTEM_TEMPLATES["arxiv_gentile"], _text(row, "abstract"), _text(row, "title"))
+
+
+def code_alpaca(row):
+    return _single(SYSTEM_TEMPLATES["coder"], _text(row, "prompt"), _text(row, "completion"))
+
+
+def colors(row):
+    desc = ":".join(_text(row, "description").split(":")[1:]).strip()
+    return _single(SYSTEM_TEMPLATES["colorist"], desc, _text(row, "color"))
+
+
+def crime_kg_assistant(row):
+    return _single(SYSTEM_TEMPLATES["lawyer"], _text(row, "input"), _text(row, "output"))
+
+
+def law_reference(row):
+    return _single(SYSTEM_TEMPLATES["lawyer"], _text(row, "question"), _text(row, "answer"))
+
+
+def medical(row):
+    return _single(SYSTEM_TEMPLATES["medical"], f"{_text(row, 'instruction')}\n{_text(row, 'input', optional=True)}",
+                   _text(row, "output"))
+
+
+def sql(row):
+    return _single(SYSTEM_TEMPLATES["sql"], f"{_text(row, 'context')}\n{_text(row, 'question')}", _text(row, "answer"))
+
+
+def tiny_codes(row):
+    return _single(SYSTEM_TEMPLATES["coder"], _text(row, "prompt"), _text(row, "response"))
+
+
+def openorca(row):
+    return _single(_text(row, "system_prompt", optional=True), _text(row, "question"), _text(row, "response"))
+
+
+def stack_exchange(row):
+    return _single(None, _text(row, "question"), _text(row, "response"))
+
+
+def oasst1(row):
+    data = []
+    for sentence in _text(row, "text").strip().split("###"):
+        sentence = sentence.strip()
+        if sentence.startswith("Human:"):
+            data.append(sentence[6:].strip())
+        elif sentence.startswith("Assistant:"):
+            data.append(sentence[10:].strip())
+    if len(data) % 2:
+        data.pop()  # a trailing question without an answer carries no loss
+    return [{"input": data[i], "output": data[i + 1]} for i in range(0, len(data), 2)]
+
+
+_HUMAN, _GPT = ("human", "user"), ("gpt", "assistant", "chatgpt", "bing", "bard")
+
+
+def wizardlm(row):
+    messages = row.get("conversations")
+    if not isinstance(messages, list):
+        raise RowError("conversations", "missing, or not a list of {from, value}")
+    conversation, text, system = [], "", ""
+    roles = [m.get("from") if isinstance(m, dict) else None for m in messages]
+    start = 0
+    while start < len(roles) and roles[start] in _GPT:
+        start += 1
+    for i in range(start, len(messages)):
+        role = roles[i]
+        value = _text(messages[i], "value") if isinstance(messages[i], dict) else None
+        if role in _HUMAN:
+            text += value
+        elif role in _GPT:
+            turn: Turn = {"input": text, "output": value}
+            if system:
+                turn["system"] = system
+            conversation.append(turn)
+            text, system = "", ""
+        elif role == "system":
+            system = value
+        else:
+            raise RowError(f"conversations[{i}].from", f"expected human or gpt, got {role!r}")
+    return conversation
+
+
+_THINK = re.compile(r"<\|startofthink\|>(.*?)<\|endofthink\|>", re.S)
+_EXEC = re.compile(r"<\|startofexec\|>(.*?)<\|endofexec\|>", re.S)
+REACT_SYSTEM = ("你是一个可以调用外部工具的助手，可以使用的工具包括：\n{tools}\n如果使用工具请遵循以下格式回复：\n```\n"
+                "Thought:思考你当前步骤需要解决什么问题，是否需要使用工具\nAction:工具名称，你的工具必须从 [{names}] 选择\n"
+                "Action Input:工具输入参数\n```\n工具返回按照以下格式回复：\n```\nResponse:调用工具后的结果\n```\n"
+                "如果你已经知道了答案，或者你不需要工具，请遵循以下格式回复\n```\nThought:给出最终答案的思考过程\n"
+                "Final Answer:最终答案\n```\n开始!\n")
+
+
+def msagent_react(row):
+    """MSAgent-Bench tool-use dialogues rewritten in ReAct form (Thought / Action / Action Input / Response)."""
+    messages = row.get("conversations")
+    if not isinstance(messages, list):
+        raise RowError("conversations", "missing, or not a list of {from, value}")
+    system, text, conversation = "", "", []
+    for i, msg in enumerate(messages):
+        role, value = msg.get("from"), _text(msg, "value")
+        if role == "system":
+            tools = _tools(value)
+            if tools:
+                system = REACT_SYSTEM.format(tools="\n".join(json.dumps(t, ensure_ascii=False) for t in tools),
+                                             names=", ".join(str(t.get("name", "")) for t in tools))
+        elif role == "user":
+            text += value
+        elif role == "assistant":
+            conversation.append({"system": system, "input": text, "output": _react(value)})
+            system, text = "", ""
+        else:
+            raise RowError(f"conversations[{i}].from", f"expected system, user or assistant, got {role!r}")
+    return conversation
+
+
+def _tools(system: str) -> list[dict[str, Any]]:
+    tools = []
+    for line in system.splitlines():
+        line = line.strip()
+        if line.startswith("{") and line.endswith("}"):
+            try:
+                tools.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return tools
+
+
+def _react(value: str) -> str:
+    think = _THINK.search(value)
+    if not think:
+        return f"Thought:我不需要使用工具\nFinal Answer:{value.strip()}"
+    try:
+        call = json.loads(think.group(1))
+    except json.JSONDecodeError:
+        call = {"api_name": think.group(1).strip(), "parameters": {}}
+    answer = _EXEC.search(value)
+    response = f"\nResponse:{answer.group(1).strip()}" if answer else ""
+    return (f"Thought:{value[:think.start()].strip() or '我需要使用工具'}\nAction:{call.get('api_name', '')}\n"
+            f"Action Input:{json.dumps(call.get('parameters', {}), ensure_ascii=False)}{response}")
+
+
+def pretrain(row):
+    return [{"input": "", "output": _text(row, "text").strip(), "need_eos_token": False}]
+
+
+FORMATS: dict[str, Callable[[dict[str, Any]], Conversation]] = {
+    "xtuner": xtuner, "openai": openai, "default": default, "alpaca": alpaca, "alpaca_zh": alpaca_zh,
+    "arxiv": arxiv, "code_alpaca": code_alpaca, "colors": colors, "crime_kg_assistant": crime_kg_assistant,
+    "law_reference": law_reference, "medical": medical, "sql": sql, "tiny_codes": tiny_codes,
+    "openorca": openorca, "stack_exchange": stack_exchange, "oasst1": oasst1, "wizardlm": wizardlm,
+    "msagent_react": msagent_react, "pretrain": pretrain,
+}

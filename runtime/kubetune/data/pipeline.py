@@ -1,0 +1,259 @@
+"""Build the training data of a DatasetSpec: read → map fn → template → tokenize/mask → pack → cache.
+
+The result is cached under a key made of the data's content hash, the tokenizer and every setting that changes the
+output, so a restart or another rank reuses it. One process per node builds while the others wait on a file lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import pack as packing
+from .encode import Encoder, check_template
+from .formats import FORMATS, RowError
+from .source import DataError, files_of, fingerprint, load_rows
+from .templates import PROMPT_TEMPLATES, system_text
+
+PIPELINE_VERSION = "1"  # bump when the output of the same inputs changes
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("KUBETUNE_CACHE", Path.home() / ".cache" / "kubetune")) / "datasets"
+
+
+def default_num_proc() -> int:
+    return max(1, min(8, (os.cpu_count() or 1)))
+
+
+@dataclass
+class Built:
+    dataset: Any  # datasets.Dataset with input_ids, labels, seq_lens
+    report: dict[str, Any]
+    path: Path
+    from_cache: bool = False
+
+
+@dataclass
+class Source:
+    uri: str
+    format: str
+    file_type: str
+    split: str
+    system: str | None
+    max_samples: int | None
+    files: list[Path] = field(default_factory=list)
+
+
+def sources_of(spec: Any) -> list[Source]:
+    out = []
+    for src in [spec, *spec.concat]:
+        system = system_text(src.system, src.system_template.value if src.system_template else None)
+        out.append(Source(src.uri, src.format.value, src.file_type.value, src.split, system, src.max_samples))
+    return out
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    digest = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    digest.update((backend.to_str() if backend is not None else repr(tokenizer.get_vocab())).encode())
+    digest.update(repr((tokenizer.bos_token_id, tokenizer.eos_token_id, getattr(tokenizer, "chat_template", None)))
+                  .encode())
+    return digest.hexdigest()
+
+
+def build(spec: Any, tokenizer: Any, *, seed: int = 0, cache_root: Path | None = None, num_proc: int | None = None,
+          log: Callable[[str], None] = print) -> Built:
+    """The packed (or truncated) token sequences for `spec` (a kubetune.api DatasetSpec), cached."""
+    template_name = spec.prompt_template.value
+    template = None if template_name == "auto" else PROMPT_TEMPLATES[template_name]
+    sources = sources_of(spec)
+    if all(s.format == "pretrain" for s in sources):
+        template = None  # pretraining text is used as is (XTuner's pretrain configs set no template_map_fn)
+    else:
+        check_template(tokenizer, template_name, template)
+    for src in sources:
+        src.files = files_of(src.uri, src.file_type)
+
+    key = _cache_key(spec, sources, tokenizer, seed)
+    root = cache_root or default_cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / key
+    with _build_lock(root / f"{key}.lock", log):
+        if (final / "report.json").exists():
+            return _load(final, from_cache=True)
+        tmp = root / f"{key}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            report = _build(spec, tokenizer, template_name, sources, seed,
+                            num_proc or spec.num_proc or default_num_proc(), tmp, log)
+            (tmp / "report.json").write_text(json.dumps(report, indent=2))
+            os.replace(tmp, final)  # atomic: a half-built cache is never visible
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    built = _load(final, from_cache=False)
+    log(summary(built.report))
+    return built
+
+
+def _cache_key(spec: Any, sources: list[Source], tokenizer: Any, seed: int) -> str:
+    digest = hashlib.sha256()
+    settings = {"v": PIPELINE_VERSION, "template": spec.prompt_template.value, "max_length": spec.max_length,
+                "pack": spec.pack_to_max_length, "shuffle": spec.shuffle_before_pack, "seed": seed,
+                "sources": [(s.format, s.system, s.max_samples, s.split, fingerprint(s.files)) for s in sources],
+                "tokenizer": tokenizer_fingerprint(tokenizer)}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    return digest.hexdigest()[:24]
+
+
+class _build_lock:
+    """An exclusive file lock: the first process builds; the others wait (with a deadline) and then read the cache."""
+
+    def __init__(self, path: Path, log: Callable[[str], None]):
+        self.path, self.log = path, log
+        self.timeout = float(os.environ.get("KUBETUNE_DATASET_TIMEOUT", "60")) * 60
+
+    def __enter__(self):
+        self.fh = self.path.open("w")
+        deadline = time.monotonic() + self.timeout
+        told = False
+        while True:
+            try:
+                fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if not told:
+                    self.log(f"waiting for another process to build the dataset cache ({self.path.with_suffix('')})")
+                    told = True
+                if time.monotonic() > deadline:
+                    raise DataError(f"gave up after {self.timeout / 60:g} min waiting for the dataset cache at "
+                                    f"{self.path.with_suffix('')}; raise KUBETUNE_DATASET_TIMEOUT (minutes) if "
+                                    "preprocessing is that slow") from None
+                time.sleep(0.5)
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
+
+
+def _load(path: Path, from_cache: bool) -> Built:
+    import datasets
+
+    return Built(datasets.load_from_disk(str(path / "data")), json.loads((path / "report.json").read_text()), path,
+                 from_cache)
+
+
+def encode_rows(batch: dict[str, list], indices: list[int], *, fmt: str, system: str | None, template_name: str,
+                tokenizer: Any, max_length: int | None, where: str) -> dict[str, list]:
+    """datasets.map function: one batch of raw rows → token ids, labels and bookkeeping columns."""
+    template = None if template_name in ("auto", "none") else PROMPT_TEMPLATES[template_name]
+    encoder = Encoder(tokenizer, template, max_length, auto=template_name == "auto")
+    keys = list(batch)
+    conversations, kept = [], []
+    for pos, values in enumerate(zip(*batch.values())):
+        row = dict(zip(keys, values))
+        try:
+            conv = FORMATS[fmt](row)
+        except RowError as exc:
+            raise DataError(f"{where}: row {indices[pos]}: {exc}") from None
+        if not conv:
+            continue  # the format drops this row by design (alpaca <nooutput>, oasst1 without an answer)
+        if system and not conv[0].get("system"):
+            conv[0] = {**conv[0], "system": system}
+        conversations.append(conv)
+        kept.append(indices[pos])
+    encoded = encoder.encode_batch(conversations)
+    return {"input_ids": [e.input_ids for e in encoded], "labels": [e.labels for e in encoded],
+            "length": [len(e.input_ids) for e in encoded], "truncated": [e.truncated for e in encoded],
+            "has_loss": [any(x != -100 for x in e.labels) for e in encoded], "row": kept}
+
+
+def _build(spec, tokenizer, template_name, sources, seed, num_proc, out: Path, log) -> dict[str, Any]:
+    import datasets
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked map workers would deadlock otherwise
+    parts, per_source = [], []
+    pack = spec.pack_to_max_length
+    for src in sources:
+        where = src.uri if len(src.files) != 1 else str(src.files[0])
+        raw = load_rows(src.files, src.file_type)
+        rows = len(raw)
+        if src.max_samples and src.max_samples < rows:
+            raw = raw.shuffle(seed=seed).select(range(src.max_samples))
+        effective = "none" if src.format == "pretrain" else template_name
+        enc = raw.map(encode_rows, batched=True, batch_size=512, with_indices=True, remove_columns=raw.column_names,
+                      num_proc=num_proc if len(raw) >= 2 * num_proc * 512 else None,
+                      desc=f"tokenizing {Path(where).name}",
+                      fn_kwargs=dict(fmt=src.format, system=src.system, template_name=effective, tokenizer=tokenizer,
+                                     max_length=None if pack else spec.max_length, where=where))
+        truncated = int(sum(enc["truncated"])) if len(enc) else 0
+        no_loss = enc.filter(lambda b: [not x for x in b], input_columns="has_loss", batched=True)
+        enc = enc.filter(lambda b: list(b), input_columns="has_loss", batched=True)
+        per_source.append({"uri": src.uri, "format": src.format, "rows": rows, "used_rows": len(raw),
+                           "dropped_by_format": len(raw) - len(enc) - len(no_loss), "dropped_no_loss": len(no_loss),
+                           "samples": len(enc), "truncated": truncated})
+        parts.append(enc)
+    data = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    if len(data) == 0:
+        raise DataError(f"{sources[0].uri}: no usable samples (every row was empty or had nothing to learn)")
+    lengths = list(data["length"])
+    features = datasets.Features({"input_ids": datasets.List(datasets.Value("int32")),
+                                  "labels": datasets.List(datasets.Value("int32")),
+                                  "seq_lens": datasets.List(datasets.Value("int32"))})
+    if pack:
+        sequences = packing.pack(lengths, spec.max_length, shuffle=spec.shuffle_before_pack, seed=seed)
+        pack_report = packing.report(lengths, sequences, spec.max_length)
+        gen = _packed_rows(data, sequences)
+    else:
+        sequences = [[(i, 0, n)] for i, n in enumerate(lengths)]
+        pack_report = packing.report(lengths, sequences, spec.max_length)
+        gen = _packed_rows(data, sequences)
+    packed = datasets.Dataset.from_generator(gen, features=features, cache_dir=str(out / "gen"), keep_in_memory=False)
+    packed.save_to_disk(str(out / "data"))
+    shutil.rmtree(out / "gen", ignore_errors=True)
+    return {
+        "sources": per_source, "samples": len(lengths), "tokens": sum(lengths),
+        "truncated": sum(s["truncated"] for s in per_source), "split": pack_report.split_samples,
+        "sequences": pack_report.sequences, "max_length": spec.max_length, "packed": pack,
+        "padding_waste": round(pack_report.padding_waste, 6),
+        "padding_waste_unpacked": round(packing.padded_waste(lengths, spec.max_length), 6),
+        "template": template_name,
+    }
+
+
+def _packed_rows(data: Any, sequences: list[list[packing.Piece]]):
+    def gen():
+        columns = data.select_columns(["input_ids", "labels"])
+        for seq in sequences:
+            ids: list[int] = []
+            labels: list[int] = []
+            lens: list[int] = []
+            for idx, start, end in seq:
+                row = columns[int(idx)]
+                ids += row["input_ids"][start:end]
+                labels += row["labels"][start:end]
+                lens.append(end - start)
+            yield {"input_ids": ids, "labels": labels, "seq_lens": lens}
+    return gen
+
+
+def summary(report: dict[str, Any]) -> str:
+    lines = [f"dataset: {report['samples']} samples, {report['tokens']} tokens → {report['sequences']} sequences of "
+             f"≤{report['max_length']} tokens ({'packed' if report['packed'] else 'not packed'})"]
+    for src in report["sources"]:
+        lines.append(f"  {src['uri']} ({src['format']}): {src['rows']} rows, {src['samples']} samples, "
+                     f"{src['dropped_by_format']} dropped by the format, {src['dropped_no_loss']} without loss tokens")
+    if report["truncated"]:
+        lines.append(f"  {report['truncated']} samples longer than maxLength were truncated")
+    if report["split"]:
+        lines.append(f"  {report['split']} samples longer than maxLength were split across sequences")
+    lines.append(f"  padding waste: {report['padding_waste']:.1%} "
+                 f"(padding each sample to maxLength would waste {report['padding_waste_unpacked']:.1%})")
+    return "\n".join(lines)

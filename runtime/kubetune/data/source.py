@@ -1,0 +1,138 @@
+"""Read a dataset source (json, jsonl, parquet, arrow; a file or a folder; local, pvc://, hf://) as an Arrow-backed,
+memory-mapped `datasets.Dataset`, with errors that name the file and the line."""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from kubetune.storage import StorageError, local_path
+
+SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow"}
+
+
+class DataError(Exception):
+    """A problem with the data, naming the file, row and field."""
+
+
+def files_of(uri: str, file_type: str = "auto") -> list[Path]:
+    try:
+        root = local_path(uri, repo_type="dataset")
+    except StorageError as exc:
+        raise DataError(str(exc)) from None
+    if root.is_file():
+        files = [root]
+    else:
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in SUFFIXES
+                       and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        if not files:
+            raise DataError(f"{uri}: no .json, .jsonl, .parquet or .arrow files in {root}")
+    kinds = {_kind(p, file_type) for p in files}
+    if len(kinds) != 1:
+        raise DataError(f"{uri}: mixes file types {sorted(kinds)}; keep one type per source")
+    return files
+
+
+def _kind(path: Path, file_type: str) -> str:
+    if file_type != "auto":
+        return "json" if file_type in ("json", "jsonl") else file_type
+    if path.suffix not in SUFFIXES:
+        raise DataError(f"{path}: unknown file type {path.suffix!r}; set dataset.fileType")
+    return SUFFIXES[path.suffix]
+
+
+def fingerprint(files: list[Path]) -> str:
+    """Content hash of the files (so a cache survives renames and touches, and notices edits). Text files are
+    checked to be UTF-8 in the same pass: Arrow would store bad bytes and fail much later, far from the line."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.name).encode())
+        text = path.suffix in (".json", ".jsonl")
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        line = 1
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+                if text:
+                    try:
+                        decoder.decode(block)
+                    except UnicodeDecodeError as exc:
+                        where = line + block[:exc.start].count(b"\n")
+                        raise DataError(f"{path}: line {where}: not valid UTF-8") from None
+                    line += block.count(b"\n")
+    return digest.hexdigest()
+
+
+def load_rows(files: list[Path], file_type: str = "auto", cache_dir: str | None = None) -> Any:
+    import datasets
+
+    kind = _kind(files[0], file_type)
+    datasets.disable_progress_bars() if not _verbose() else None
+    try:
+        if kind == "arrow":
+            return datasets.concatenate_datasets([datasets.Dataset.from_file(str(p)) for p in files])
+        return datasets.load_dataset(kind, data_files=[str(p) for p in files], split="train", cache_dir=cache_dir)
+    except Exception as exc:  # datasets wraps parse errors in its own types; find the line ourselves
+        if kind == "json":
+            for path in files:
+                _diagnose_json(path)
+        raise DataError(f"{', '.join(map(str, files))}: cannot read as {kind}: {_short(exc)}") from None
+
+
+def _diagnose_json(path: Path) -> None:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line}: not valid UTF-8 (byte {exc.start})") from None
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: line {exc.lineno}: not valid JSON: {exc.msg}") from None
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: row {i}: expected an object, got {type(row).__name__}")
+        _check_same_types(path, rows)
+        return
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: line {n}: not valid JSON: {exc.msg}") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: line {n}: expected an object, got {type(row).__name__}")
+        rows.append(row)
+    _check_same_types(path, rows)
+
+
+def _check_same_types(path: Path, rows: list[dict[str, Any]]) -> None:
+    seen: dict[str, tuple[str, int]] = {}
+    for i, row in enumerate(rows):
+        for key, value in row.items():
+            kind = type(value).__name__ if value is not None else None
+            if kind is None:
+                continue
+            if key in seen and seen[key][0] != kind:
+                raise DataError(f"{path}: row {i}: field {key!r} is {kind} here but {seen[key][0]} in row "
+                                f"{seen[key][1]}")
+            seen.setdefault(key, (kind, i))
+
+
+def _short(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def _verbose() -> bool:
+    import os
+
+    return os.environ.get("KUBETUNE_PROGRESS", "1") != "0"

@@ -1,0 +1,1 @@
+"""Loading models and tokenizers, and the forward pass over packed batches."""
