@@ -116,12 +116,18 @@ def test_unreadable_files_are_clear(tmp_path, cli, content, message):
     assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr
 
 
-def test_train_valid_config_says_engine_is_not_available(cli):
-    out = cli("train", "internlm2_chat_1_8b_qlora_alpaca_e3", "--cfg-options", "training.maxSteps=5",
-              "training.optimizer.lr=1e-4", "--deepspeed", "deepspeed_zero2", "--seed", "3")
-    assert out.returncode == 2
-    assert "valid FineTuneJob" in out.stdout
-    assert "not available yet" in out.stderr and "#4" in out.stderr
+def test_train_a_hub_model_offline_is_a_clear_error(cli, tmp_path):
+    import os
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"))
+    out = subprocess.run([sys.executable, "-m", "kubetune", "train", "internlm2_chat_1_8b_qlora_alpaca_e3",
+                          "--cfg-options", "training.maxSteps=5", "--work-dir", str(tmp_path / "w")],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 1 and "hf://internlm/internlm2-chat-1_8b" in out.stderr
+    assert "Traceback" not in out.stderr
+    ds = subprocess.run([sys.executable, "-m", "kubetune", "train", "examples/local-alpaca.yaml", "--deepspeed",
+                         "zero2"], capture_output=True, text=True, cwd=REPO)
+    assert ds.returncode == 1 and "DeepSpeed is not wired" in ds.stderr
 
 
 def test_cfg_options_errors_name_the_field(cli):

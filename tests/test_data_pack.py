@@ -51,7 +51,9 @@ def test_collate_position_ids_restart_per_sample_and_padding():
     assert batch["input_ids"].shape == (2, 8)
     assert batch["position_ids"].tolist() == [[0, 1, 0, 1, 2, 0, 1, 2], [0, 1, 2, 0, 1, 2, 3, 4]]
     assert batch["labels"][1].tolist() == [-100, 2, 3, -100, -100, -100, -100, -100]
-    assert batch["num_tokens"] == 7
+    # A label that starts a new sample is never predicted across the boundary.
+    assert batch["labels"][0].tolist() == [5, 6, -100, 8, 9, -100, -100, -100]
+    assert batch["num_tokens"] == 6
     assert cu_seqlens([2, 3]) == [0, 2, 5]
 
 

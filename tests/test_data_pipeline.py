@@ -124,8 +124,10 @@ def test_concat_max_samples_and_dataset_system(tmp_path, tokenizer, cache_root):
     (b'{"instruction": "a", "input": "", "output": "b"}\n{"instruction": oops}\n', "line 2: not valid JSON"),
     (b'{"instruction": "a", "input": "", "output": "\xff\xfe"}\n', "line 1: not valid UTF-8"),
     (b'{"instruction": "a", "input": "", "output": "b"}\n{"instruction": "a", "input": ""}\n', "row 1: output: missing"),
+    (b'{"instruction": "a", "input": "", "output": "b"}\n{"instruction": "a", "input": "", "output": ["x"]}\n',
+     "row 1: output: expected text, got list"),
     (b'{"instruction": "a", "input": "", "output": "b"}\n{"instruction": "a", "input": "", "output": 5}\n',
-     "output"),
+     "row 1: output: expected text, got int"),
 ])
 def test_bad_data_names_file_row_and_field(tmp_path, tokenizer, cache_root, content, message):
     path = tmp_path / "bad.jsonl"
@@ -190,3 +192,49 @@ def test_hf_dataset_from_a_local_hub_cache(tmp_path, tiny_dir):
                               "dataset.uri=hf://acme/absent"], capture_output=True, text=True, env=env)
     assert missing.returncode == 1 and "not in the local Hugging Face cache" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_vectorised_gather_equals_naive_concatenation():
+    import datasets
+
+    from kubetune.data.pack import pack
+    from kubetune.data.pipeline import gather
+
+    rng = __import__("random").Random(3)
+    rows = [[rng.randint(0, 999) for _ in range(rng.randint(1, 50))] for _ in range(300)]
+    data = datasets.Dataset.from_dict({"input_ids": rows, "labels": [[-x for x in r] for r in rows]})
+    sequences = pack([len(r) for r in rows], 64, seed=1)
+    data = datasets.concatenate_datasets([data.select(range(150)), data.select(range(150, 300))])  # several chunks
+    path = __import__("pathlib").Path(__import__("tempfile").mkdtemp()) / "d.arrow"
+    gather(data, sequences, path, chunk=17)
+    got = datasets.Dataset.from_file(str(path))
+    assert len(got) == len(sequences)
+    for seq, row in zip(sequences, got):
+        assert row["input_ids"] == [t for idx, s, e in seq for t in rows[idx][s:e]]
+        assert row["labels"] == [-t for t in row["input_ids"]]
+        assert row["seq_lens"] == [e - s for _, s, e in seq]
+
+
+@pytest.mark.parametrize("block", [7, 64, 1 << 20])
+def test_json_arrays_are_streamed_to_json_lines(tmp_path, block):
+    from kubetune.data.source import _as_json_lines
+
+    rows = [{"a": 12345678, "b": "x]y,[z", "c": [1, [2, 3]], "d": None}, {"a": -1.5e3, "b": "é\n", "c": [], "d": True}]
+    path = tmp_path / "rows.json"
+    path.write_text(" \n[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n")
+    out = _as_json_lines(path, tmp_path / "work", block=block)
+    assert [json.loads(line) for line in out.read_text().splitlines()] == rows
+
+
+@pytest.mark.parametrize("text,message", [
+    ('[{"a": 1},\n{"a": oops}]', "line 2: not valid JSON"),
+    ('[{"a": 1}, 5]', "row 1: expected an object"),
+    ('[{"a": 1},\n{"a": 2}', "not closed"),
+])
+def test_json_array_errors_name_the_line(tmp_path, text, message):
+    from kubetune.data.source import _as_json_lines
+
+    path = tmp_path / "rows.json"
+    path.write_text(text)
+    with pytest.raises(DataError, match=message):
+        _as_json_lines(path, tmp_path / "work", block=8)

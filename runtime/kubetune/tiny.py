@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from .data.templates import PROMPT_TEMPLATES
 
@@ -60,13 +61,13 @@ def model_config(vocab_size: int, **overrides):
     return LlamaConfig(**settings)
 
 
-def build(out_dir: str | Path, weights: bool = True, seed: int = 0) -> Path:
-    """Write tokenizer (+ config and random weights) for a tiny Llama into out_dir."""
+def build(out_dir: str | Path, weights: bool = True, seed: int = 0, **config: Any) -> Path:
+    """Write tokenizer (+ config and random weights) for a tiny Llama into out_dir; `config` overrides sizes."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     tokenizer.save_pretrained(out)
-    config = model_config(len(tokenizer))
+    config = model_config(len(tokenizer), **config)
     if weights:
         import torch
         from transformers import LlamaForCausalLM
@@ -82,7 +83,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="write a tiny tokenizer (and tiny Llama weights)")
     parser.add_argument("out_dir")
     parser.add_argument("--no-weights", action="store_true", help="tokenizer and config only")
+    parser.add_argument("--if-missing", action="store_true", help="do nothing when OUT_DIR already has weights")
     args = parser.parse_args()
+    if args.if_missing and (Path(args.out_dir) / "model.safetensors").exists():
+        print(args.out_dir)
+        return
     print(build(args.out_dir, weights=not args.no_weights))
 
 

@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] in ("-v", "--version"):
         argv = ["version"]
     args = parser.parse_args(argv)
+    args.argv = argv  # the torchrun re-launch repeats the exact command
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+import sys
+from pathlib import Path
+
 from .common import add_cfg_options, load_config
-from .errors import NotAvailable, UserError
+from .errors import UserError
 
 DEEPSPEED = ("zero1", "zero2", "zero2_offload", "zero3", "zero3_offload")
 
@@ -37,10 +40,29 @@ def run(args: argparse.Namespace) -> int:
             overrides.append(f"training.deepspeed={preset}")
         elif not args.deepspeed.endswith(".json"):
             raise UserError(f"--deepspeed {args.deepspeed}: not a preset ({', '.join(DEEPSPEED)}) or a .json file")
+        else:
+            raise UserError(f"--deepspeed {args.deepspeed}: custom DeepSpeed JSON files are not wired in yet")
     if args.seed is not None:
         overrides.append(f"training.seed={args.seed}")
-    job = load_config(args.config, overrides)
-    name = job.metadata.name or "(unnamed)"
-    print(f"kubetune train: config {args.config} is a valid FineTuneJob ({name}: {job.spec.method.type.value} on "
-          f"{job.spec.model.uri})")
-    raise NotAvailable("train", 4, "the training engine")
+    job = load_config(args.config, overrides)  # validate before anything is launched
+    from kubetune.train import distributed
+
+    code = distributed.relaunch(getattr(args, "argv", None) or sys.argv[1:])
+    if code is not None:
+        if code != 0:
+            raise UserError(f"training failed on at least one rank (exit code {code})")
+        return 0
+    from kubetune.data.encode import TemplateMismatch
+    from kubetune.data.source import DataError
+    from kubetune.model.tokenizer import ModelLoadError
+    from kubetune.train.main import TrainError
+    from kubetune.train.main import run as train
+
+    name = job.metadata.name or Path(args.config).stem
+    try:
+        return train(job, args.work_dir, args.resume, name)
+    except (TrainError, ModelLoadError, DataError, TemplateMismatch, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
+    except MemoryError:
+        raise UserError("out of memory: lower training.batchSize or dataset.maxLength, enable "
+                        "training.gradientCheckpointing, or use method qlora") from None

@@ -24,6 +24,11 @@ def collate(rows: Sequence[dict[str, Any]], pad_token_id: int = 0, pad_to_multip
         labels[i, :n] = torch.as_tensor(row["labels"], dtype=torch.long)
         segments = list(row.get("seq_lens") or [n]) + ([width - n] if width > n else [])
         position_ids[i] = torch.cat([torch.arange(s, dtype=torch.long) for s in segments])
+        # The logit at a sample's last token would be scored against the next sample's first label: no such pair.
+        start = 0
+        for size in segments[:-1]:
+            start += size
+            labels[i, start] = IGNORE_INDEX
     return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
             "num_tokens": int((labels != IGNORE_INDEX).sum())}
 

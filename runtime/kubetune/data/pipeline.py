@@ -22,7 +22,7 @@ from .formats import FORMATS, RowError
 from .source import DataError, files_of, fingerprint, load_rows
 from .templates import PROMPT_TEMPLATES, system_text
 
-PIPELINE_VERSION = "1"  # bump when the output of the same inputs changes
+PIPELINE_VERSION = "2"  # bump when the output of the same inputs changes
 
 
 def default_cache_root() -> Path:
@@ -146,17 +146,33 @@ class _build_lock:
 def _load(path: Path, from_cache: bool) -> Built:
     import datasets
 
-    return Built(datasets.load_from_disk(str(path / "data")), json.loads((path / "report.json").read_text()), path,
-                 from_cache)
+    return Built(datasets.Dataset.from_file(str(path / "data.arrow")), json.loads((path / "report.json").read_text()),
+                 path, from_cache)
+
+
+def _encoded_features():
+    import datasets
+
+    return datasets.Features({"input_ids": datasets.List(datasets.Value("int32")),
+                              "labels": datasets.List(datasets.Value("int32")), "length": datasets.Value("int32"),
+                              "truncated": datasets.Value("bool"), "has_loss": datasets.Value("bool"),
+                              "row": datasets.Value("int64")})
 
 
 def encode_rows(batch: dict[str, list], indices: list[int], *, fmt: str, system: str | None, template_name: str,
-                tokenizer: Any, max_length: int | None, where: str) -> dict[str, list]:
-    """datasets.map function: one batch of raw rows → token ids, labels and bookkeeping columns."""
+                tokenizer: Any, max_length: int | None, where: str) -> Any:
+    """datasets.map function: raw rows (decoded by datasets, so mixed-type JSON columns arrive as values) → token ids,
+    labels and bookkeeping columns, returned as an Arrow table: building it from flat NumPy buffers is far cheaper
+    than letting datasets convert Python lists."""
+    import itertools
+
+    import numpy as np
+    import pyarrow as pa
+
     template = None if template_name in ("auto", "none") else PROMPT_TEMPLATES[template_name]
     encoder = Encoder(tokenizer, template, max_length, auto=template_name == "auto")
-    keys = list(batch)
     conversations, kept = [], []
+    keys = list(batch)
     for pos, values in enumerate(zip(*batch.values())):
         row = dict(zip(keys, values))
         try:
@@ -170,54 +186,74 @@ def encode_rows(batch: dict[str, list], indices: list[int], *, fmt: str, system:
         conversations.append(conv)
         kept.append(indices[pos])
     encoded = encoder.encode_batch(conversations)
-    return {"input_ids": [e.input_ids for e in encoded], "labels": [e.labels for e in encoded],
-            "length": [len(e.input_ids) for e in encoded], "truncated": [e.truncated for e in encoded],
-            "has_loss": [any(x != -100 for x in e.labels) for e in encoded], "row": kept}
+    lengths = np.fromiter((len(e.input_ids) for e in encoded), dtype=np.int32, count=len(encoded))
+    offsets = np.concatenate(([0], np.cumsum(lengths, dtype=np.int64))).astype(np.int32)
+    total = int(offsets[-1])
+    ids = np.fromiter(itertools.chain.from_iterable(e.input_ids for e in encoded), dtype=np.int32, count=total)
+    labels = np.fromiter(itertools.chain.from_iterable(e.labels for e in encoded), dtype=np.int32, count=total)
+    has_loss = np.zeros(len(encoded), dtype=bool)
+    if total:
+        labelled = (labels != -100).astype(np.int64)
+        has_loss = np.add.reduceat(labelled, offsets[:-1]) > 0 if len(encoded) else has_loss
+        has_loss &= lengths > 0
+    return pa.table({
+        "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids)),
+        "labels": pa.ListArray.from_arrays(pa.array(offsets), pa.array(labels)),
+        "length": pa.array(lengths), "truncated": pa.array([e.truncated for e in encoded], type=pa.bool_()),
+        "has_loss": pa.array(has_loss), "row": pa.array(kept, type=pa.int64()),
+    })
 
 
 def _build(spec, tokenizer, template_name, sources, seed, num_proc, out: Path, log) -> dict[str, Any]:
     import datasets
+    import pyarrow as pa
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked map workers would deadlock otherwise
+    if num_proc > 1:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # forked map workers would deadlock otherwise
+    # Our own cache is the only one: datasets' fingerprint cache would grow without bound and, for Arrow sources,
+    # write next to the user's files; intermediates live in the build directory and vanish with it.
+    datasets.disable_caching()
+    out.mkdir(parents=True)
     parts, per_source = [], []
     pack = spec.pack_to_max_length
+    ENCODED = _encoded_features()
     for src in sources:
         where = src.uri if len(src.files) != 1 else str(src.files[0])
-        raw = load_rows(src.files, src.file_type)
+        raw = load_rows(src.files, src.file_type, cache_dir=str(out / "hf"))
+        pa.default_memory_pool().release_unused()  # the JSON reader's buffers are not needed once Arrow is on disk
         rows = len(raw)
         if src.max_samples and src.max_samples < rows:
             raw = raw.shuffle(seed=seed).select(range(src.max_samples))
         effective = "none" if src.format == "pretrain" else template_name
         enc = raw.map(encode_rows, batched=True, batch_size=512, with_indices=True, remove_columns=raw.column_names,
-                      num_proc=num_proc if len(raw) >= 2 * num_proc * 512 else None,
+                      features=ENCODED,
+                      num_proc=num_proc if num_proc > 1 and len(raw) >= 2 * num_proc * 512 else None,
                       desc=f"tokenizing {Path(where).name}",
                       fn_kwargs=dict(fmt=src.format, system=src.system, template_name=effective, tokenizer=tokenizer,
                                      max_length=None if pack else spec.max_length, where=where))
-        truncated = int(sum(enc["truncated"])) if len(enc) else 0
-        no_loss = enc.filter(lambda b: [not x for x in b], input_columns="has_loss", batched=True)
-        enc = enc.filter(lambda b: list(b), input_columns="has_loss", batched=True)
+        has_loss = column(enc, "has_loss")
+        no_loss = len(has_loss) - sum(has_loss)
         per_source.append({"uri": src.uri, "format": src.format, "rows": rows, "used_rows": len(raw),
-                           "dropped_by_format": len(raw) - len(enc) - len(no_loss), "dropped_no_loss": len(no_loss),
-                           "samples": len(enc), "truncated": truncated})
+                           "dropped_by_format": len(raw) - len(enc), "dropped_no_loss": no_loss,
+                           "samples": len(enc) - no_loss, "truncated": int(sum(column(enc, "truncated")))})
         parts.append(enc)
     data = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-    if len(data) == 0:
+    data = data.with_format(None)
+    # Samples with nothing to learn are left out by index rather than with `filter`, which would add an indices
+    # mapping and force a full copy of the encoded data before packing.
+    kept = [i for i, ok in enumerate(column(data, "has_loss")) if ok]
+    if not kept:
         raise DataError(f"{sources[0].uri}: no usable samples (every row was empty or had nothing to learn)")
-    lengths = list(data["length"])
-    features = datasets.Features({"input_ids": datasets.List(datasets.Value("int32")),
-                                  "labels": datasets.List(datasets.Value("int32")),
-                                  "seq_lens": datasets.List(datasets.Value("int32"))})
+    all_lengths = column(data, "length")
+    lengths = [all_lengths[i] for i in kept]
     if pack:
-        sequences = packing.pack(lengths, spec.max_length, shuffle=spec.shuffle_before_pack, seed=seed)
-        pack_report = packing.report(lengths, sequences, spec.max_length)
-        gen = _packed_rows(data, sequences)
+        local = packing.pack(lengths, spec.max_length, shuffle=spec.shuffle_before_pack, seed=seed)
     else:
-        sequences = [[(i, 0, n)] for i, n in enumerate(lengths)]
-        pack_report = packing.report(lengths, sequences, spec.max_length)
-        gen = _packed_rows(data, sequences)
-    packed = datasets.Dataset.from_generator(gen, features=features, cache_dir=str(out / "gen"), keep_in_memory=False)
-    packed.save_to_disk(str(out / "data"))
-    shutil.rmtree(out / "gen", ignore_errors=True)
+        local = [[(i, 0, n)] for i, n in enumerate(lengths)]
+    sequences = [[(kept[i], s, e) for i, s, e in seq] for seq in local]
+    pack_report = packing.report(lengths, local, spec.max_length)
+    gather(data, sequences, out / "data.arrow")
+    shutil.rmtree(out / "hf", ignore_errors=True)
     return {
         "sources": per_source, "samples": len(lengths), "tokens": sum(lengths),
         "truncated": sum(s["truncated"] for s in per_source), "split": pack_report.split_samples,
@@ -228,20 +264,51 @@ def _build(spec, tokenizer, template_name, sources, seed, num_proc, out: Path, l
     }
 
 
-def _packed_rows(data: Any, sequences: list[list[packing.Piece]]):
-    def gen():
-        columns = data.select_columns(["input_ids", "labels"])
-        for seq in sequences:
-            ids: list[int] = []
-            labels: list[int] = []
-            lens: list[int] = []
-            for idx, start, end in seq:
-                row = columns[int(idx)]
-                ids += row["input_ids"][start:end]
-                labels += row["labels"][start:end]
-                lens.append(end - start)
-            yield {"input_ids": ids, "labels": labels, "seq_lens": lens}
-    return gen
+def column(data: Any, name: str) -> list[Any]:
+    """A whole column as a list, read through Arrow (iterating `data[name]` would decode row by row)."""
+    return data.with_format("arrow")[name].to_pylist() if len(data) else []
+
+
+def gather(data: Any, sequences: list[list[packing.Piece]], path: Path, chunk: int = 256) -> None:
+    """Write the sequences to an Arrow file, assembled from token slices of the (memory-mapped) encoded samples.
+
+    Only one block of output sequences is in memory at a time: the encoded samples are read through zero-copy
+    NumPy views of their Arrow buffers, and each finished block is streamed to disk.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    if data._indices is not None:
+        data = data.flatten_indices()  # gather needs the rows in storage order
+    table = data.data.table  # memory-mapped: the slices below are views of the files, not copies
+    columns = {}
+    for name in ("input_ids", "labels"):
+        chunks = [c for c in table.column(name).chunks if len(c)]
+        columns[name] = [c.values.to_numpy(zero_copy_only=False) for c in chunks]
+        offsets = [c.offsets.to_numpy(zero_copy_only=False) for c in chunks]
+    first_row = np.cumsum([0] + [len(o) - 1 for o in offsets])
+    schema = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())),
+                        ("seq_lens", pa.list_(pa.int32()))])
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for lo in range(0, len(sequences), chunk):
+            block = sequences[lo:lo + chunk]
+            ids, labels, lens, seq_offsets = [], [], [], [0]
+            for seq in block:
+                for idx, start, end in seq:
+                    c = int(np.searchsorted(first_row, idx, side="right")) - 1
+                    base = int(offsets[c][idx - first_row[c]])
+                    ids.append(columns["input_ids"][c][base + start:base + end])
+                    labels.append(columns["labels"][c][base + start:base + end])
+                    lens.append(end - start)
+                seq_offsets.append(seq_offsets[-1] + sum(e - s for _, s, e in seq))
+            lens_offsets = np.concatenate(([0], np.cumsum([len(seq) for seq in block]))).astype(np.int32)
+            offs = np.asarray(seq_offsets, dtype=np.int32)
+            writer.write_table(pa.table({
+                "input_ids": pa.ListArray.from_arrays(offs, pa.array(np.concatenate(ids).astype(np.int32, copy=False))),
+                "labels": pa.ListArray.from_arrays(offs, pa.array(np.concatenate(labels).astype(np.int32,
+                                                                                                copy=False))),
+                "seq_lens": pa.ListArray.from_arrays(lens_offsets, pa.array(np.asarray(lens, dtype=np.int32))),
+            }, schema=schema))
 
 
 def summary(report: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +75,75 @@ def load_rows(files: list[Path], file_type: str = "auto", cache_dir: str | None 
     try:
         if kind == "arrow":
             return datasets.concatenate_datasets([datasets.Dataset.from_file(str(p)) for p in files])
-        return datasets.load_dataset(kind, data_files=[str(p) for p in files], split="train", cache_dir=cache_dir)
+        inputs = files
+        if kind == "json" and cache_dir is not None:
+            inputs = [_as_json_lines(p, Path(cache_dir)) if _is_json_array(p) else p for p in files]
+        return datasets.load_dataset(kind, data_files=[str(p) for p in inputs], split="train", cache_dir=cache_dir)
     except Exception as exc:  # datasets wraps parse errors in its own types; find the line ourselves
         if kind == "json":
             for path in files:
                 _diagnose_json(path)
         raise DataError(f"{', '.join(map(str, files))}: cannot read as {kind}: {_short(exc)}") from None
+
+
+def _is_json_array(path: Path) -> bool:
+    with path.open("rb") as fh:
+        head = fh.read(4096).lstrip()
+    return head[:1] == b"["
+
+
+_SKIP = re.compile(r"[\s,]*")
+
+
+def _as_json_lines(path: Path, work: Path, block: int = 1 << 22) -> Path:
+    """Stream a JSON array into JSON lines, one element at a time. `datasets` would `json.load` the whole array into
+    Python objects (gigabytes for a large file; XTuner issues #443, #758); JSON lines are read in Arrow blocks."""
+    work.mkdir(parents=True, exist_ok=True)
+    target = work / f"{path.stem}-{abs(hash(str(path)))}.jsonl"
+    decoder = json.JSONDecoder()
+    line, index = 1, 0
+    with path.open("r", encoding="utf-8") as fin, target.open("w", encoding="utf-8") as fout:
+        buf = fin.read(block)
+        pos = _SKIP.match(buf, 0).end()
+        if buf[pos:pos + 1] != "[":
+            raise DataError(f"{path}: expected a JSON array")
+        line += buf.count("\n", 0, pos)
+        pos += 1
+        eof = False
+        while True:
+            skip = _SKIP.match(buf, pos).end()
+            line += buf.count("\n", pos, skip)
+            pos = skip
+            if pos >= len(buf) or (not eof and len(buf) - pos < block // 2):
+                more = fin.read(block)
+                if more or pos:
+                    buf, pos = buf[pos:] + more, 0  # compact only once per block, not once per row
+                eof = not more
+                if pos >= len(buf) and eof:
+                    raise DataError(f"{path}: the JSON array is not closed (missing ']')")
+                continue
+            if buf[pos] == "]":
+                return target
+            try:
+                row, end = decoder.raw_decode(buf, pos)
+            except json.JSONDecodeError as exc:
+                if not eof:
+                    more = fin.read(block)
+                    buf, pos, eof = buf[pos:] + more, 0, not more
+                    continue
+                raise DataError(f"{path}: line {line + buf.count(chr(10), pos, exc.pos)}: not valid JSON: "
+                                f"{exc.msg}") from None
+            if end == len(buf) and not eof:  # a number or literal could continue in the next block
+                more = fin.read(block)
+                buf, pos, eof = buf[pos:] + more, 0, not more
+                continue
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: row {index}: expected an object, got {type(row).__name__}")
+            fout.write(json.dumps(row, ensure_ascii=False))
+            fout.write("\n")
+            line += buf.count("\n", pos, end)
+            pos = end
+            index += 1
 
 
 def _diagnose_json(path: Path) -> None:

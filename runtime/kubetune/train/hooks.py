@@ -1,0 +1,145 @@
+"""Callbacks around the loop, composed rather than inherited: each hook implements only the events it needs.
+
+Events: before_train(ctx), after_step(ctx, metrics), after_train(ctx). `ctx` is the Run (see loop.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+
+class TextLog:
+    """XTuner's layout: work_dir/<timestamp>/<timestamp>.log and vis_data/scalars.json (one JSON object per line)."""
+
+    def __init__(self, work_dir: Path, stamp: str, every: int):
+        self.dir = work_dir / stamp
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "vis_data").mkdir(exist_ok=True)
+        self.log = (self.dir / f"{stamp}.log").open("a", encoding="utf-8")
+        self.scalars = (self.dir / "vis_data" / "scalars.json").open("a", encoding="utf-8")
+        self.every = every
+
+    def write(self, line: str) -> None:
+        stamped = f"{time.strftime('%Y/%m/%d %H:%M:%S')} - kubetune - INFO - {line}"
+        print(stamped, flush=True)
+        self.log.write(stamped + "\n")
+        self.log.flush()
+
+    def after_step(self, ctx: Any, metrics: dict[str, Any]) -> None:
+        self.scalars.write(json.dumps(metrics) + "\n")
+        self.scalars.flush()
+        if metrics["step"] % self.every == 0 or metrics["step"] == ctx.total_steps:
+            self.write(f"Iter(train) [{metrics['step']:>6}/{ctx.total_steps}]  lr: {metrics['lr']:.4e}  "
+                       f"eta: {metrics['eta']}  time: {metrics['step_time']:.4f}  loss: {metrics['loss']:.4f}  "
+                       f"tokens/s: {metrics['tokens_per_second']:.0f}  epoch: {metrics['epoch']:.3f}")
+
+    def close(self) -> None:
+        self.log.close()
+        self.scalars.close()
+
+
+class ProgressFile:
+    """The progress interface the operator will back with a status patch; for now `work_dir/progress.json`."""
+
+    def __init__(self, work_dir: Path):
+        self.path = work_dir / "progress.json"
+
+    def after_step(self, ctx: Any, metrics: dict[str, Any]) -> None:
+        payload = {"step": metrics["step"], "totalSteps": ctx.total_steps,
+                   "stepDisplay": f"{metrics['step']}/{ctx.total_steps}", "epoch": round(metrics["epoch"], 4),
+                   "loss": round(metrics["loss"], 6), "learningRate": metrics["lr"],
+                   "tokensPerSecond": round(metrics["tokens_per_second"], 1), "eta": metrics["eta"]}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload))
+        tmp.replace(self.path)
+
+
+class Metrics:
+    """Prometheus gauges on KUBETUNE_METRICS_PORT (rank 0), named kubetune_train_*."""
+
+    def __init__(self, port: int):
+        from prometheus_client import Gauge, start_http_server
+
+        start_http_server(port)
+        names = {"loss": "Mean loss of the last step", "learning_rate": "Learning rate",
+                 "tokens_per_second": "Trained (non-padding) tokens per second, all ranks", "step": "Optimizer steps done",
+                 "total_steps": "Optimizer steps in the run", "epoch": "Fractional epoch",
+                 "peak_memory_bytes": "Peak memory of rank 0 (GPU when training on one, else RSS)"}
+        self.gauges = {k: Gauge(f"kubetune_train_{k}", doc) for k, doc in names.items()}
+
+    def after_step(self, ctx: Any, metrics: dict[str, Any]) -> None:
+        for key in ("loss", "tokens_per_second", "step", "epoch"):
+            self.gauges[key].set(metrics[key])
+        self.gauges["learning_rate"].set(metrics["lr"])
+        self.gauges["total_steps"].set(ctx.total_steps)
+        self.gauges["peak_memory_bytes"].set(metrics.get("peak_memory_bytes", 0))
+
+
+class EvaluateChat:
+    """Answer `evaluation.inputs` with the training template before training, every N steps and at the end; write
+    `eval_outputs_iter_N.txt` (XTuner's EvaluateChatHook)."""
+
+    def __init__(self, spec: Any, tokenizer: Any, work_dir: Path, log: Any):
+        self.inputs = list(spec.evaluation.inputs)
+        self.every = spec.evaluation.every_steps
+        self.max_new_tokens = spec.evaluation.max_new_tokens
+        self.tokenizer, self.work_dir, self.log = tokenizer, work_dir, log
+        self.prompts = [self._prompt(spec, text) for text in self.inputs]
+
+    def _prompt(self, spec: Any, text: str) -> list[int]:
+        from kubetune.data.encode import special_ids
+        from kubetune.data.templates import PROMPT_TEMPLATES, system_text
+
+        ds = spec.dataset
+        system = system_text(ds.system, ds.system_template.value if ds.system_template else None)
+        name = ds.prompt_template.value
+        if name == "auto":
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+            rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return self.tokenizer.encode(rendered, add_special_tokens=False)
+        bos, _ = special_ids(self.tokenizer)
+        return bos + self.tokenizer.encode(PROMPT_TEMPLATES[name].render_input(text, system), add_special_tokens=False)
+
+    def run(self, ctx: Any, step: int) -> None:
+        if not self.inputs or ctx.rank != 0:
+            return
+        import torch
+
+        model = getattr(ctx.model, "module", ctx.model)
+        was_training = model.training
+        model.eval()
+        lines = []
+        with torch.no_grad():
+            for text, ids in zip(self.inputs, self.prompts):
+                input_ids = torch.tensor([ids], device=ctx.device)
+                out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                     max_new_tokens=self.max_new_tokens, do_sample=False, use_cache=True,
+                                     pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+                answer = self.tokenizer.decode(out[0, len(ids):], skip_special_tokens=False)
+                lines.append(f"Sample output:\n{text}\n{answer}\n")
+        model.train(was_training)
+        (self.work_dir / f"eval_outputs_iter_{step}.txt").write_text("\n".join(lines), encoding="utf-8")
+        self.log.write(f"eval outputs at step {step} written to eval_outputs_iter_{step}.txt")
+
+    def before_train(self, ctx: Any) -> None:
+        self.run(ctx, ctx.step)
+
+    def after_step(self, ctx: Any, metrics: dict[str, Any]) -> None:
+        if metrics["step"] % self.every == 0 and metrics["step"] != ctx.total_steps:
+            self.run(ctx, metrics["step"])
+
+    def after_train(self, ctx: Any) -> None:
+        self.run(ctx, ctx.total_steps)
+
+
+def megatron_tflops(layers: int, hidden: int, vocab: int, seq_len: int, tokens_per_second: float,
+                    gradient_checkpointing: bool) -> float:
+    """Model TFLOP/s by the Megatron formula XTuner's ThroughputHook uses: 72·B·s·L·h²·(1 + s/(6h) + V/(16Lh)) FLOPs
+    per iteration (96 with activation recomputation), here per token and times tokens/s. It ignores LoRA's smaller
+    backward, so for adapters it is an upper bound, as in XTuner."""
+    factor = 96 if gradient_checkpointing else 72
+    per_token = factor * layers * hidden * hidden * (1 + seq_len / (6 * hidden) + vocab / (16 * layers * hidden))
+    return per_token * tokens_per_second / 1e12

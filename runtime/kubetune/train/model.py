@@ -1,0 +1,110 @@
+"""Build the model to train: load the base (optionally 4/8-bit), attach LoRA, enable gradient checkpointing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kubetune.model.tokenizer import ModelLoadError
+from kubetune.storage import StorageError, local_path
+
+
+@dataclass
+class Precision:
+    """Resolved precision: the dtype weights are loaded in, and the autocast dtype (None = plain fp32)."""
+
+    load_dtype: Any
+    autocast: Any
+    scaler: bool
+
+
+def resolve_precision(spec: Any, device: Any) -> Precision:
+    import torch
+
+    wanted = spec.training.precision.value
+    if wanted == "auto":
+        if device.type == "cuda":
+            wanted = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            wanted = "fp32"  # CPU autocast is slower than fp32 for these sizes and fp16 is not supported there
+    if wanted == "fp16" and device.type != "cuda":
+        raise ModelLoadError("training.precision fp16 needs a GPU (loss scaling runs on CUDA); use bf16 or fp32 on CPU")
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    compute = dtypes[wanted]
+    method = spec.method.type.value
+    # Full fine-tuning keeps fp32 master weights under autocast; adapters train in fp32 over a low-precision base.
+    load = torch.float32 if method == "full" else compute
+    if spec.model.dtype.value != "auto":
+        load = dtypes[spec.model.dtype.value]
+    return Precision(load, None if wanted == "fp32" else compute, wanted == "fp16")
+
+
+def build_model(spec: Any, device: Any, precision: Precision, seed: int = 0) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        path = local_path(spec.model.uri, repo_type="model")
+    except StorageError as exc:
+        raise ModelLoadError(f"model.uri {exc}") from None
+    method = spec.method.type.value
+    kwargs: dict[str, Any] = {"dtype": precision.load_dtype, "trust_remote_code": spec.model.trust_remote_code}
+    attn = spec.model.attn_implementation
+    if attn != "auto":
+        kwargs["attn_implementation"] = attn
+    if method == "qlora":
+        kwargs["quantization_config"] = _bnb_config(spec, precision)
+        kwargs["device_map"] = {"": device}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except Exception as exc:  # transformers raises many types for an unusable folder; the user needs the message
+        raise ModelLoadError(f"model.uri {spec.model.uri}: cannot load a causal LM from {path}: "
+                             f"{' '.join(str(exc).split())[:400]}") from None
+    model.config.use_cache = False
+    gc = spec.training.gradient_checkpointing
+    if method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif gc:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if method == "lora":
+            model.enable_input_require_grads()
+    if method in ("lora", "qlora"):
+        from peft import LoraConfig, get_peft_model
+
+        lora = spec.method.lora
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias=lora.bias,
+                            target_modules=list(lora.target_modules) or "all-linear", task_type="CAUSAL_LM")
+        torch.manual_seed(seed)  # the adapters' initial values are part of a reproducible run
+        try:
+            model = get_peft_model(model, config)
+        except ValueError as exc:
+            raise ModelLoadError(f"method.lora.targetModules: {exc}") from None
+    if method != "qlora":
+        model.to(device)
+    return model
+
+
+def _bnb_config(spec: Any, precision: Precision) -> Any:
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    q = spec.method.quantization
+    compute = precision.autocast or torch.float32
+    if q.compute_dtype.value != "auto":
+        compute = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[q.compute_dtype.value]
+    if q.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.type, bnb_4bit_use_double_quant=q.double_quant,
+                              bnb_4bit_compute_dtype=compute)
+
+
+def trainable_parameters(model: Any) -> list[Any]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), total
