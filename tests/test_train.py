@@ -210,3 +210,26 @@ def test_a_tiny_model_learns_a_task(tmp_path):
 
     assert exact(tiny) < 0.15
     assert exact(work / "iter_600" / "model") >= 0.9
+
+
+def test_two_process_data_parallel_resumes_exactly(tmp_path, tiny_dir):
+    """NPROC_PER_NODE=2 re-launches under torchrun (gloo on CPU); interrupted and resumed equals uninterrupted."""
+    cfg = write_job(tmp_path, tiny_dir, alpaca_rows(32), checkpoints={"everySteps": 3, "keep": -1})
+    env = {"KUBETUNE_CACHE": str(tmp_path / "c"), "NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1"}
+    args = ["--cfg-options", "training.maxSteps=6"]
+    straight = tmp_path / "straight"
+    first = kubetune("train", str(cfg), "--work-dir", str(straight), *args, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "2 rank(s)" in first.stdout
+    broken = tmp_path / "broken"
+    crash = kubetune("train", str(cfg), "--work-dir", str(broken), *args, env={**env, "KUBETUNE_STOP_AFTER_STEP": "3"})
+    assert crash.returncode != 0 and "training failed on at least one rank" in crash.stderr
+    again = kubetune("train", str(cfg), "--work-dir", str(broken), "--resume", "auto", *args, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    a = load_file(str(straight / "iter_6" / "model" / "adapter_model.safetensors"))
+    b = load_file(str(broken / "iter_6" / "model" / "adapter_model.safetensors"))
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6, rtol=0), key
+    assert sorted(p.name for p in broken.glob("iter_3/rng_rank*.pt")) == ["rng_rank0.pt", "rng_rank1.pt"]
