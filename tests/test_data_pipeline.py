@@ -238,3 +238,13 @@ def test_json_array_errors_name_the_line(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(DataError, match=message):
         _as_json_lines(path, tmp_path / "work", block=8)
+
+
+def test_parallel_preprocessing_gives_the_same_sequences(tmp_path, tokenizer):
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in ALPACA * 60) + "\n")  # 2400 rows: enough for 2 workers
+    one = build(spec(path, num_proc=1), tokenizer, cache_root=tmp_path / "c1", log=lambda s: None)
+    two = build(spec(path, num_proc=2), tokenizer, cache_root=tmp_path / "c2", log=lambda s: None)
+    assert one.report == two.report
+    assert one.dataset["input_ids"][:] == two.dataset["input_ids"][:]
+    assert one.dataset["labels"][:] == two.dataset["labels"][:]
