@@ -111,22 +111,17 @@ class Encoder:
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
     def _plan(self, conversation: Conversation) -> list[tuple[str, Any, bool]]:
-        turns = apply_template(conversation, self.template) if self.template else conversation
-        plan: list[tuple[str, Any, bool]] = []
-        needs_bos = True
-        for turn in turns:
-            if needs_bos and self.bos:
-                plan.append(("ids", self.bos, False))
-            plan.append(("text", turn.get("input") or "", False))
-            loss = turn.get("output_with_loss", True)
-            plan.append(("text", turn["output"], loss))
-            needs_bos = turn.get("need_eos_token", True)
-            if needs_bos:
+        plan = []
+        for kind, value, loss in turn_pieces(conversation, self.template):
+            if kind == "bos":
+                if self.bos:
+                    plan.append(("ids", self.bos, False))
+            elif kind == "eos":
                 if not self.eos:
                     raise TemplateMismatch("the tokenizer has no eos_token, but a turn needs one")
                 plan.append(("ids", self.eos, loss))
-            if turn.get("sep"):
-                plan.append(("text", turn["sep"], False))
+            else:
+                plan.append((kind, value, loss))
         return plan
 
     def _auto_plan(self, conversation: Conversation) -> list[tuple[str, Any, bool]]:
@@ -161,15 +156,27 @@ class Encoder:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
-def render_text(conversation: Conversation, template: Template, bos: str = "<BOS>", eos: str = "<EOS>") -> str:
-    """The training text of a conversation under a template, BOS/EOS shown as markers (what goldens pin)."""
-    text, needs_bos = "", True
-    for turn in apply_template(conversation, template):
+def turn_pieces(conversation: Conversation, template: Template | None) -> list[tuple[str, Any, bool]]:
+    """XTuner's rule as a list of (kind, text, with_loss), kind being "bos", "text" or "eos"; the encoder and the
+    golden rendering both follow it, so the rule exists once."""
+    turns = apply_template(conversation, template) if template else conversation
+    pieces: list[tuple[str, Any, bool]] = []
+    needs_bos = True
+    for turn in turns:
         if needs_bos:
-            text += bos
-        text += turn["input"] + turn["output"]
+            pieces.append(("bos", None, False))
+        pieces.append(("text", turn.get("input") or "", False))
+        loss = turn.get("output_with_loss", True)
+        pieces.append(("text", turn["output"], loss))
         needs_bos = turn.get("need_eos_token", True)
         if needs_bos:
-            text += eos
-        text += turn.get("sep") or ""
-    return text
+            pieces.append(("eos", None, loss))
+        if turn.get("sep"):
+            pieces.append(("text", turn["sep"], False))
+    return pieces
+
+
+def render_text(conversation: Conversation, template: Template, bos: str = "<BOS>", eos: str = "<EOS>") -> str:
+    """The training text of a conversation under a template, BOS/EOS shown as markers (what goldens pin)."""
+    markers = {"bos": bos, "eos": eos}
+    return "".join(markers.get(kind, value) for kind, value, _ in turn_pieces(conversation, template))

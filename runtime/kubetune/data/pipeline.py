@@ -206,7 +206,6 @@ def encode_rows(batch: dict[str, list], indices: list[int], *, fmt: str, system:
 
 def _build(spec, tokenizer, template_name, sources, seed, num_proc, out: Path, log) -> dict[str, Any]:
     import datasets
-    import pyarrow as pa
 
     if num_proc > 1:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # forked map workers would deadlock otherwise
@@ -214,34 +213,34 @@ def _build(spec, tokenizer, template_name, sources, seed, num_proc, out: Path, l
     # write next to the user's files; intermediates live in the build directory and vanish with it.
     datasets.disable_caching()
     out.mkdir(parents=True)
-    parts, per_source = [], []
+    parts, per_source, kept = [], [], []
     pack = spec.pack_to_max_length
-    ENCODED = _encoded_features()
+    features = _encoded_features()
     for src in sources:
         where = src.uri if len(src.files) != 1 else str(src.files[0])
         raw = load_rows(src.files, src.file_type, cache_dir=str(out / "hf"))
-        pa.default_memory_pool().release_unused()  # the JSON reader's buffers are not needed once Arrow is on disk
         rows = len(raw)
         if src.max_samples and src.max_samples < rows:
             raw = raw.shuffle(seed=seed).select(range(src.max_samples))
         effective = "none" if src.format == "pretrain" else template_name
         enc = raw.map(encode_rows, batched=True, batch_size=512, with_indices=True, remove_columns=raw.column_names,
-                      features=ENCODED,
+                      features=features,
                       num_proc=num_proc if num_proc > 1 and len(raw) >= 2 * num_proc * 512 else None,
                       desc=f"tokenizing {Path(where).name}",
                       fn_kwargs=dict(fmt=src.format, system=src.system, template_name=effective, tokenizer=tokenizer,
                                      max_length=None if pack else spec.max_length, where=where))
         has_loss = column(enc, "has_loss")
         no_loss = len(has_loss) - sum(has_loss)
+        offset = sum(len(part) for part in parts)
+        # Samples with nothing to learn are left out by index rather than with `filter`, which would add an indices
+        # mapping and force a full copy of the encoded data before packing.
+        kept += [offset + i for i, ok in enumerate(has_loss) if ok]
         per_source.append({"uri": src.uri, "format": src.format, "rows": rows, "used_rows": len(raw),
                            "dropped_by_format": len(raw) - len(enc), "dropped_no_loss": no_loss,
                            "samples": len(enc) - no_loss, "truncated": int(sum(column(enc, "truncated")))})
         parts.append(enc)
     data = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     data = data.with_format(None)
-    # Samples with nothing to learn are left out by index rather than with `filter`, which would add an indices
-    # mapping and force a full copy of the encoded data before packing.
-    kept = [i for i, ok in enumerate(column(data, "has_loss")) if ok]
     if not kept:
         raise DataError(f"{sources[0].uri}: no usable samples (every row was empty or had nothing to learn)")
     all_lengths = column(data, "length")
