@@ -220,7 +220,7 @@ def test_two_process_data_parallel_resumes_exactly(tmp_path, tiny_dir):
     straight = tmp_path / "straight"
     first = kubetune("train", str(cfg), "--work-dir", str(straight), *args, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "2 rank(s)" in first.stdout
+    assert "2 data-parallel rank(s)" in first.stdout
     broken = tmp_path / "broken"
     crash = kubetune("train", str(cfg), "--work-dir", str(broken), *args, env={**env, "KUBETUNE_STOP_AFTER_STEP": "3"})
     assert crash.returncode != 0 and "training failed on at least one rank" in crash.stderr

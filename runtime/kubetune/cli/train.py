@@ -1,4 +1,4 @@
-"""`kubetune train CONFIG`: load and validate the config; the engine itself arrives with issue #4."""
+"""`kubetune train CONFIG`: validate the config, re-launch under torchrun when asked, run the engine."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def add_parser(sub, mode: str, summary: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     overrides = list(args.cfg_options)
+    deepspeed_file = None
     if args.deepspeed:
         preset = args.deepspeed.removeprefix("deepspeed_")
         if preset in DEEPSPEED:
@@ -41,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         elif not args.deepspeed.endswith(".json"):
             raise UserError(f"--deepspeed {args.deepspeed}: not a preset ({', '.join(DEEPSPEED)}) or a .json file")
         else:
-            raise UserError(f"--deepspeed {args.deepspeed}: custom DeepSpeed JSON files are not wired in yet")
+            deepspeed_file = str(Path(args.deepspeed).resolve())
+            overrides.append(f"training.deepspeed={preset_of(deepspeed_file)}")
     if args.seed is not None:
         overrides.append(f"training.seed={args.seed}")
     job = load_config(args.config, overrides)  # validate before anything is launched
@@ -60,9 +62,34 @@ def run(args: argparse.Namespace) -> int:
 
     name = job.metadata.name or Path(args.config).stem
     try:
-        return train(job, args.work_dir, args.resume, name)
+        return train(job, args.work_dir, args.resume, name, deepspeed_file)
     except (TrainError, ModelLoadError, DataError, TemplateMismatch, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
-    except MemoryError:
-        raise UserError("out of memory: lower training.batchSize or dataset.maxLength, enable "
-                        "training.gradientCheckpointing, or use method qlora") from None
+    except (MemoryError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and not _out_of_memory(exc):
+            raise
+        raise UserError(f"out of memory ({' '.join(str(exc).split())[:160] or type(exc).__name__}): lower "
+                        "training.batchSize or dataset.maxLength, enable training.gradientCheckpointing, use method "
+                        "qlora, or a DeepSpeed preset with offload (zero2_offload, zero3_offload)") from None
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def preset_of(path: str) -> str:
+    """The preset a DeepSpeed JSON file corresponds to (for the spec's validation rules); the file itself is used."""
+    import json
+
+    try:
+        config = json.loads(Path(path).read_text())
+        zero = config.get("zero_optimization", {})
+        stage = int(zero.get("stage", 0))
+    except (OSError, ValueError, AttributeError) as exc:
+        raise UserError(f"--deepspeed {path}: not a readable DeepSpeed JSON object ({exc})") from None
+    if stage not in (1, 2, 3):
+        raise UserError(f"--deepspeed {path}: zero_optimization.stage must be 1, 2 or 3 (got {stage})")
+    offload = "offload_optimizer" in zero or "offload_param" in zero
+    return f"zero{stage}" + ("_offload" if offload and stage > 1 else "")

@@ -36,9 +36,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save(work_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any, scaler: Any, state: dict[str, Any],
-         rank: int, world: int, keep: int, barrier: Any) -> Path:
-    """Every rank writes its RNG state; rank 0 writes the rest and publishes the checkpoint."""
+         rank: int, world: int, keep: int, barrier: Any, engine: Any = None, ds_config: Any = None) -> Path:
+    """Every rank writes its RNG state (and, under DeepSpeed, its optimizer partition); rank 0 writes the rest and
+    publishes the checkpoint."""
     import torch
+
+    from . import ds
 
     final = work_dir / f"iter_{step}"
     tmp = work_dir / f".iter_{step}.tmp"
@@ -47,10 +50,16 @@ def save(work_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any, 
         tmp.mkdir(parents=True)
     barrier()
     torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
+    unwrapped = getattr(model, "module", model)
+    whole = None
+    if engine is not None:
+        ds.save(engine, tmp / "deepspeed")
+        whole = ds.consolidated_state_dict(engine, ds_config, trainable_only=hasattr(unwrapped, "peft_config"))
     if rank == 0:
-        unwrapped = getattr(model, "module", model)
-        unwrapped.save_pretrained(tmp / "model", safe_serialization=True)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        unwrapped.save_pretrained(tmp / "model", safe_serialization=True,
+                                  **({"state_dict": whole} if whole is not None else {}))
+        if engine is None:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         if scaler is not None:
             torch.save(scaler.state_dict(), tmp / "scaler.pt")
@@ -94,10 +103,27 @@ def find_resume(work_dir: Path, resume: str | None) -> Path | None:
     return path
 
 
-def load(path: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any, rank: int) -> dict[str, Any]:
+def load(path: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any, rank: int,
+         engine: Any = None) -> dict[str, Any]:
     import torch
 
-    unwrapped = getattr(model, "module", model)
+    from . import ds
+
+    if engine is not None:
+        ds.load(engine, path / "deepspeed")  # trainable weights and optimizer partitions
+    else:
+        load_weights(path, getattr(model, "module", model))
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    if scaler is not None and (path / "scaler.pt").exists():
+        scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=False))
+    rng = path / f"rng_rank{rank}.pt"
+    if rng.exists():
+        set_rng_state(torch.load(rng, weights_only=False))
+    return json.loads((path / STATE).read_text())
+
+
+def load_weights(path: Path, unwrapped: Any) -> None:
     weights = path / "model"
     if hasattr(unwrapped, "peft_config"):
         from peft import set_peft_model_state_dict
@@ -113,11 +139,3 @@ def load(path: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any, ra
         missing, unexpected = unwrapped.load_state_dict(state, strict=False)
         if unexpected:
             raise RuntimeError(f"{path}: unexpected weights {unexpected[:5]}")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    if scaler is not None and (path / "scaler.pt").exists():
-        scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=False))
-    rng = path / f"rng_rank{rank}.pt"
-    if rng.exists():
-        set_rng_state(torch.load(rng, weights_only=False))
-    return json.loads((path / STATE).read_text())

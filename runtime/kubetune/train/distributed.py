@@ -56,10 +56,17 @@ def relaunch(argv: list[str]) -> int | None:
     return subprocess.run(command).returncode  # the workers' failure is ours: never exit 0 after a crash
 
 
-def init() -> Dist:
+def init(deepspeed: bool = False) -> Dist:
+    """Join the process group torchrun describes. DeepSpeed wants one even for a single process, created through
+    its own `comm` layer (which its config checks read the world size from)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    if world == 1 and not deepspeed:
         return Dist()
+    if world == 1:
+        # A lone process: describe a one-member group, else DeepSpeed goes looking for MPI (mpi4py).
+        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                           ("MASTER_PORT", str(random.randint(20000, 29999)))):
+            os.environ.setdefault(key, value)
     import torch
     import torch.distributed as dist
 
@@ -67,12 +74,17 @@ def init() -> Dist:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend=backend)
+    if deepspeed:
+        import deepspeed as ds
+
+        ds.init_distributed(dist_backend=backend)
+    else:
+        dist.init_process_group(backend=backend)
     return Dist(rank=dist.get_rank(), local_rank=local_rank, world=dist.get_world_size())
 
 
 def shutdown(d: Dist) -> None:
-    if d.world > 1:
-        import torch.distributed as dist
+    import torch.distributed as dist
 
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

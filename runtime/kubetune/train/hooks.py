@@ -41,6 +41,47 @@ class TextLog:
         self.scalars.close()
 
 
+class TensorBoard:
+    """TensorBoard event files next to scalars.json (`tensorboard --logdir work_dir`)."""
+
+    def __init__(self, directory: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(directory))
+
+    def after_step(self, ctx: Any, metrics: dict[str, Any]) -> None:
+        for key in ("loss", "lr", "grad_norm", "tokens_per_second", "epoch"):
+            self.writer.add_scalar(f"train/{key}", metrics[key], metrics["step"])
+
+    def after_train(self, ctx: Any) -> None:
+        self.writer.close()
+
+
+class ProgressBar:
+    """A tqdm bar with ETA on an interactive terminal; in a pod's log the text log already says it all."""
+
+    def __init__(self, enabled: bool | None = None):
+        import sys
+
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.bar = None
+
+    def before_train(self, ctx: Any) -> None:
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=ctx.total_steps, initial=ctx.step, unit="step", dynamic_ncols=True)
+
+    def after_step(self, ctx: Any, metrics: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}", refresh=False)
+            self.bar.update(1)
+
+    def after_train(self, ctx: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 class ProgressFile:
     """The progress interface the operator will back with a status patch; for now `work_dir/progress.json`."""
 
@@ -104,13 +145,17 @@ class EvaluateChat:
         return bos + self.tokenizer.encode(PROMPT_TEMPLATES[name].render_input(text, system), add_special_tokens=False)
 
     def run(self, ctx: Any, step: int) -> None:
-        if not self.inputs or ctx.rank != 0:
+        if not self.inputs:
             return
         import torch
 
         model = getattr(ctx.model, "module", ctx.model)
         was_training = model.training
         model.eval()
+        # Sequence-parallel attention splits a sequence across ranks; generation runs whole sequences.
+        attn = model.config._attn_implementation
+        if attn == "kubetune_ulysses":
+            model.config._attn_implementation = "sdpa"
         lines = []
         with torch.no_grad():
             for text, ids in zip(self.inputs, self.prompts):
@@ -121,6 +166,9 @@ class EvaluateChat:
                 answer = self.tokenizer.decode(out[0, len(ids):], skip_special_tokens=False)
                 lines.append(f"Sample output:\n{text}\n{answer}\n")
         model.train(was_training)
+        model.config._attn_implementation = attn
+        if ctx.rank != 0:
+            return
         (self.work_dir / f"eval_outputs_iter_{step}.txt").write_text("\n".join(lines), encoding="utf-8")
         self.log.write(f"eval outputs at step {step} written to eval_outputs_iter_{step}.txt")
 

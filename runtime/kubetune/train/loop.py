@@ -35,6 +35,12 @@ class Run:
     save: Callable[[int], None] = lambda step: None
     should_save: Callable[[int], bool] = lambda step: False
     all_reduce: Callable[[Any], Any] = lambda t: t
+    engine: Any = None  # a DeepSpeed engine: it accumulates, reduces, clips and steps
+    prepare: Callable[[dict], dict] = None  # a collated batch -> what this rank feeds the model (see `targets`)
+
+    def __post_init__(self) -> None:
+        if self.prepare is None:
+            self.prepare = with_targets
 
     @property
     def epoch(self) -> float:
@@ -51,13 +57,49 @@ def micro_batches(run: Run):
             yield run.collate([run.dataset[i] for i in indices])
 
 
-def token_loss_sum(logits: Any, labels: Any) -> Any:
+def with_targets(batch: dict[str, Any]) -> dict[str, Any]:
+    """Targets are the labels shifted one to the left: position t predicts token t+1. Shifting before any slicing
+    lets sequence parallelism cut the sequence anywhere."""
     import torch
 
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    return torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+    targets = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
+    return {**batch, "targets": targets, "num_tokens": int((targets != IGNORE_INDEX).sum())}
+
+
+def token_loss_sum(logits: Any, targets: Any) -> Any:
+    import torch
+
+    return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
                                              ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def backward(run: Run, loss: Any, last: bool) -> None:
+    if run.engine is not None:
+        run.engine.backward(loss, scale_wrt_gas=False)  # the loss is already weighted over the window
+        if not last:
+            run.engine.step()  # DeepSpeed counts micro-steps; it only updates on the window's last one
+        return
+    (run.scaler.scale(loss) if run.scaler else loss).backward()
+
+
+def optimizer_step(run: Run) -> float:
+    """Clip and update; returns the gradient norm before clipping."""
+    import torch
+
+    if run.engine is not None:
+        run.engine.step()
+        norm = run.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+    if run.scaler:
+        run.scaler.unscale_(run.optimizer)
+    norm = torch.nn.utils.clip_grad_norm_([p for g in run.optimizer.param_groups for p in g["params"]], run.max_norm)
+    if run.scaler:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return float(norm)
 
 
 def train(run: Run, forward: Callable[[Any, dict], Any]) -> None:
@@ -73,30 +115,22 @@ def train(run: Run, forward: Callable[[Any, dict], Any]) -> None:
     run.model.train()
     while run.step < run.total_steps:
         t0 = time.perf_counter()
-        window = [next(stream) for _ in range(run.accum)]
-        batches = [{k: v.to(run.device) if hasattr(v, "to") else v for k, v in b.items()} for b in window]
+        window = [run.prepare({k: v.to(run.device) if hasattr(v, "to") else v for k, v in next(stream).items()})
+                  for _ in range(run.accum)]
         # Every labelled token of the window weighs the same, across micro-batches and ranks.
-        tokens = run.all_reduce(torch.tensor(float(sum(b["num_tokens"] for b in batches)), device=run.device))
+        tokens = run.all_reduce(torch.tensor(float(sum(b["num_tokens"] for b in window)), device=run.device))
         total_loss = torch.zeros((), device=run.device)
-        for i, batch in enumerate(batches):
-            sync = contextlib.nullcontext() if i == len(batches) - 1 or not hasattr(run.model, "no_sync") \
+        lr = run.optimizer.param_groups[0]["lr"]
+        for i, batch in enumerate(window):
+            last = i == len(window) - 1
+            sync = contextlib.nullcontext() if last or run.engine is not None or not hasattr(run.model, "no_sync") \
                 else run.model.no_sync()
             with sync, _autocast(run):
                 logits = forward(run.model, batch).logits
-                loss = token_loss_sum(logits, batch["labels"]) * run.world / tokens.clamp(min=1)
-            (run.scaler.scale(loss) if run.scaler else loss).backward()
+                loss = token_loss_sum(logits, batch["targets"]) * run.world / tokens.clamp(min=1)
+            backward(run, loss, last)
             total_loss += loss.detach()
-        if run.scaler:
-            run.scaler.unscale_(run.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_([p for g in run.optimizer.param_groups for p in g["params"]],
-                                                   run.max_norm)
-        lr = run.optimizer.param_groups[0]["lr"]
-        if run.scaler:
-            run.scaler.step(run.optimizer)
-            run.scaler.update()
-        else:
-            run.optimizer.step()
-        run.optimizer.zero_grad(set_to_none=True)
+        grad_norm = optimizer_step(run)
         run.scheduler.step()
         run.step += 1
         loss_value = float(run.all_reduce(total_loss) / run.world)

@@ -17,6 +17,13 @@ class Precision:
     autocast: Any
     scaler: bool
 
+    def handed_to_deepspeed(self) -> "Precision":
+        """DeepSpeed casts the model and scales the loss itself (its fp16/bf16 sections): load fp32, no autocast."""
+        import torch
+
+        return Precision(torch.float32 if self.load_dtype in (torch.float16, torch.bfloat16) else self.load_dtype,
+                         None, False)
+
 
 def resolve_precision(spec: Any, device: Any) -> Precision:
     import torch
@@ -39,7 +46,8 @@ def resolve_precision(spec: Any, device: Any) -> Precision:
     return Precision(load, None if wanted == "fp32" else compute, wanted == "fp16")
 
 
-def build_model(spec: Any, device: Any, precision: Precision, seed: int = 0) -> Any:
+def build_model(spec: Any, device: Any, precision: Precision, seed: int = 0,
+                attn_implementation: str | None = None) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -49,7 +57,7 @@ def build_model(spec: Any, device: Any, precision: Precision, seed: int = 0) -> 
         raise ModelLoadError(f"model.uri {exc}") from None
     method = spec.method.type.value
     kwargs: dict[str, Any] = {"dtype": precision.load_dtype, "trust_remote_code": spec.model.trust_remote_code}
-    attn = spec.model.attn_implementation
+    attn = attn_implementation or spec.model.attn_implementation
     if attn != "auto":
         kwargs["attn_implementation"] = attn
     if method == "qlora":

@@ -1,0 +1,155 @@
+"""Sequence parallelism, DeepSpeed-Ulysses style: each rank of a sequence-parallel group holds a contiguous slice of
+every sequence; around attention an all-to-all trades the sequence slices for a slice of the heads, so each rank
+attends over the whole sequence with 1/P of the heads, then trades back.
+
+Groups are contiguous ranks `[i*P, (i+1)*P)` (XTuner's layout); the data-parallel rank is `rank // P`, so every rank
+of a group reads the same sample. The loss is summed over each rank's slice and divided by the labelled tokens of the
+whole window, and data parallel averages gradients over all ranks: the gradient equals the non-parallel one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+ATTENTION = "kubetune_ulysses"
+IGNORE_INDEX = -100
+
+
+@dataclass
+class SequenceGroup:
+    size: int
+    rank: int  # position inside the group
+    group: Any  # torch.distributed ProcessGroup
+
+
+_ACTIVE: SequenceGroup | None = None
+
+
+def setup(size: int, rank: int, world: int) -> SequenceGroup:
+    """Create the groups (every rank must create every group) and register the attention function."""
+    import torch.distributed as dist
+
+    global _ACTIVE
+    if world % size:
+        raise ValueError(f"training.sequenceParallelSize {size} must divide the number of processes ({world})")
+    mine = None
+    for first in range(0, world, size):
+        group = dist.new_group(list(range(first, first + size)))
+        if first <= rank < first + size:
+            mine = group
+    _ACTIVE = SequenceGroup(size=size, rank=rank % size, group=mine)
+    _register()
+    return _ACTIVE
+
+
+def shard(batch: dict[str, Any], sp: SequenceGroup, pad_token_id: int) -> dict[str, Any]:
+    """This rank's slice of a collated batch, with targets shifted over the whole sequence first (the slice's last
+    position predicts the next slice's first token)."""
+    import torch
+
+    width = batch["input_ids"].shape[1]
+    padded = -(-width // sp.size) * sp.size
+    extra = padded - width
+    ids, pos, targets = batch["input_ids"], batch["position_ids"], shift_targets(batch["labels"])
+    if extra:
+        ids = torch.nn.functional.pad(ids, (0, extra), value=pad_token_id)
+        pos = torch.nn.functional.pad(pos, (0, extra), value=0)
+        targets = torch.nn.functional.pad(targets, (0, extra), value=IGNORE_INDEX)
+    part = padded // sp.size
+    cut = slice(sp.rank * part, (sp.rank + 1) * part)
+    return {"input_ids": ids[:, cut], "position_ids": pos[:, cut], "targets": targets[:, cut],
+            "full_position_ids": pos, "num_tokens": int((targets[:, cut] != IGNORE_INDEX).sum())}
+
+
+def shift_targets(labels: Any) -> Any:
+    import torch
+
+    return torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+
+
+class _AllToAll:
+    """Autograd-aware all-to-all: split `scatter_dim` into P parts, send part j to rank j, concatenate what arrives
+    along `gather_dim`. Its gradient is the reverse exchange."""
+
+    @staticmethod
+    def apply(x: Any, scatter_dim: int, gather_dim: int, sp: SequenceGroup) -> Any:
+        import torch
+
+        class Fn(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, t):
+                return _exchange(t, scatter_dim, gather_dim, sp)
+
+            @staticmethod
+            def backward(ctx, grad):
+                return _exchange(grad, gather_dim, scatter_dim, sp)
+
+        return Fn.apply(x)
+
+
+def _exchange(x: Any, scatter_dim: int, gather_dim: int, sp: SequenceGroup) -> Any:
+    import torch
+    import torch.distributed as dist
+
+    parts = [p.contiguous() for p in torch.chunk(x, sp.size, dim=scatter_dim)]
+    received = [torch.empty_like(parts[0]) for _ in parts]
+    dist.all_to_all(received, parts, group=sp.group)
+    return torch.cat(received, dim=gather_dim)
+
+
+def packed_causal_mask(position_ids: Any) -> Any:
+    """Boolean (B, 1, S, S) mask: causal, and only within the sample a position belongs to (positions restart at each
+    packed sample)."""
+    import torch
+
+    start = position_ids[:, :1] - 1
+    sample = (torch.diff(position_ids, prepend=start, dim=-1) != 1).cumsum(-1)
+    same = sample[:, :, None] == sample[:, None, :]
+    causal = torch.ones(position_ids.shape[1], position_ids.shape[1], dtype=torch.bool,
+                        device=position_ids.device).tril()
+    return (same & causal)[:, None]
+
+
+def ulysses_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
+                      scaling: float | None = None, **kwargs: Any) -> tuple[Any, None]:
+    """transformers attention function: q/k/v arrive as (B, heads, S/P, D); returns (B, S/P, heads, D)."""
+    import torch
+
+    sp = _ACTIVE
+    heads, kv_heads = query.shape[1], key.shape[1]
+    if heads % sp.size:
+        raise ValueError(f"training.sequenceParallelSize {sp.size} must divide the model's {heads} attention heads")
+    if kv_heads % sp.size:  # too few key/value heads to split: give every query head its own copy
+        key = key.repeat_interleave(heads // kv_heads, dim=1)
+        value = value.repeat_interleave(heads // kv_heads, dim=1)
+    q, k, v = (_AllToAll.apply(t, 1, 2, sp) for t in (query, key, value))
+    mask = packed_causal_mask(_full_positions(kwargs))
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=q.shape[1] != k.shape[1])
+    out = _AllToAll.apply(out, 2, 1, sp)
+    return out.transpose(1, 2).contiguous(), None
+
+
+# The whole sequence's position ids of the batch in flight. Kept after the forward returns: gradient checkpointing
+# runs attention again during the backward pass.
+_FULL_POSITIONS: dict[str, Any] = {}
+
+
+def _full_positions(kwargs: dict[str, Any]) -> Any:
+    return _FULL_POSITIONS["current"]
+
+
+def forward(model: Any, batch: dict[str, Any]) -> Any:
+    """The packed forward over this rank's slice; attention sees the whole sequence's positions."""
+    _FULL_POSITIONS["current"] = batch["full_position_ids"]
+    return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(ATTENTION, ulysses_attention)
+    # The mask is built inside the attention function from the whole sequence's positions.
+    AttentionMaskInterface.register(ATTENTION, lambda *args, **kwargs: None)

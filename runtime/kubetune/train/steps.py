@@ -1,0 +1,91 @@
+"""The named steps of `kubetune train` that are more than a line (main.py reads as their table of contents)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from . import checkpoint
+from .hooks import EvaluateChat, Metrics, ProgressBar, ProgressFile, TensorBoard, TextLog, megatron_tflops
+from .sampler import ResumableBatches
+
+
+def pick_seed(spec: Any, resume_from: Path | None) -> int:
+    if resume_from is not None:
+        return int(json.loads((resume_from / checkpoint.STATE).read_text())["seed"])
+    return spec.training.seed if spec.training.seed is not None else random.SystemRandom().randint(0, 2**31 - 1)
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_data(spec: Any, seed: int, say: Any) -> tuple[Any, Any]:
+    from kubetune.data.pipeline import build, summary
+    from kubetune.model.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(spec.model)
+    built = build(spec.dataset, tokenizer, seed=seed, log=lambda s: None)
+    for line in summary(built.report).splitlines():
+        say(line)
+    sample = built.dataset[0]
+    say(f"Num train sequences: {len(built.dataset)}; sequence 0 decoded: "
+        f"{tokenizer.decode(sample['input_ids'][:200])!r}")
+    return tokenizer, built.dataset
+
+
+def plan_steps(spec: Any, batches: ResumableBatches) -> int:
+    if spec.training.max_steps:
+        return spec.training.max_steps
+    per_epoch = max(1, batches.batches_per_epoch() // spec.training.accumulative_counts)
+    return spec.training.max_epochs * per_epoch
+
+
+def save_policy(spec: Any, batches: ResumableBatches):
+    if spec.checkpoints.by_epoch:
+        per_epoch = max(1, batches.batches_per_epoch() // spec.training.accumulative_counts)
+        return lambda step: step % per_epoch == 0
+    every = spec.checkpoints.every_steps
+    return lambda step: step % every == 0
+
+
+def collator(tokenizer: Any, spec: Any):
+    from kubetune.data.collate import collate
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return lambda rows: collate(rows, pad_token_id=pad)
+
+
+def hooks_for(rank: int, spec: Any, tokenizer: Any, work: Path, log: TextLog | None) -> list[Any]:
+    """Logging and metrics on rank 0. Every rank runs the evaluation: under ZeRO-3 a forward pass gathers weights
+    from all ranks, so generation must run in lockstep everywhere (only rank 0 writes)."""
+    hooks: list[Any] = []
+    if rank == 0:
+        hooks += [log, ProgressFile(work), TensorBoard(log.dir / "vis_data"), ProgressBar()]
+        port = os.environ.get("KUBETUNE_METRICS_PORT")
+        if port:
+            hooks.append(Metrics(int(port)))
+    if spec.evaluation.inputs:
+        hooks.append(EvaluateChat(spec, tokenizer, work, log))
+    return hooks
+
+
+def report_throughput(model: Any, spec: Any, log: TextLog, work: Path) -> None:
+    scalars = (work / log.dir.name / "vis_data" / "scalars.json").read_text().splitlines()
+    if not scalars:
+        return
+    rates = [json.loads(s)["tokens_per_second"] for s in scalars[len(scalars) // 2:]]
+    tps = sum(rates) / len(rates)
+    cfg = getattr(model, "module", model).config
+    cfg = getattr(cfg, "text_config", cfg)
+    tflops = megatron_tflops(cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size, spec.dataset.max_length, tps,
+                             spec.training.gradient_checkpointing)
+    log.write(f"throughput: {tps:.0f} tokens/s, {tflops:.4f} TFLOP/s (Megatron formula)")
