@@ -6,8 +6,9 @@ Same tiny Llama (hidden 128, 2 layers, built locally), same synthetic alpaca-lik
 layer, fp32 on the CPU, one epoch, the same number of sequences per optimizer step (8). kubetune packs whole samples
 into 512-token sequences; HF Trainer pads each batch of 8 to its longest sample. Reported: effective (non-padding,
 labelled-or-not) tokens per second of the training loop (model loading and data preparation excluded) and peak RSS of
-each process. XTuner is not in this table yet (it needs the CPU shim of shared notes §5). Writes
-bench/results/train.json.
+each process. XTuner 0.2.0 runs in its own venv (bench/.venvs/xtuner, set up as in bench/data_bench.py) with the CPU
+shim of shared notes §5, packed to the same length, LoRA on the same layers; without the venv its row is left out
+with a note. Writes bench/results/train.json.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--out", default=str(HERE / "results" / "train.json"))
+    parser.add_argument("--xtuner-python", default=str(HERE / ".venvs" / "xtuner" / "bin" / "python"))
     args = parser.parse_args()
     from data_bench import make_rows
 
@@ -103,14 +105,14 @@ def main() -> None:
     # The same samples per optimizer step: 8 padded samples for HF; packed sequences carry about
     # samples/sequences samples each, so accumulate enough of them to match.
     per_seq = packed.report["samples"] / packed.report["sequences"]
-    accum = max(1, round(8 / per_seq))
+    per_step = max(1, round(8 / per_seq))  # packed sequences per optimizer step
     cfg = work / "job.yaml"
     cfg.write_text(json.dumps({
         "model": {"uri": str(model)},
         "method": {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "targetModules": []}},
         "dataset": {"uri": str(data), "format": "alpaca", "promptTemplate": "internlm2_chat",
                     "maxLength": args.max_length},
-        "training": {"maxEpochs": 1, "batchSize": 1, "accumulativeCounts": accum, "precision": "fp32",
+        "training": {"maxEpochs": 1, "batchSize": 1, "accumulativeCounts": per_step, "precision": "fp32",
                      "gradientCheckpointing": False, "seed": 0, "logEverySteps": 1000, "warmupRatio": 0.0,
                      "optimizer": {"lr": 2e-4}},
         "checkpoints": {"everySteps": 100000, "keep": 1}}))
@@ -128,15 +130,47 @@ def main() -> None:
         results.append(r)
         print(f"  {name:28} {r['effective_tokens_per_s']:9.0f} effective tokens/s  {r['seconds']:7.1f} s  "
               f"{r['steps']} steps  peak {r['peak_rss_mb']:.0f} MB")
+    xtuner = run_xtuner(args, work, model, data, per_step, real_tokens)
+    if xtuner:
+        results.append(xtuner)
     ratio = results[0]["effective_tokens_per_s"] / results[1]["effective_tokens_per_s"]
+    ratio_xtuner = results[0]["effective_tokens_per_s"] / xtuner["effective_tokens_per_s"] if xtuner else None
+    if ratio_xtuner:
+        print(f"kubetune / XTuner 0.2.0 effective tokens/s: {ratio_xtuner:.2f}x")
     print(f"\nkubetune / HF Trainer effective tokens/s: {ratio:.2f}x  (padding waste avoided: "
           f"{plain.report['padding_waste_unpacked']:.1%} if padded to maxLength)")
     Path(args.out).write_text(json.dumps({
         "benchmark": "LoRA training throughput", "rows": args.rows, "max_length": args.max_length,
-        "real_tokens": real_tokens, "accumulative_counts_kubetune": accum,
+        "real_tokens": real_tokens, "packed_sequences_per_step_kubetune": per_step,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "results": results, "ratio_vs_hf_trainer": ratio}, indent=2))
+        "results": results, "ratio_vs_hf_trainer": ratio, "ratio_vs_xtuner": ratio_xtuner,
+        "peak_rss_ratio_vs_hf_trainer": results[0]["peak_rss_mb"] / results[1]["peak_rss_mb"]}, indent=2))
     print(f"wrote {args.out}")
+
+
+def run_xtuner(args, work: Path, model: Path, data: Path, accum: int, real_tokens: int) -> dict | None:
+    from xtuner_train import XT_CONFIG, XT_MODEL, XT_RUN
+
+    if not Path(args.xtuner_python).exists():
+        print(f"  XTuner left out: {args.xtuner_python} not found (set-up in bench/data_bench.py's docstring)")
+        return None
+    xt_model = work / "model-xtuner"
+    subprocess.run([args.xtuner_python, "-c", XT_MODEL, str(model), str(xt_model)], check=True, capture_output=True)
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        cfg = Path(tmp) / "xt_lora.py"
+        cfg.write_text(XT_CONFIG.format(model=str(xt_model), data=str(data), max_length=args.max_length, accum=accum))
+        env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PATH=f"{Path(args.xtuner_python).parent}:"
+                   f"{os.environ['PATH']}")
+        out = subprocess.run([args.xtuner_python, "-c", XT_RUN, json.dumps({"cfg": str(cfg), "work": str(Path(tmp) / "w")})],
+                             capture_output=True, text=True, env=env, cwd=tmp)
+    if out.returncode:
+        raise SystemExit(f"XTuner failed:\n{out.stderr[-3000:]}")
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r["steps"] = r["steps"] // accum  # mmengine counts micro-batches
+    r.update(tool="XTuner 0.2.0 (packed, no varlen attention on CPU)", effective_tokens_per_s=real_tokens / r["seconds"])
+    print(f"  {r['tool'][:28]:28} {r['effective_tokens_per_s']:9.0f} effective tokens/s  {r['seconds']:7.1f} s  "
+          f"{r['steps']} steps  peak {r['peak_rss_mb']:.0f} MB")
+    return r
 
 
 if __name__ == "__main__":

@@ -141,10 +141,24 @@ def test_out_of_memory_is_a_clear_message(monkeypatch, capsys, tmp_path, job):
     assert "out of memory" in err and "training.batchSize" in err and "Traceback" not in err
 
 
-def test_packed_causal_mask_keeps_samples_apart():
-    from kubetune.train.sequence_parallel import packed_causal_mask
+def test_segment_attention_equals_a_block_diagonal_mask():
+    """The packed-sample attention (no mask, samples gathered into their own rows) equals SDPA with the
+    block-diagonal causal mask transformers would build, values and gradients, with grouped key/value heads."""
+    from kubetune.model.attention import segment_attention
 
-    mask = packed_causal_mask(torch.tensor([[0, 1, 2, 0, 1, 0]]))[0, 0]
-    expected = torch.tensor([[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0],
-                             [0, 0, 0, 1, 0, 0], [0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 1]], dtype=torch.bool)
-    assert torch.equal(mask, expected)
+    torch.manual_seed(0)
+    pos = torch.tensor([[0, 1, 2, 3, 0, 1, 0, 1, 2, 0], [0, 1, 2, 3, 4, 5, 0, 1, 0, 1]])
+    q = torch.randn(2, 4, 10, 8, requires_grad=True)
+    k = torch.randn(2, 2, 10, 8, requires_grad=True)
+    v = torch.randn(2, 2, 10, 8, requires_grad=True)
+    sample = torch.cumsum(torch.diff(pos, prepend=pos[:, :1] - 1) != 1, -1)
+    mask = (sample[:, :, None] == sample[:, None, :]) & torch.ones(10, 10, dtype=torch.bool).tril()
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
+                                                           attn_mask=mask[:, None]).transpose(1, 2)
+    got = segment_attention(q, k, v, pos, scaling=None)
+    assert torch.allclose(got, ref, atol=1e-6)
+    weights = torch.randn_like(ref)
+    grads_ref = torch.autograd.grad((ref * weights).sum(), (q, k, v))
+    grads_got = torch.autograd.grad((got * weights).sum(), (q, k, v))
+    for a, b in zip(grads_ref, grads_got):
+        assert torch.allclose(a, b, atol=1e-5)

@@ -12,4 +12,13 @@ def packed_forward(model: Any, batch: dict[str, Any]) -> Any:
     sample into a block-diagonal causal mask (a cache, even an empty one, disables that detection and lets samples
     attend across their boundaries).
     """
-    return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+    extra = {"logits_to_keep": batch["keep"]} if "keep" in batch else {}
+    return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False, **extra)
+
+
+def accepts_logits_mask(model: Any) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (transformers' own models do; remote code may not)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(type(base).forward).parameters

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kubetune.model.attention import generation_attention
+
 
 class TextLog:
     """XTuner's layout: work_dir/<timestamp>/<timestamp>.log and vis_data/scalars.json (one JSON object per line)."""
@@ -152,12 +154,8 @@ class EvaluateChat:
         model = getattr(ctx.model, "module", ctx.model)
         was_training = model.training
         model.eval()
-        # Sequence-parallel attention splits a sequence across ranks; generation runs whole sequences.
-        attn = model.config._attn_implementation
-        if attn == "kubetune_ulysses":
-            model.config._attn_implementation = "sdpa"
         lines = []
-        with torch.no_grad():
+        with torch.no_grad(), generation_attention(model):
             for text, ids in zip(self.inputs, self.prompts):
                 input_ids = torch.tensor([ids], device=ctx.device)
                 out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
@@ -166,7 +164,6 @@ class EvaluateChat:
                 answer = self.tokenizer.decode(out[0, len(ids):], skip_special_tokens=False)
                 lines.append(f"Sample output:\n{text}\n{answer}\n")
         model.train(was_training)
-        model.config._attn_implementation = attn
         if ctx.rank != 0:
             return
         (self.work_dir / f"eval_outputs_iter_{step}.txt").write_text("\n".join(lines), encoding="utf-8")

@@ -57,13 +57,24 @@ def micro_batches(run: Run):
             yield run.collate([run.dataset[i] for i in indices])
 
 
-def with_targets(batch: dict[str, Any]) -> dict[str, Any]:
+def with_targets(batch: dict[str, Any], keep_logits: bool = False) -> dict[str, Any]:
     """Targets are the labels shifted one to the left: position t predicts token t+1. Shifting before any slicing
     lets sequence parallelism cut the sequence anywhere."""
     import torch
 
     targets = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
-    return {**batch, "targets": targets, "num_tokens": int((targets != IGNORE_INDEX).sum())}
+    return select_logits({**batch, "targets": targets}, keep_logits)
+
+
+def select_logits(batch: dict[str, Any], keep_logits: bool) -> dict[str, Any]:
+    """Only positions with a target need logits: with `keep_logits` the model projects just those hidden states onto
+    the vocabulary (transformers' `logits_to_keep` mask), which skips the prompt tokens' LM-head and softmax work."""
+    targets = batch["targets"]
+    labelled = targets != IGNORE_INDEX
+    out = {**batch, "num_tokens": int(labelled.sum()), "loss_targets": targets}
+    if keep_logits:
+        out.update(keep=labelled, loss_targets=targets[labelled])
+    return out
 
 
 def token_loss_sum(logits: Any, targets: Any) -> Any:
@@ -127,7 +138,7 @@ def train(run: Run, forward: Callable[[Any, dict], Any]) -> None:
                 else run.model.no_sync()
             with sync, _autocast(run):
                 logits = forward(run.model, batch).logits
-                loss = token_loss_sum(logits, batch["targets"]) * run.world / tokens.clamp(min=1)
+                loss = token_loss_sum(logits, batch["loss_targets"]) * run.world / tokens.clamp(min=1)
             backward(run, loss, last)
             total_loss += loss.detach()
         grad_norm = optimizer_step(run)

@@ -7,9 +7,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kubetune.model.attention import training_attention
+from kubetune.model.packed import accepts_logits_mask, packed_forward
+
 from . import checkpoint, distributed, ds, sequence_parallel
 from .hooks import TextLog
-from .loop import Run, train
+from .loop import Run, train, with_targets
 from .model import build_model, count_parameters, resolve_precision, trainable_parameters
 from .sampler import ResumableBatches
 from .schedule import build_optimizer, build_scheduler
@@ -63,8 +66,8 @@ def _run(job: Any, spec: Any, dist: distributed.Dist, work_dir: str | None, resu
     # 3. Tokenizer, data, model.
     tokenizer, data = build_data(spec, seed, say)
     zero3 = ds.zero3_init(ds_config) if ds_config else None  # partitions weights while they load
-    model = build_model(spec, device, precision, seed,
-                        attn_implementation=sequence_parallel.ATTENTION if sp else None)
+    attention = sequence_parallel.ATTENTION if sp else training_attention(spec.model.attn_implementation, device)
+    model = build_model(spec, device, precision, seed, attn_implementation=attention)
     del zero3
     trainable, total = count_parameters(model)
     say(f"model {spec.model.uri}: {total:,} parameters, {trainable:,} trainable ({spec.method.type.value}); "
@@ -93,12 +96,14 @@ def _run(job: Any, spec: Any, dist: distributed.Dist, work_dir: str | None, resu
 
     # 6. The loop, its checkpoints and hooks.
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    keep = accepts_logits_mask(getattr(model, "module", model))
     run_ = Run(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, batches=batches, dataset=data,
                collate=collator(tokenizer, spec), device=device, autocast=precision.autocast,
                accum=spec.training.accumulative_counts, max_norm=spec.training.max_norm, total_steps=total_steps,
                rank=dist.rank, world=dist.world, step=state["step"], consumed=state["consumed"],
                all_reduce=dist.all_reduce, engine=engine,
-               prepare=(lambda b: sequence_parallel.shard(b, sp, pad)) if sp else None)
+               prepare=(lambda b: sequence_parallel.shard(b, sp, pad, keep)) if sp
+               else (lambda b: with_targets(b, keep)))
     run_.should_save = save_policy(spec, batches)
     run_.save = lambda step: checkpoint.save(work, step, model, optimizer, scheduler, scaler,
                                              {"consumed": run_.consumed, "seed": seed, "total_steps": total_steps},
@@ -109,8 +114,6 @@ def _run(job: Any, spec: Any, dist: distributed.Dist, work_dir: str | None, resu
         say(f"training {total_steps} steps ({spec.training.accumulative_counts} micro-batches of "
             f"{spec.training.batch_size} x {dp_world} data-parallel rank(s) each) on {len(data)} sequences; "
             f"work dir {work}")
-    from kubetune.model.packed import packed_forward
-
     train(run_, sequence_parallel.forward if sp else packed_forward)
     if not run_.should_save(total_steps):
         run_.save(total_steps)

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-ATTENTION = "kubetune_ulysses"
+from kubetune.model.attention import SEQUENCE_PARALLEL as ATTENTION
+from kubetune.model.attention import segment_attention
 IGNORE_INDEX = -100
 
 
@@ -43,7 +44,7 @@ def setup(size: int, rank: int, world: int) -> SequenceGroup:
     return _ACTIVE
 
 
-def shard(batch: dict[str, Any], sp: SequenceGroup, pad_token_id: int) -> dict[str, Any]:
+def shard(batch: dict[str, Any], sp: SequenceGroup, pad_token_id: int, keep_logits: bool = False) -> dict[str, Any]:
     """This rank's slice of a collated batch, with targets shifted over the whole sequence first (the slice's last
     position predicts the next slice's first token)."""
     import torch
@@ -58,8 +59,10 @@ def shard(batch: dict[str, Any], sp: SequenceGroup, pad_token_id: int) -> dict[s
         targets = torch.nn.functional.pad(targets, (0, extra), value=IGNORE_INDEX)
     part = padded // sp.size
     cut = slice(sp.rank * part, (sp.rank + 1) * part)
-    return {"input_ids": ids[:, cut], "position_ids": pos[:, cut], "targets": targets[:, cut],
-            "full_position_ids": pos, "num_tokens": int((targets[:, cut] != IGNORE_INDEX).sum())}
+    from .loop import select_logits
+
+    return select_logits({"input_ids": ids[:, cut], "position_ids": pos[:, cut], "targets": targets[:, cut],
+                          "full_position_ids": pos}, keep_logits)
 
 
 def shift_targets(labels: Any) -> Any:
@@ -98,24 +101,9 @@ def _exchange(x: Any, scatter_dim: int, gather_dim: int, sp: SequenceGroup) -> A
     return torch.cat(received, dim=gather_dim)
 
 
-def packed_causal_mask(position_ids: Any) -> Any:
-    """Boolean (B, 1, S, S) mask: causal, and only within the sample a position belongs to (positions restart at each
-    packed sample)."""
-    import torch
-
-    start = position_ids[:, :1] - 1
-    sample = (torch.diff(position_ids, prepend=start, dim=-1) != 1).cumsum(-1)
-    same = sample[:, :, None] == sample[:, None, :]
-    causal = torch.ones(position_ids.shape[1], position_ids.shape[1], dtype=torch.bool,
-                        device=position_ids.device).tril()
-    return (same & causal)[:, None]
-
-
 def ulysses_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
                       scaling: float | None = None, **kwargs: Any) -> tuple[Any, None]:
     """transformers attention function: q/k/v arrive as (B, heads, S/P, D); returns (B, S/P, heads, D)."""
-    import torch
-
     sp = _ACTIVE
     heads, kv_heads = query.shape[1], key.shape[1]
     if heads % sp.size:
@@ -124,11 +112,8 @@ def ulysses_attention(module: Any, query: Any, key: Any, value: Any, attention_m
         key = key.repeat_interleave(heads // kv_heads, dim=1)
         value = value.repeat_interleave(heads // kv_heads, dim=1)
     q, k, v = (_AllToAll.apply(t, 1, 2, sp) for t in (query, key, value))
-    mask = packed_causal_mask(_full_positions(kwargs))
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=q.shape[1] != k.shape[1])
-    out = _AllToAll.apply(out, 2, 1, sp)
-    return out.transpose(1, 2).contiguous(), None
+    out = segment_attention(q, k, v, _FULL_POSITIONS["current"], scaling, dropout)  # (B, S, H/P, D)
+    return _AllToAll.apply(out, 1, 2, sp), None
 
 
 # The whole sequence's position ids of the batch in flight. Kept after the forward returns: gradient checkpointing
@@ -136,14 +121,12 @@ def ulysses_attention(module: Any, query: Any, key: Any, value: Any, attention_m
 _FULL_POSITIONS: dict[str, Any] = {}
 
 
-def _full_positions(kwargs: dict[str, Any]) -> Any:
-    return _FULL_POSITIONS["current"]
-
-
 def forward(model: Any, batch: dict[str, Any]) -> Any:
     """The packed forward over this rank's slice; attention sees the whole sequence's positions."""
+    from kubetune.model.packed import packed_forward
+
     _FULL_POSITIONS["current"] = batch["full_position_ids"]
-    return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+    return packed_forward(model, batch)
 
 
 def _register() -> None:
@@ -151,5 +134,5 @@ def _register() -> None:
     from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(ATTENTION, ulysses_attention)
-    # The mask is built inside the attention function from the whole sequence's positions.
+    # No mask: the attention function finds the packed samples from the whole sequence's positions.
     AttentionMaskInterface.register(ATTENTION, lambda *args, **kwargs: None)
