@@ -57,13 +57,14 @@ def run(args: argparse.Namespace) -> int:
     from kubetune.data.encode import TemplateMismatch
     from kubetune.data.source import DataError
     from kubetune.model.tokenizer import ModelLoadError
+    from kubetune.storage import StorageError
     from kubetune.train.main import TrainError
     from kubetune.train.main import run as train
 
     name = job.metadata.name or Path(args.config).stem
     try:
         return train(job, args.work_dir, args.resume, name, deepspeed_file)
-    except (TrainError, ModelLoadError, DataError, TemplateMismatch, FileNotFoundError) as exc:
+    except (TrainError, ModelLoadError, DataError, TemplateMismatch, StorageError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
     except (MemoryError, RuntimeError) as exc:
         if isinstance(exc, RuntimeError) and not _out_of_memory(exc):

@@ -1,15 +1,17 @@
-"""Resolve a URI to a local path. `file://`, plain paths, `pvc://` and `hf://` work now; `s3://` lands with the
-storage issue (#6) behind this same function, so callers will not change."""
+"""One small URI layer for data, models, checkpoints and exports: `file://` and plain paths, `pvc://CLAIM/path` (a
+claim the operator mounts under $KUBETUNE_PVC_ROOT, default /mnt/pvc), `s3://bucket/prefix` (downloaded into
+$KUBETUNE_CACHE/s3, see s3.py for credentials and retries) and `hf://org/name[@revision]` (huggingface_hub's cache,
+HF_HUB_OFFLINE honoured, HF_TOKEN used)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+from .errors import StorageError
 
-class StorageError(Exception):
-    """A URI that cannot be resolved; the message names it."""
-
+__all__ = ["StorageError", "local_path", "is_remote", "PVC_ROOT_ENV"]
 
 PVC_ROOT_ENV = "KUBETUNE_PVC_ROOT"
 
@@ -25,8 +27,7 @@ def local_path(uri: str, repo_type: str = "model") -> Path:
     if uri.startswith("hf://"):
         return _hf(uri[len("hf://"):], repo_type)
     if uri.startswith("s3://"):
-        raise StorageError(f"{uri}: s3:// is not available yet (the storage layer lands with issue #6); "
-                           "copy the data to a local path or a PVC for now")
+        return _s3(uri)
     if "://" in uri:
         raise StorageError(f"{uri}: unknown scheme; use hf://, s3://, pvc://, file:// or a local path")
     return _existing(Path(uri), uri)
@@ -53,3 +54,37 @@ def _hf(spec: str, repo_type: str) -> Path:
                            "(HF_HUB_OFFLINE is set or there is no network)") from None
     except Exception as exc:  # the hub client raises many types; the user needs the message, not the class
         raise StorageError(f"hf://{spec}: {type(exc).__name__}: {exc}") from None
+
+
+def is_remote(uri: str | None) -> bool:
+    return bool(uri) and uri.startswith("s3://")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("KUBETUNE_CACHE") or Path.home() / ".cache" / "kubetune")
+
+
+def _s3(uri: str) -> Path:
+    """A prefix becomes a directory of its objects, a single object a file; a second call with the same listing
+    (keys, sizes, ETags) reuses what is already there."""
+    from . import s3
+
+    where = s3.S3Uri.parse(uri)
+    target = cache_root() / "s3" / where.bucket / where.key
+    listing = s3.list_objects(where)
+    if not listing:  # not a prefix: maybe one object
+        size = s3.list_objects(s3.S3Uri(where.bucket, where.key.rpartition("/")[0])).get(where.key.rpartition("/")[2])
+        if size is None:
+            raise StorageError(f"{uri}: no such object or prefix")
+        if not (target.is_file() and target.stat().st_size == size):
+            print(f"kubetune: downloading {uri} ({size / 2**20:.1f} MiB)", flush=True)
+            s3.get_file(where, target)
+        return target
+    index = target / ".kubetune-s3-listing.json"
+    if index.is_file() and json.loads(index.read_text()) == listing:
+        return target
+    total = sum(listing.values())
+    print(f"kubetune: downloading {len(listing)} files ({total / 2**20:.1f} MiB) from {uri}", flush=True)
+    s3.parallel([lambda k=key: s3.get_file(where.join(k), target / k) for key in listing])
+    index.write_text(json.dumps(listing))
+    return target

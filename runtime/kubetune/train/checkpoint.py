@@ -90,10 +90,18 @@ def prune(work_dir: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def find_resume(work_dir: Path, resume: str | None) -> Path | None:
-    """`auto` → the newest complete checkpoint in the work dir (None when there is none); a path → that one."""
+def find_resume(work_dir: Path, resume: str | None, remote: str | None = None, fetch: bool = True,
+                barrier: Any = lambda: None) -> Path | None:
+    """`auto` → the newest complete checkpoint, local or remote (a newer remote one is downloaded first; None when
+    there is none); a path or s3:// URI → that one. Only `fetch` ranks download; the others wait at the barrier."""
     if not resume:
         return None
+    if resume.startswith("s3://") or (resume == "auto" and remote):
+        if fetch:
+            _fetch_remote(work_dir, resume, remote)
+        barrier()
+        if resume.startswith("s3://"):
+            resume = str(work_dir / resume.rstrip("/").rpartition("/")[2])
     if resume == "auto":
         found = checkpoints(work_dir)
         return found[-1] if found else None
@@ -139,3 +147,21 @@ def load_weights(path: Path, unwrapped: Any) -> None:
         missing, unexpected = unwrapped.load_state_dict(state, strict=False)
         if unexpected:
             raise RuntimeError(f"{path}: unexpected weights {unexpected[:5]}")
+
+
+def _fetch_remote(work_dir: Path, resume: str, remote: str | None) -> None:
+    from kubetune.storage import s3, sync
+
+    if resume.startswith("s3://"):
+        base, _, name = resume.rstrip("/").rpartition("/")
+        if not (name.startswith("iter_") and name[5:].isdigit()):
+            raise FileNotFoundError(f"--resume {resume}: expected s3://.../iter_N")
+        if int(name[5:]) not in sync.remote_checkpoints(s3.S3Uri.parse(base)):
+            raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint (no matching manifest)")
+        sync.download_checkpoint(s3.S3Uri.parse(base), int(name[5:]), work_dir)
+        return
+    steps = sync.remote_checkpoints(s3.S3Uri.parse(remote))
+    local = checkpoints(work_dir)
+    if steps and (not local or int(local[-1].name[5:]) < steps[-1]):
+        print(f"kubetune: downloading checkpoint iter_{steps[-1]} from {remote}", flush=True)
+        sync.download_checkpoint(s3.S3Uri.parse(remote), steps[-1], work_dir)

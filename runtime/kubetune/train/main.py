@@ -9,6 +9,8 @@ from typing import Any
 
 from kubetune.model.attention import training_attention
 from kubetune.model.packed import accepts_logits_mask, packed_forward
+from kubetune.storage import is_remote
+from kubetune.storage.sync import CheckpointSync
 
 from . import checkpoint, distributed, ds, sequence_parallel
 from .hooks import TextLog
@@ -45,7 +47,8 @@ def _run(job: Any, spec: Any, dist: distributed.Dist, work_dir: str | None, resu
     stamp = time.strftime("%Y%m%d_%H%M%S")
     log = TextLog(work, stamp, spec.training.log_every_steps) if dist.rank == 0 else None
     say = log.write if log else (lambda line: None)
-    resume_from = checkpoint.find_resume(work, resume)
+    remote = spec.checkpoints.uri if is_remote(spec.checkpoints.uri) else None
+    resume_from = checkpoint.find_resume(work, resume, remote, fetch=dist.local_rank == 0, barrier=dist.barrier)
     seed = pick_seed(spec, resume_from)
     seed_everything(seed)
     if dist.rank == 0:
@@ -105,10 +108,16 @@ def _run(job: Any, spec: Any, dist: distributed.Dist, work_dir: str | None, resu
                prepare=(lambda b: sequence_parallel.shard(b, sp, pad, keep)) if sp
                else (lambda b: with_targets(b, keep)))
     run_.should_save = save_policy(spec, batches)
-    run_.save = lambda step: checkpoint.save(work, step, model, optimizer, scheduler, scaler,
-                                             {"consumed": run_.consumed, "seed": seed, "total_steps": total_steps},
-                                             dist.rank, dist.world, spec.checkpoints.keep, dist.barrier,
-                                             engine, ds_config)
+    uploads = CheckpointSync(remote, spec.checkpoints.keep, say) if remote and dist.rank == 0 else None
+
+    def save(step: int) -> None:
+        path = checkpoint.save(work, step, model, optimizer, scheduler, scaler,
+                               {"consumed": run_.consumed, "seed": seed, "total_steps": total_steps},
+                               dist.rank, dist.world, spec.checkpoints.keep, dist.barrier, engine, ds_config)
+        if uploads:
+            uploads.submit(path)
+
+    run_.save = save
     run_.hooks = hooks_for(dist.rank, spec, tokenizer, work, log)
     if dist.rank == 0:
         say(f"training {total_steps} steps ({spec.training.accumulative_counts} micro-batches of "
@@ -118,7 +127,9 @@ def _run(job: Any, spec: Any, dist: distributed.Dist, work_dir: str | None, resu
     if not run_.should_save(total_steps):
         run_.save(total_steps)
 
-    # 7. Report and point at the next step.
+    # 7. Finish uploads, report, point at the next step.
+    if uploads:
+        uploads.wait()
     if dist.rank == 0:
         report_throughput(model, spec, log, work)
         say(f"done: checkpoints in {work}; next: kubetune convert pth_to_hf "

@@ -1,0 +1,135 @@
+"""Checkpoints in S3 that survive preemption.
+
+Every saved `iter_N/` is uploaded in the background by rank 0 to `<uri>/iter_N/`, files first and `manifest.json`
+(every file's size and sha256) last: a checkpoint counts only when its manifest exists and every listed object is
+there with its size, so an upload cut anywhere is never resumed from. `keep` is applied remotely after each upload
+(manifest deleted first). Training waits for an upload only when the next save would overlap it, and at the end.
+A checkpoint whose upload finally fails is logged and counted (`kubetune_checkpoint_upload_failures_total`), and
+training goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Callable
+
+from . import s3
+from .errors import StorageError
+
+MANIFEST = "manifest.json"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest(directory: Path) -> dict:
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    return {"files": {str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": sha256(p)} for p in files}}
+
+
+def upload_checkpoint(directory: Path, remote: s3.S3Uri, log: Callable[[str], None]) -> None:
+    """Files (a few at a time), then the manifest."""
+    if os.environ.get("KUBETUNE_FAULT_UPLOAD_CUT_BEFORE_MANIFEST"):  # drills: die as a pod killed mid-upload would
+        raise StorageError(f"{remote}: upload cut before the manifest (KUBETUNE_FAULT_UPLOAD_CUT_BEFORE_MANIFEST)")
+    content = manifest(directory)
+    target = remote.join(directory.name)
+    s3.parallel([lambda rel=rel: s3.put_file(directory / rel, target.join(rel), log) for rel in content["files"]])
+    s3.put_bytes(json.dumps(content, indent=1).encode(), target.join(MANIFEST), log)
+
+
+def remote_checkpoints(remote: s3.S3Uri) -> list[int]:
+    """Steps of the complete checkpoints under `remote`, oldest first."""
+    listing = s3.list_objects(remote)
+    steps = []
+    for key in listing:
+        name, _, rest = key.partition("/")
+        if rest == MANIFEST and name.startswith("iter_") and name[5:].isdigit():
+            content = json.loads(s3.get_bytes(remote.join(key)) or b"{}")
+            files = content.get("files", {})
+            if all(listing.get(f"{name}/{rel}") == meta["size"] for rel, meta in files.items()):
+                steps.append(int(name[5:]))
+    return sorted(steps)
+
+
+def download_checkpoint(remote: s3.S3Uri, step: int, work_dir: Path) -> Path:
+    """`<remote>/iter_N` → `work_dir/iter_N`, every file checked against the manifest, published by a rename."""
+    source = remote.join(f"iter_{step}")
+    content = json.loads(s3.get_bytes(source.join(MANIFEST)) or b"{}")
+    tmp = work_dir / f".iter_{step}.download"
+    shutil.rmtree(tmp, ignore_errors=True)
+    s3.parallel([lambda rel=rel: s3.get_file(source.join(rel), tmp / rel) for rel in content["files"]])
+    for rel, meta in content["files"].items():
+        if sha256(tmp / rel) != meta["sha256"]:
+            raise StorageError(f"{source.join(rel)}: sha256 does not match the manifest; not resuming from it")
+    final = work_dir / f"iter_{step}"
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def prune_remote(remote: s3.S3Uri, keep: int) -> None:
+    if keep < 1:
+        return
+    listing = s3.list_objects(remote)
+    for step in remote_checkpoints(remote)[:-keep]:
+        name = f"iter_{step}"
+        s3.delete(remote, [f"{name}/{MANIFEST}"])  # first: from here on it no longer counts
+        s3.delete(remote, [k for k in listing if k.startswith(name + "/") and k != f"{name}/{MANIFEST}"])
+
+
+class CheckpointSync:
+    """Background uploads of one rank, one at a time."""
+
+    def __init__(self, uri: str, keep: int, log: Callable[[str], None]):
+        self.remote = s3.S3Uri.parse(uri)
+        self.keep, self.log = keep, log
+        self.thread: threading.Thread | None = None
+        self.failures = _failure_counter()
+
+    def submit(self, directory: Path) -> None:
+        self.wait()  # the previous upload must be done before the next starts (and before `keep` prunes it)
+        self.thread = threading.Thread(target=self._upload, args=(directory,), name="checkpoint-upload", daemon=True)
+        self.thread.start()
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+
+    def _upload(self, directory: Path) -> None:
+        try:
+            self._check_complete_locally(directory)
+            upload_checkpoint(directory, self.remote, self.log)
+            prune_remote(self.remote, self.keep)
+            self.log(f"checkpoint {directory.name} uploaded to {self.remote.join(directory.name)}")
+        except (StorageError, OSError) as exc:
+            if self.failures is not None:
+                self.failures.inc()
+            self.log(f"checkpoint {directory.name}: upload failed, training goes on: {exc}")
+
+    @staticmethod
+    def _check_complete_locally(directory: Path) -> None:
+        state = json.loads((directory / "trainer_state.json").read_text())
+        missing = [r for r in range(int(state.get("world_size", 1))) if not (directory / f"rng_rank{r}.pt").exists()]
+        if missing:
+            raise StorageError(f"files of ranks {missing} are not on this node's disk; multi-node runs with a remote "
+                               "checkpoints.uri need the work dir on a shared volume (a ReadWriteMany PVC)")
+
+
+def _failure_counter():
+    try:
+        from prometheus_client import REGISTRY, Counter
+    except ImportError:
+        return None
+    existing = REGISTRY._names_to_collectors.get("kubetune_checkpoint_upload_failures_total")
+    return existing or Counter("kubetune_checkpoint_upload_failures", "Checkpoints whose upload finally failed")

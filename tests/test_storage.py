@@ -1,0 +1,198 @@
+"""Storage against a real S3 server (versitygw, started here) behind a fault-injecting proxy: model and data from
+s3:// and from an offline Hugging Face cache, checkpoints that survive SIGKILL, retried faults, cut uploads that are
+never resumed from, credential errors that fail fast without leaking the secret."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from .s3server import ACCESS, SECRET, Faults, start_proxy, start_versitygw
+from .test_train import alpaca_rows, kubetune, write_job
+
+BUCKET = "kubetune-test"
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    root = tmp_path_factory.mktemp("s3")
+    server, upstream = start_versitygw(root)
+    faults = Faults()
+    proxy, endpoint = start_proxy(upstream, faults)
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": ACCESS, "AWS_SECRET_ACCESS_KEY": SECRET,
+           "AWS_REGION": "us-east-1", "KUBETUNE_S3_ATTEMPTS": "4"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    from kubetune.storage import s3 as s3mod
+
+    s3mod._CLIENT.clear()
+    s3mod.client().create_bucket(Bucket=BUCKET)
+    yield {"env": env, "faults": faults, "endpoint": endpoint}
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    s3mod._CLIENT.clear()
+    proxy.shutdown()
+    server.terminate()
+    server.wait(10)
+
+
+@pytest.fixture(autouse=True)
+def clean_faults(request):
+    if "s3" in request.fixturenames:
+        s3 = request.getfixturevalue("s3")
+        s3["faults"].plan.clear()
+        s3["faults"].always.clear()
+    yield
+
+
+def upload_tree(local: Path, prefix: str):
+    from kubetune.storage import s3
+
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        s3.put_file(path, s3.S3Uri(BUCKET, f"{prefix}/{path.relative_to(local)}"))
+
+
+def adapter(work, step):
+    return load_file(str(Path(work) / f"iter_{step}" / "model" / "adapter_model.safetensors"))
+
+
+def test_model_and_dataset_load_from_s3(s3, tmp_path, tiny_dir):
+    upload_tree(tiny_dir, "models/tiny")
+    job = write_job(tmp_path, tiny_dir, alpaca_rows(8))
+    from kubetune.storage import s3 as s3mod
+
+    s3mod.put_file(tmp_path / "data.jsonl", s3mod.S3Uri(BUCKET, "data/rows.jsonl"))
+    env = {**s3["env"], "KUBETUNE_CACHE": str(tmp_path / "cache")}
+    out = kubetune("train", str(job), "--work-dir", str(tmp_path / "w"), "--cfg-options",
+                   f"model.uri=s3://{BUCKET}/models/tiny", f"dataset.uri=s3://{BUCKET}/data/rows.jsonl",
+                   "training.maxSteps=2", env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"from s3://{BUCKET}/models/tiny" in out.stdout
+    assert (tmp_path / "cache" / "s3" / BUCKET / "models" / "tiny" / "model.safetensors").is_file()
+    missing = kubetune("train", str(job), "--cfg-options", f"model.uri=s3://{BUCKET}/models/nope", env=env)
+    assert missing.returncode == 1 and f"s3://{BUCKET}/models/nope" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_model_from_an_offline_hugging_face_cache(tmp_path, tiny_dir):
+    """hf://org/name resolves through huggingface_hub's cache layout with HF_HUB_OFFLINE=1 (no network)."""
+    cache = tmp_path / "hub"
+    repo = cache / "models--kubetune--tiny-chat"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(tiny_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    job = write_job(tmp_path, tiny_dir, alpaca_rows(8))
+    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "KUBETUNE_CACHE": str(tmp_path / "c")}
+    out = kubetune("train", str(job), "--work-dir", str(tmp_path / "w"), "--cfg-options",
+                   "model.uri=hf://kubetune/tiny-chat", "training.maxSteps=2", env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    absent = kubetune("train", str(job), "--cfg-options", "model.uri=hf://kubetune/absent", env=env)
+    assert absent.returncode == 1 and "hf://kubetune/absent" in absent.stderr and "offline" in absent.stderr.lower()
+
+
+def test_checkpoints_in_s3_survive_sigkill(s3, tmp_path, tiny_dir):
+    """Kill -9 after a checkpoint reached S3; a fresh pod (empty work dir) with --resume auto downloads the newest
+    complete one and ends with the weights of an uninterrupted run."""
+    from kubetune.storage import s3 as s3mod
+    from kubetune.storage import sync
+
+    job = write_job(tmp_path, tiny_dir, alpaca_rows(24), checkpoints={"everySteps": 10, "keep": 2})
+    steps = ["--cfg-options", "training.maxSteps=150"]
+    env = {**s3["env"], "KUBETUNE_CACHE": str(tmp_path / "c")}
+    straight = tmp_path / "straight"
+    assert kubetune("train", str(job), "--work-dir", str(straight), *steps, env=env).returncode == 0
+
+    uri = f"s3://{BUCKET}/runs/sigkill"
+    remote = ["checkpoints.uri=" + uri]
+    proc = subprocess.Popen([sys.executable, "-m", "kubetune", "train", str(job), "--work-dir", str(tmp_path / "pod1"),
+                             *steps, *remote], env=dict(os.environ, **env), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while time.time() < deadline and not sync.remote_checkpoints(s3mod.S3Uri.parse(uri)):
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sync.remote_checkpoints(s3mod.S3Uri.parse(uri))
+    assert done and done[-1] < 150, done
+
+    out = kubetune("train", str(job), "--work-dir", str(tmp_path / "pod2"), "--resume", "auto", *steps, *remote,
+                   env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"downloading checkpoint iter_" in out.stdout and "resumed from" in out.stdout
+    a, b = adapter(straight, 150), adapter(tmp_path / "pod2", 150)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # keep: 2 applies remotely too.
+    assert sync.remote_checkpoints(s3mod.S3Uri.parse(uri)) == [140, 150]
+
+
+def test_transient_faults_during_upload_are_retried(s3, tmp_path, tiny_dir):
+    from kubetune.storage import s3 as s3mod
+    from kubetune.storage import sync
+
+    faults = s3["faults"]
+    put = lambda method, path: method == "PUT" and "/runs/faults/" in path  # noqa: E731
+    faults.plan = [(put, 503), (put, "drop"), (put, 503), (put, "drop"), (put, 503)]
+    job = write_job(tmp_path, tiny_dir, alpaca_rows(8), checkpoints={"everySteps": 2, "keep": -1})
+    uri = f"s3://{BUCKET}/runs/faults"
+    out = kubetune("train", str(job), "--work-dir", str(tmp_path / "w"), "--cfg-options", "training.maxSteps=4",
+                   "checkpoints.uri=" + uri, env={**s3["env"], "KUBETUNE_CACHE": str(tmp_path / "c")})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert not faults.plan, "every injected fault was hit"
+    assert sync.remote_checkpoints(s3mod.S3Uri.parse(uri)) == [2, 4]
+    assert "upload failed" not in out.stdout
+
+
+def test_an_upload_cut_before_its_manifest_is_never_resumed_from(s3, tmp_path, tiny_dir):
+    from prometheus_client import REGISTRY
+
+    from kubetune.storage import s3 as s3mod
+    from kubetune.storage import sync
+
+    uri = f"s3://{BUCKET}/runs/cut"
+    s3["faults"].always = [(lambda m, p: m == "PUT" and "/runs/cut/iter_4/manifest.json" in p, 503)]
+    job = write_job(tmp_path, tiny_dir, alpaca_rows(8), checkpoints={"everySteps": 2, "keep": -1})
+    env = {**s3["env"], "KUBETUNE_CACHE": str(tmp_path / "c"), "KUBETUNE_S3_ATTEMPTS": "2"}
+    out = kubetune("train", str(job), "--work-dir", str(tmp_path / "w"), "--cfg-options", "training.maxSteps=4",
+                   "checkpoints.uri=" + uri, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "checkpoint iter_4: upload failed, training goes on" in out.stdout
+    listing = s3mod.list_objects(s3mod.S3Uri.parse(uri))
+    assert "iter_4/model/adapter_model.safetensors" in listing and "iter_4/manifest.json" not in listing
+    assert sync.remote_checkpoints(s3mod.S3Uri.parse(uri)) == [2]
+    again = kubetune("train", str(job), "--work-dir", str(tmp_path / "fresh"), "--resume", "auto", "--cfg-options",
+                     "training.maxSteps=4", "checkpoints.uri=" + uri, env=env)
+    assert again.returncode == 0 and "resumed from" in again.stdout and "iter_2 at step 2" in again.stdout
+
+    # The failure is counted for Prometheus.
+    before = REGISTRY.get_sample_value("kubetune_checkpoint_upload_failures_total") or 0
+    uploads = sync.CheckpointSync(uri, keep=-1, log=lambda s: None)
+    uploads.submit(tmp_path / "w" / "iter_4")
+    uploads.wait()
+    assert REGISTRY.get_sample_value("kubetune_checkpoint_upload_failures_total") == before + 1
+
+
+def test_bad_credentials_fail_fast_without_the_secret(s3, tmp_path, tiny_dir):
+    job = write_job(tmp_path, tiny_dir, alpaca_rows(8))
+    wrong = "wrong-secret-value-9b7e"
+    env = {**s3["env"], "AWS_SECRET_ACCESS_KEY": wrong, "KUBETUNE_CACHE": str(tmp_path / "c")}
+    started = time.time()
+    out = kubetune("train", str(job), "--cfg-options", f"model.uri=s3://{BUCKET}/models/tiny", env=env)
+    assert out.returncode == 1
+    assert "access denied" in out.stderr and BUCKET in out.stderr and "s3:ListBucket" in out.stderr
+    assert wrong not in out.stderr + out.stdout and SECRET not in out.stderr + out.stdout
+    assert "Traceback" not in out.stderr
+    assert time.time() - started < 60  # no retry storm on a permanent error
