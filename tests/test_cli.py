@@ -140,9 +140,6 @@ def test_cfg_options_errors_name_the_field(cli):
 
 
 @pytest.mark.parametrize("argv,issue", [
-    (["convert", "pth_to_hf", "cfg", "ckpt", "out"], 5),
-    (["convert", "merge", "base", "adapter", "out"], 5),
-    (["convert", "split", "src", "dst"], 5),
     (["chat", "model"], 5),
     (["serve", "model"], 5),
     (["chat", "model", "--llava", "x"], 10),

@@ -139,10 +139,18 @@ def test_bad_data_names_file_row_and_field(tmp_path, tokenizer, cache_root, cont
     assert not cache_root.exists() or not [p for p in cache_root.iterdir() if p.is_dir()]
 
 
-def test_missing_source_and_unknown_scheme(tmp_path, tokenizer, cache_root):
+def test_missing_source_and_unknown_scheme(tmp_path, tokenizer, cache_root, monkeypatch):
     with pytest.raises(DataError, match="no such file"):
         build(spec(tmp_path / "nope.json"), tokenizer, cache_root=cache_root)
-    with pytest.raises(DataError, match="s3:// is not available yet"):
+    from kubetune.storage import s3
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setattr(s3, "_CLIENT", {})
+    with pytest.raises(DataError, match="s3://bucket/d.json: no S3 credentials found"):
         build(spec("s3://bucket/d.json"), tokenizer, cache_root=cache_root)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no .json"):

@@ -196,3 +196,18 @@ def test_bad_credentials_fail_fast_without_the_secret(s3, tmp_path, tiny_dir):
     assert wrong not in out.stderr + out.stdout and SECRET not in out.stderr + out.stdout
     assert "Traceback" not in out.stderr
     assert time.time() - started < 60  # no retry storm on a permanent error
+
+
+def test_convert_reads_a_checkpoint_from_s3_and_exports_there(s3, tmp_path, tiny_dir):
+    from kubetune.storage import s3 as s3mod
+
+    uri = f"s3://{BUCKET}/runs/export"
+    job = write_job(tmp_path, tiny_dir, alpaca_rows(8), checkpoints={"everySteps": 2, "keep": 1})
+    env = {**s3["env"], "KUBETUNE_CACHE": str(tmp_path / "c")}
+    out = kubetune("train", str(job), "--work-dir", str(tmp_path / "w"), "--cfg-options", "training.maxSteps=2",
+                   "checkpoints.uri=" + uri, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    conv = kubetune("convert", "pth_to_hf", str(job), f"{uri}/iter_2", f"{uri}/export/adapter", env=env)
+    assert conv.returncode == 0, conv.stderr[-3000:]
+    listing = s3mod.list_objects(s3mod.S3Uri.parse(f"{uri}/export/adapter"))
+    assert {"adapter_config.json", "adapter_model.safetensors", "kubetune_config.yaml", "manifest.json"} <= set(listing)

@@ -13,7 +13,7 @@ TWO = {"NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1"}
 
 
 def scalars(work):
-    path = next(Path(work).glob("*/vis_data/scalars.json"))
+    path = sorted(Path(work).glob("*/vis_data/scalars.json"))[-1]  # the newest run (a resume adds one)
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 

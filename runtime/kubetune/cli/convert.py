@@ -1,11 +1,13 @@
-"""`kubetune convert {pth_to_hf,merge,split}`: flags now, the converters with issue #5."""
+"""`kubetune convert {pth_to_hf,merge,split}`."""
 
 from __future__ import annotations
 
 import argparse
 
-from .common import add_cfg_options
-from .errors import NotAvailable
+from pathlib import Path
+
+from .common import add_cfg_options, load_config
+from .errors import UserError
 
 
 def add_parser(sub, mode: str, summary: str) -> None:
@@ -15,7 +17,7 @@ def add_parser(sub, mode: str, summary: str) -> None:
     pth = conv.add_parser("pth_to_hf", help="convert a training checkpoint to a Hugging Face adapter or model")
     pth.add_argument("config", help="the FineTuneJob config the checkpoint was trained with")
     pth.add_argument("pth_model", help="checkpoint directory or file (plain or DeepSpeed)")
-    pth.add_argument("save_dir", help="output directory")
+    pth.add_argument("save_dir", help="output directory, or s3://... (e.g. <checkpoints.uri>/export/adapter)")
     pth.add_argument("--fp32", action="store_true", help="save fp32 weights (default fp16)")
     pth.add_argument("--max-shard-size", default="2GB", help="largest shard (default 2GB)")
     pth.add_argument("--safe-serialization", action=argparse.BooleanOptionalAction, default=True,
@@ -25,7 +27,7 @@ def add_parser(sub, mode: str, summary: str) -> None:
     merge = conv.add_parser("merge", help="merge a LoRA adapter into its base model, shard by shard")
     merge.add_argument("model", help="base model (hf://, s3://, path)")
     merge.add_argument("adapter", help="adapter directory")
-    merge.add_argument("save_dir", help="output directory")
+    merge.add_argument("save_dir", help="output directory, or s3://... (e.g. <checkpoints.uri>/export/merged)")
     merge.add_argument("--max-shard-size", default="2GB", help="largest shard (default 2GB)")
     merge.add_argument("--is-clip", action="store_true", help="the base is a CLIP vision encoder")
     merge.add_argument("--safe-serialization", action=argparse.BooleanOptionalAction, default=True,
@@ -39,4 +41,46 @@ def add_parser(sub, mode: str, summary: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotAvailable(f"convert {args.submode}", 5, "checkpoint conversion, merge and split")
+    from kubetune.convert.shards import ConvertError
+    from kubetune.model.tokenizer import ModelLoadError
+    from kubetune.storage import StorageError, local_path
+
+    import tempfile
+
+    remote = args.save_dir if args.submode != "split" and args.save_dir.startswith("s3://") else None
+    staging = tempfile.TemporaryDirectory(prefix="kubetune-export-") if remote else None
+    if staging:
+        args.save_dir = staging.name
+    try:
+        if args.submode == "pth_to_hf":
+            from kubetune.convert.pth_to_hf import convert
+
+            job = load_config(args.config, list(args.cfg_options))
+            convert(job, local_path(args.pth_model), Path(args.save_dir), fp32=args.fp32,
+                    max_shard_size=args.max_shard_size, safe=args.safe_serialization)
+        elif args.submode == "merge":
+            from kubetune.convert.merge import merge
+
+            device = args.device
+            if device == "auto":
+                import torch
+
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            written = merge(local_path(args.model), local_path(args.adapter), Path(args.save_dir),
+                            args.max_shard_size, args.safe_serialization, device)
+            print(f"merged model written to {args.save_dir} ({len(written)} shard(s))")
+        else:
+            from kubetune.convert.split import split
+
+            count = split(local_path(args.src_dir), Path(args.dst_dir))
+            print(f"{count} tensors written to {args.dst_dir}, one per shard")
+        if remote:
+            from kubetune.storage.sync import publish
+
+            publish(Path(args.save_dir), remote)  # e.g. <checkpoints.uri>/export/adapter
+    except (ConvertError, StorageError, ModelLoadError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        if staging:
+            staging.cleanup()
+    return 0

@@ -47,6 +47,15 @@ def upload_checkpoint(directory: Path, remote: s3.S3Uri, log: Callable[[str], No
     s3.put_bytes(json.dumps(content, indent=1).encode(), target.join(MANIFEST), log)
 
 
+def publish(directory: Path, uri: str, log: Callable[[str], None] = print) -> None:
+    """An exported artifact (adapter, merged model) to `uri`: files, then the manifest, like a checkpoint."""
+    remote = s3.S3Uri.parse(uri)
+    content = manifest(directory)
+    s3.parallel([lambda rel=rel: s3.put_file(directory / rel, remote.join(rel), log) for rel in content["files"]])
+    s3.put_bytes(json.dumps(content, indent=1).encode(), remote.join(MANIFEST), log)
+    log(f"published {len(content['files'])} files to {uri}")
+
+
 def remote_checkpoints(remote: s3.S3Uri) -> list[int]:
     """Steps of the complete checkpoints under `remote`, oldest first."""
     listing = s3.list_objects(remote)

@@ -1,0 +1,1 @@
+"""Checkpoint conversion, LoRA merge and shard splitting (no torch at import time)."""
