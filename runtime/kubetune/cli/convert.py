@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
             from kubetune.storage.sync import publish
 
             publish(Path(args.save_dir), remote)  # e.g. <checkpoints.uri>/export/adapter
+            print(f"published to {remote}")
     except (ConvertError, StorageError, ModelLoadError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
     finally:

@@ -54,6 +54,20 @@ def read_shard(path: Path) -> Iterator[tuple[str, Any]]:
             yield key, state.pop(key)
 
 
+def shard_names(count: int, safe: bool = True) -> list[str]:
+    """transformers' file names: model.safetensors, or model-0000i-of-0000n.safetensors (pytorch_model* for .bin)."""
+    stem, ext = ("model", "safetensors") if safe else ("pytorch_model", "bin")
+    if count == 1:
+        return [f"{stem}.{ext}"]
+    return [f"{stem}-{i:05d}-of-{count:05d}.{ext}" for i in range(1, count + 1)]
+
+
+def write_index(out_dir: Path, weight_map: dict[str, str], total_size: int, safe: bool = True) -> None:
+    name = "model.safetensors.index.json" if safe else "pytorch_model.bin.index.json"
+    index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
+    (out_dir / name).write_text(json.dumps(index, indent=2) + "\n")
+
+
 def is_weight_file(name: str) -> bool:
     return name.endswith((".safetensors", ".bin")) or name in INDEXES or name.endswith(".index.json")
 
@@ -96,18 +110,12 @@ class ShardWriter:
 
     def close(self) -> list[Path]:
         self.flush()
-        stem, ext = ("model", "safetensors") if self.safe else ("pytorch_model", "bin")
-        count = len(self.written)
-        if count == 1:
-            final = self.out / f"{stem}.{ext}"
-            os.replace(self.written[0][0], final)
-            return [final]
-        weight_map, finals = {}, []
-        for i, (path, keys) in enumerate(self.written, start=1):
-            final = self.out / f"{stem}-{i:05d}-of-{count:05d}.{ext}"
-            os.replace(path, final)
-            finals.append(final)
-            weight_map.update({k: final.name for k in keys})
-        index = {"metadata": {"total_size": self.total}, "weight_map": dict(sorted(weight_map.items()))}
-        (self.out / f"{stem}.{ext}.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        names = shard_names(len(self.written), self.safe)
+        finals = []
+        for name, (path, _) in zip(names, self.written):
+            os.replace(path, self.out / name)
+            finals.append(self.out / name)
+        if len(names) > 1:
+            write_index(self.out, {k: name for name, (_, keys) in zip(names, self.written) for k in keys}, self.total,
+                        self.safe)
         return finals

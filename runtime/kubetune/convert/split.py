@@ -3,11 +3,10 @@ safetensors as well as .bin checkpoints)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
-from .shards import is_weight_file, read_shard, shard_files
+from .shards import is_weight_file, read_shard, shard_files, shard_names, write_index
 
 
 def split(src: Path, dst: Path) -> int:
@@ -15,14 +14,12 @@ def split(src: Path, dst: Path) -> int:
 
     files = shard_files(src)
     safe = files[0].suffix == ".safetensors"
-    keys = [key for shard in files for key, _ in _keys(shard)]
-    stem, ext = ("model", "safetensors") if safe else ("pytorch_model", "bin")
+    names = iter(shard_names(sum(len(_keys(shard)) for shard in files), safe))
     dst.mkdir(parents=True, exist_ok=True)
-    weight_map, total, i = {}, 0, 0
+    weight_map, total = {}, 0
     for shard in files:
         for key, tensor in read_shard(shard):
-            i += 1
-            name = f"{stem}-{i:05d}-of-{len(keys):05d}.{ext}"
+            name = next(names)
             if safe:
                 from safetensors.torch import save_file
 
@@ -31,18 +28,16 @@ def split(src: Path, dst: Path) -> int:
                 torch.save({key: tensor.clone()}, str(dst / name))
             weight_map[key] = name
             total += tensor.numel() * tensor.element_size()
-    (dst / f"{stem}.{ext}.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+    write_index(dst, weight_map, total, safe)
     for path in src.iterdir():
         if path.is_file() and not is_weight_file(path.name):
             shutil.copy2(path, dst / path.name)
-    return len(keys)
+    return len(weight_map)
 
 
-def _keys(shard: Path):
+def _keys(shard: Path) -> list[str]:
     if shard.suffix == ".safetensors":
-        from safetensors import safe_open
+        from .stream import read_header
 
-        with safe_open(str(shard), framework="pt") as f:
-            return [(k, None) for k in f.keys()]
-    return [(k, None) for k, _ in read_shard(shard)]
+        return [e.key for e in read_header(shard)[0]]
+    return [k for k, _ in read_shard(shard)]

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .shards import shard_names, write_index
+
 @dataclass
 class Entry:
     source: Path
@@ -123,15 +125,13 @@ def rewrite(files: list[Path], out_dir: Path, max_bytes: int, transform: Callabl
         metadata.update(meta)
     shards = plan(entries, max_bytes)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = ["model.safetensors"] if len(shards) == 1 else \
-        [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
+    names = shard_names(len(shards))
     for i, (name, shard) in enumerate(zip(names, shards), start=1):
         tmp = out_dir / (name + ".tmp")
         write_shard(tmp, shard, transform, metadata)
         os.replace(tmp, out_dir / name)
         log(f"wrote {name} ({i}/{len(shards)})")
     if len(shards) > 1:
-        weight_map = {e.key: name for name, shard in zip(names, shards) for e in shard}
-        index = {"metadata": {"total_size": sum(e.size for e in entries)}, "weight_map": dict(sorted(weight_map.items()))}
-        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        write_index(out_dir, {e.key: name for name, shard in zip(names, shards) for e in shard},
+                    sum(e.size for e in entries))
     return [out_dir / n for n in names]

@@ -37,23 +37,13 @@ def manifest(directory: Path) -> dict:
     return {"files": {str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": sha256(p)} for p in files}}
 
 
-def upload_checkpoint(directory: Path, remote: s3.S3Uri, log: Callable[[str], None]) -> None:
-    """Files (a few at a time), then the manifest."""
-    if os.environ.get("KUBETUNE_FAULT_UPLOAD_CUT_BEFORE_MANIFEST"):  # drills: die as a pod killed mid-upload would
-        raise StorageError(f"{remote}: upload cut before the manifest (KUBETUNE_FAULT_UPLOAD_CUT_BEFORE_MANIFEST)")
-    content = manifest(directory)
-    target = remote.join(directory.name)
-    s3.parallel([lambda rel=rel: s3.put_file(directory / rel, target.join(rel), log) for rel in content["files"]])
-    s3.put_bytes(json.dumps(content, indent=1).encode(), target.join(MANIFEST), log)
-
-
 def publish(directory: Path, uri: str, log: Callable[[str], None] = print) -> None:
-    """An exported artifact (adapter, merged model) to `uri`: files, then the manifest, like a checkpoint."""
+    """A directory to `uri`: its files (a few at a time), then the manifest. Checkpoints and exported artifacts
+    (adapter, merged model) alike."""
     remote = s3.S3Uri.parse(uri)
     content = manifest(directory)
     s3.parallel([lambda rel=rel: s3.put_file(directory / rel, remote.join(rel), log) for rel in content["files"]])
     s3.put_bytes(json.dumps(content, indent=1).encode(), remote.join(MANIFEST), log)
-    log(f"published {len(content['files'])} files to {uri}")
 
 
 def remote_checkpoints(remote: s3.S3Uri) -> list[int]:
@@ -118,7 +108,7 @@ class CheckpointSync:
     def _upload(self, directory: Path) -> None:
         try:
             self._check_complete_locally(directory)
-            upload_checkpoint(directory, self.remote, self.log)
+            publish(directory, str(self.remote.join(directory.name)), self.log)
             prune_remote(self.remote, self.keep)
             self.log(f"checkpoint {directory.name} uploaded to {self.remote.join(directory.name)}")
         except (StorageError, OSError) as exc:

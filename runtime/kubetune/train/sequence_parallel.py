@@ -9,6 +9,7 @@ whole window, and data parallel averages gradients over all ranks: the gradient 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,24 +72,24 @@ def shift_targets(labels: Any) -> Any:
     return torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
 
 
-class _AllToAll:
+@functools.cache
+def _all_to_all() -> Any:
     """Autograd-aware all-to-all: split `scatter_dim` into P parts, send part j to rank j, concatenate what arrives
-    along `gather_dim`. Its gradient is the reverse exchange."""
+    along `gather_dim`. Its gradient is the reverse exchange. (Built once, on first use: torch is imported lazily.)"""
+    import torch
 
-    @staticmethod
-    def apply(x: Any, scatter_dim: int, gather_dim: int, sp: SequenceGroup) -> Any:
-        import torch
+    class AllToAll(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t, scatter_dim, gather_dim, sp):
+            ctx.dims, ctx.sp = (scatter_dim, gather_dim), sp
+            return _exchange(t, scatter_dim, gather_dim, sp)
 
-        class Fn(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, t):
-                return _exchange(t, scatter_dim, gather_dim, sp)
+        @staticmethod
+        def backward(ctx, grad):
+            scatter_dim, gather_dim = ctx.dims
+            return _exchange(grad, gather_dim, scatter_dim, ctx.sp), None, None, None
 
-            @staticmethod
-            def backward(ctx, grad):
-                return _exchange(grad, gather_dim, scatter_dim, sp)
-
-        return Fn.apply(x)
+    return AllToAll
 
 
 def _exchange(x: Any, scatter_dim: int, gather_dim: int, sp: SequenceGroup) -> Any:
@@ -111,9 +112,9 @@ def ulysses_attention(module: Any, query: Any, key: Any, value: Any, attention_m
     if kv_heads % sp.size:  # too few key/value heads to split: give every query head its own copy
         key = key.repeat_interleave(heads // kv_heads, dim=1)
         value = value.repeat_interleave(heads // kv_heads, dim=1)
-    q, k, v = (_AllToAll.apply(t, 1, 2, sp) for t in (query, key, value))
+    q, k, v = (_all_to_all().apply(t, 1, 2, sp) for t in (query, key, value))
     out = segment_attention(q, k, v, _FULL_POSITIONS["current"], scaling, dropout)  # (B, S, H/P, D)
-    return _AllToAll.apply(out, 1, 2, sp), None
+    return _all_to_all().apply(out, 1, 2, sp), None
 
 
 # The whole sequence's position ids of the batch in flight. Kept after the forward returns: gradient checkpointing
