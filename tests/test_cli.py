@@ -140,8 +140,6 @@ def test_cfg_options_errors_name_the_field(cli):
 
 
 @pytest.mark.parametrize("argv,issue", [
-    (["chat", "model"], 5),
-    (["serve", "model"], 5),
     (["chat", "model", "--llava", "x"], 10),
     (["mmbench", "model", "--data-path", "x.tsv"], 10),
     (["eval_refcoco", "model"], 10),

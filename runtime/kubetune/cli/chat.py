@@ -1,4 +1,4 @@
-"""`kubetune chat` and `kubetune serve`: flags now, the engines with issues #5 and #10."""
+"""`kubetune chat` and `kubetune serve`: flags (the steps are in kubetune.chat.main)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _generation(p: argparse.ArgumentParser) -> None:
     p.add_argument("--torch-dtype", choices=["fp16", "bf16", "fp32", "auto"], default="auto", help="weight dtype")
     p.add_argument("--stop-words", nargs="+", default=[], help="extra stop words")
     p.add_argument("--max-new-tokens", type=int, default=2048, help="longest answer")
-    p.add_argument("--temperature", type=float, default=0.1, help="sampling temperature")
+    p.add_argument("--temperature", type=float, default=0.1, help="sampling temperature (0 = greedy)")
     p.add_argument("--top-k", type=int, default=40, help="top-k sampling")
     p.add_argument("--top-p", type=float, default=0.75, help="nucleus sampling")
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="repetition penalty")
@@ -44,11 +44,26 @@ def add_parser(sub, mode: str, summary: str) -> None:
     else:
         p.add_argument("--host", default="0.0.0.0", help="listen address")
         p.add_argument("--port", type=int, default=8000, help="listen port")
-        p.add_argument("--api-key-file", default=None, help="file with accepted API keys, one per line")
+        p.add_argument("--api-key-file", default=None,
+                       help="file with accepted API keys, one per line (else $KUBETUNE_API_KEYS, comma-separated; "
+                            "neither = no authentication)")
+        p.add_argument("--served-model-name", default=None, help="the model name clients send (default: the "
+                       "adapter's or model's directory name)")
+        p.add_argument("--max-batch", type=int, default=16, help="most requests decoded together")
+        p.add_argument("--max-waiting", type=int, default=64, help="most requests queued; more get 429 Retry-After")
+        p.add_argument("--max-prompt-tokens", type=int, default=None, help="longest prompt accepted (default: the "
+                       "context window)")
+        p.add_argument("--max-tokens-limit", type=int, default=None, help="largest max_tokens a request may ask for "
+                       "(default: the context window)")
+        p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds in-flight requests get to finish "
+                       "after SIGTERM")
+        p.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.mode == "chat" and args.llava:
+    if args.mode == "chat" and (args.llava or args.image or args.visual_encoder):
         raise NotAvailable("chat --llava", 10, "vision-language chat")
-    raise NotAvailable(args.mode, 5, "chat and the OpenAI-compatible server")
+    from kubetune.chat import main
+
+    return main.chat(args) if args.mode == "chat" else main.serve(args)

@@ -124,4 +124,7 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, max_shard_size: str 
     for path in base_dir.iterdir():
         if path.is_file() and not is_weight_file(path.name):
             shutil.copy2(path, out_dir / path.name)
+    # The training config travels on, so `chat`/`serve` of the merged model use the template it was trained with.
+    if (adapter_dir / "kubetune_config.yaml").is_file():
+        shutil.copy2(adapter_dir / "kubetune_config.yaml", out_dir / "kubetune_config.yaml")
     return written

@@ -1,0 +1,253 @@
+"""Continuous batching: one thread owns the model; requests join the running batch between decode steps (each is
+prefilled on its own, then its KV cache is left-padded into the batch) and leave as soon as they finish, so a long
+answer never holds a short one back and the batch never waits to fill."""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .sampling import Sampling, generator, next_tokens
+from .text import Detokenizer
+
+
+class QueueFull(Exception):
+    """The waiting queue is at its bound; the caller should retry later."""
+
+
+class EngineStopped(Exception):
+    """The engine is shutting down and takes no new requests."""
+
+
+@dataclass
+class Event:
+    text: str = ""
+    tokens: int = 0
+    finished: str | None = None  # "stop" | "length" | "abort" | "error"
+    error: str | None = None
+
+
+@dataclass
+class Request:
+    prompt: list[int]
+    sampling: Sampling
+    emit: Callable[[Event], None]
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    arrival: float = field(default_factory=time.monotonic)
+    cancelled: bool = False
+    generated: list[int] = field(default_factory=list)
+    scheduled_at: float | None = None
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    detok: Detokenizer | None = None
+    rng: Any = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Engine:
+    def __init__(self, model: Any, tokenizer: Any, *, max_batch: int = 16, max_waiting: int = 64,
+                 eos_ids: set[int] | None = None, observer: Any = None):
+        import torch
+
+        self.model, self.tokenizer = model, tokenizer
+        self.device = next(model.parameters()).device
+        self.max_batch, self.max_waiting = max_batch, max_waiting
+        self.eos_ids = set(eos_ids or ())
+        self.observer = observer
+        self.waiting: collections.deque[Request] = collections.deque()
+        self.running: list[Request] = []
+        self.cv = threading.Condition()
+        self.stopping = False
+        self.accepted = self.finished = 0  # counted apart from the lists: a request being prefilled is in neither
+        self.batch: _Batch | None = None
+        self.torch = torch
+        # transformers 5.x renamed `past_key_values` to `cache` (the old name warns, then goes away in 5.40).
+        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.thread = threading.Thread(target=self._loop, name="kubetune-engine", daemon=True)
+        self.thread.start()
+
+    # --- called from any thread -----------------------------------------------------------------------------------
+    def submit(self, request: Request) -> Request:
+        with self.cv:
+            if self.stopping:
+                raise EngineStopped("the server is shutting down")
+            if len(self.waiting) >= self.max_waiting:
+                raise QueueFull(f"{len(self.waiting)} requests are already waiting")
+            request.detok = Detokenizer(self.tokenizer, request.sampling.stop)
+            request.rng = generator(request.sampling, self.device)
+            self.waiting.append(request)
+            self.accepted += 1
+            self.cv.notify()
+        self._observe("queued", request)
+        return request
+
+    def stats(self) -> tuple[int, int]:
+        """(running, waiting) requests."""
+        waiting = len(self.waiting)
+        return self.accepted - self.finished - waiting, waiting
+
+    def shutdown(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Stop taking requests; with `drain`, finish the ones already accepted, else abort them."""
+        with self.cv:
+            self.stopping = True
+            if not drain:
+                for r in list(self.waiting) + self.running:
+                    r.cancel()
+            self.cv.notify()
+        self.thread.join(timeout)
+
+    # --- the engine thread ----------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self.cv:
+                while not self.waiting and not self.running and not self.stopping:
+                    self.cv.wait()
+                if self.stopping and not self.waiting and not self.running:
+                    return
+                joining = []
+                while self.waiting and len(self.running) + len(joining) < self.max_batch:
+                    joining.append(self.waiting.popleft())
+            try:
+                with self.torch.inference_mode():
+                    for r in joining:
+                        self._prefill(r)
+                    if self.running:
+                        self._decode()
+            except Exception as exc:  # a failing forward must fail its requests, not hang their clients
+                for r in self.running + joining:
+                    self._finish(r, "error", error=f"{type(exc).__name__}: {exc}")
+                self.running, self.batch = [], None
+
+    def _prefill(self, r: Request) -> None:
+        if r.cancelled:
+            return self._finish(r, "abort")
+        from transformers import DynamicCache
+
+        r.scheduled_at = time.monotonic()
+        self._observe("scheduled", r)
+        ids = self.torch.tensor([r.prompt], device=self.device)
+        cache = DynamicCache()
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self.cache_arg: cache})
+        token = next_tokens(out.logits[:, -1], [r.sampling], [r.prompt], [r.rng])[0]
+        if self._accept(r, token):
+            return
+        self.running.append(r)
+        self.batch = _Batch.join(self.batch, _Batch.single(cache, len(r.prompt), token, self.torch))
+
+    def _decode(self) -> None:
+        b = self.batch
+        out = self.model(input_ids=b.last.unsqueeze(1), attention_mask=b.extended_mask(),
+                         position_ids=b.positions.unsqueeze(1), use_cache=True, **{self.cache_arg: b.cache})
+        b.positions = b.positions + 1  # the cache grew in place
+        histories = [self.torch.tensor(r.prompt + r.generated, device=self.device) if r.sampling.repetition_penalty != 1
+                     else [] for r in self.running]
+        tokens = next_tokens(out.logits[:, -1], [r.sampling for r in self.running], histories,
+                             [r.rng for r in self.running])
+        keep = [i for i, (r, t) in enumerate(zip(self.running, tokens)) if not self._accept(r, t)]
+        b.last = self.torch.tensor(tokens, device=self.device)
+        if len(keep) < len(self.running):
+            self.running = [self.running[i] for i in keep]
+            self.batch = b.select(keep) if keep else None
+
+    def _accept(self, r: Request, token: int) -> bool:
+        """Record one generated token; return True when the request is finished (and has been told)."""
+        now = time.monotonic()
+        if r.first_token_at is None:
+            r.first_token_at = now
+        self._observe("token", r, now)
+        r.last_token_at = now
+        if r.cancelled:
+            self._finish(r, "abort")
+            return True
+        if token in self.eos_ids:
+            self._finish(r, "stop")
+            return True
+        r.generated.append(token)
+        text = r.detok.add(token)
+        if r.detok.stopped:
+            self._finish(r, "stop", text)
+            return True
+        if len(r.generated) >= r.sampling.max_tokens:
+            self._finish(r, "length", text + r.detok.flush())
+            return True
+        if text:
+            r.emit(Event(text=text, tokens=len(r.generated)))
+        return False
+
+    def _finish(self, r: Request, reason: str, text: str = "", error: str | None = None) -> None:
+        if reason == "stop" and not r.detok.stopped:
+            text += r.detok.flush()
+        self.finished += 1
+        self._observe("finished", r, reason)
+        r.emit(Event(text=text, tokens=len(r.generated), finished=reason, error=error))
+
+    def _observe(self, what: str, r: Request, *args: Any) -> None:
+        if self.observer is not None:
+            getattr(self.observer, what)(r, *args)
+
+
+class _Batch:
+    """The running batch's KV cache, left-padded to one length, with its attention mask and next positions."""
+
+    def __init__(self, kv: list[tuple[Any, Any]], mask: Any, positions: Any, last: Any, torch: Any):
+        from transformers import DynamicCache
+
+        self.torch = torch
+        self.cache = DynamicCache()
+        for i, (k, v) in enumerate(kv):
+            self.cache.update(k, v, i)
+        self.mask, self.positions, self.last = mask, positions, last
+
+    @classmethod
+    def single(cls, cache: Any, length: int, token: int, torch: Any) -> "_Batch":
+        kv = _tensors(cache)
+        device = kv[0][0].device
+        return cls(kv, torch.ones(1, length, dtype=torch.long, device=device),
+                   torch.tensor([length], device=device), torch.tensor([token], device=device), torch)
+
+    @classmethod
+    def join(cls, a: "_Batch | None", b: "_Batch") -> "_Batch":
+        if a is None:
+            return b
+        torch = a.torch
+        length = max(a.mask.shape[1], b.mask.shape[1])
+        kv = [(torch.cat([_pad(ka, length), _pad(kb, length)]), torch.cat([_pad(va, length), _pad(vb, length)]))
+              for (ka, va), (kb, vb) in zip(_tensors(a.cache), _tensors(b.cache))]
+        mask = torch.cat([_pad_mask(a.mask, length, torch), _pad_mask(b.mask, length, torch)])
+        return cls(kv, mask, torch.cat([a.positions, b.positions]), torch.cat([a.last, b.last]), torch)
+
+    def extended_mask(self) -> Any:
+        self.mask = self.torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
+        return self.mask
+
+    def select(self, rows: list[int]) -> "_Batch":
+        index = self.torch.tensor(rows, device=self.mask.device)
+        mask = self.mask.index_select(0, index)
+        # Columns that are padding in every remaining row are dead weight: drop them.
+        start = int((mask.sum(dim=0) > 0).nonzero()[0])
+        kv = [(k.index_select(0, index)[:, :, start:], v.index_select(0, index)[:, :, start:])
+              for k, v in _tensors(self.cache)]
+        return _Batch(kv, mask[:, start:], self.positions.index_select(0, index), self.last.index_select(0, index),
+                      self.torch)
+
+
+def _tensors(cache: Any) -> list[tuple[Any, Any]]:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _pad(t: Any, length: int) -> Any:
+    import torch.nn.functional as F
+
+    return F.pad(t, (0, 0, length - t.shape[2], 0)) if t.shape[2] < length else t
+
+
+def _pad_mask(mask: Any, length: int, torch: Any) -> Any:
+    missing = length - mask.shape[1]
+    return torch.cat([mask.new_zeros(mask.shape[0], missing), mask], dim=1) if missing else mask

@@ -1,0 +1,107 @@
+"""Load what `chat` and `serve` answer with: a model from any URI, optionally quantized, with a LoRA adapter folded
+in (one forward per token afterwards, no adapter overhead), plus the defaults a converted adapter carries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubetune.model.tokenizer import ModelLoadError
+from kubetune.storage import StorageError, local_path
+
+DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+
+
+@dataclass
+class Loaded:
+    model: Any
+    tokenizer: Any
+    template: str | None  # from the adapter's kubetune_config.yaml, when there is one
+    system: str | None
+
+
+def load(uri: str, adapter: str | None = None, bits: int | None = None, dtype: str = "auto",
+         offload_folder: str | None = None, trust_remote_code: bool = False) -> Loaded:
+    import warnings
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    # A REPL and a server log: no weight-loading progress bars or library deprecation notices in between.
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    path = _local(uri, "model")
+    adapter_path = _local(adapter, "adapter") if adapter else None
+    cuda = torch.cuda.is_available()
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "low_cpu_mem_usage": True}
+    if dtype in DTYPES:
+        kwargs["dtype"] = getattr(torch, DTYPES[dtype])
+    elif not cuda:
+        kwargs["dtype"] = torch.float32  # CPU kernels for half precision are slow or missing
+    else:
+        kwargs["dtype"] = "auto"
+    if bits:
+        kwargs["quantization_config"] = _bnb(bits, torch)
+    if cuda:
+        kwargs["device_map"] = "auto"
+        if offload_folder:
+            kwargs["offload_folder"] = offload_folder
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(adapter_path if _has_tokenizer(adapter_path) else path),
+                                                  trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{uri}: cannot load a model from {path}: {' '.join(str(exc).split())[:300]}") from None
+    if adapter_path:
+        model = _with_adapter(model, adapter_path, merge=not bits)
+    model.eval()
+    template, system = _trained_defaults(adapter_path or path)
+    return Loaded(model, tokenizer, template, system)
+
+
+def _local(uri: str, what: str) -> Path:
+    try:
+        return local_path(uri, repo_type="model")
+    except StorageError as exc:
+        raise ModelLoadError(f"{what} {exc}") from None
+
+
+def _has_tokenizer(path: Path | None) -> bool:
+    return path is not None and ((path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file())
+
+
+def _bnb(bits: int, torch: Any) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+
+
+def _with_adapter(model: Any, adapter: Path, merge: bool) -> Any:
+    from peft import PeftModel
+
+    if not (adapter / "adapter_config.json").is_file():
+        raise ModelLoadError(f"--adapter {adapter}: no adapter_config.json (convert a checkpoint with "
+                             f"`kubetune convert pth_to_hf` first)")
+    model = PeftModel.from_pretrained(model, str(adapter))
+    # Quantized weights cannot take the update exactly: keep the adapter beside them instead.
+    return model.merge_and_unload() if merge else model
+
+
+def _trained_defaults(path: Path) -> tuple[str | None, str | None]:
+    """Prompt template and system prompt of the run that produced this adapter or model."""
+    config = path / "kubetune_config.yaml"
+    if not config.is_file():
+        return None, None
+    from kubetune.api.loader import load_manifest
+    from kubetune.data.templates import system_text
+
+    try:
+        ds = load_manifest(config, kind="FineTuneJob").spec.dataset
+    except Exception:  # an old or hand-edited file must not stop serving; the flags still apply
+        return None, None
+    return ds.prompt_template.value, system_text(ds.system, ds.system_template.value if ds.system_template else None)

@@ -1,0 +1,122 @@
+"""Entry points of `kubetune chat` and `kubetune serve`: named steps from flags to a running engine."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from kubetune.cli.errors import UserError
+from kubetune.data.templates import PROMPT_TEMPLATES, system_text
+
+
+def _log(message: str) -> None:
+    print(f"kubetune: {message}", file=sys.stderr, flush=True)
+
+
+def _load(args: Any) -> Any:
+    from kubetune.model.tokenizer import ModelLoadError
+
+    from .load import load
+
+    _log(f"loading {args.model_name_or_path}" + (f" with adapter {args.adapter}" if args.adapter else ""))
+    try:
+        return load(args.model_name_or_path, args.adapter, args.bits, args.torch_dtype,
+                    getattr(args, "offload_folder", None), getattr(args, "trust_remote_code", False))
+    except ModelLoadError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _prompter(args: Any, loaded: Any) -> Any:
+    """The flags win; otherwise the template and system prompt the adapter was trained with; else the tokenizer's."""
+    from .prompt import Prompter, context_window
+
+    template = args.prompt_template if args.prompt_template != "auto" else (loaded.template or "auto")
+    if template != "auto" and template not in PROMPT_TEMPLATES:
+        raise UserError(f"--prompt-template {template}: unknown (one of auto, {', '.join(PROMPT_TEMPLATES)})")
+    if template == "auto" and not getattr(loaded.tokenizer, "chat_template", None):
+        raise UserError(f"{args.model_name_or_path}: the tokenizer has no chat_template; pass --prompt-template")
+    system = system_text(args.system, args.system_template, getattr(args, "bot_name", "BOT"))
+    if system is None and args.prompt_template == "auto":
+        system = loaded.system
+    return Prompter(loaded.tokenizer, template, system, context_window(loaded.model, loaded.tokenizer))
+
+
+def _seed(seed: int) -> None:
+    import random
+
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def chat(args: Any) -> int:
+    from .engine import Engine
+    from .repl import Chat, interactive, one_shot
+    from .sampling import Sampling
+
+    if args.with_plugins and args.prompt_template != "moss_sft":
+        raise UserError("--with-plugins needs --prompt-template moss_sft --system-template moss_sft (MOSS's "
+                        "command format)")
+    _seed(args.seed)
+    loaded = _load(args)
+    prompter = _prompter(args, loaded)
+    stops = prompter.stop_words(args.stop_words)
+    sampling = Sampling(max_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                        top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed, stop=stops)
+    engine = Engine(loaded.model, loaded.tokenizer, max_batch=1, eos_ids=prompter.eos_ids())
+    session = Chat(engine, prompter, sampling, set(args.with_plugins), stream=not args.no_streamer)
+    try:
+        if args.prompt is not None:
+            return one_shot(session, args.prompt)
+        return interactive(session, args.bot_name)
+    except KeyboardInterrupt:
+        print("\nLog: Exit!", flush=True)
+        return 130
+    finally:
+        engine.shutdown(drain=False, timeout=5)
+
+
+def serve(args: Any) -> int:
+    from .engine import Engine
+    from .metrics import ServingMetrics
+    from .server import Limits, build_app, serve as run_server
+
+    keys = _api_keys(args.api_key_file)
+    loaded = _load(args)
+    prompter = _prompter(args, loaded)
+    name = args.served_model_name or _default_name(args)
+    limits = Limits(context=prompter.context,
+                    max_prompt_tokens=min(args.max_prompt_tokens or prompter.context, prompter.context),
+                    max_tokens=args.max_tokens_limit or prompter.context,
+                    default_max_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                    top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+                    stop_words=prompter.stop_words(args.stop_words), api_keys=keys)
+    metrics = ServingMetrics(name)
+    engine = Engine(loaded.model, loaded.tokenizer, max_batch=args.max_batch, max_waiting=args.max_waiting,
+                    eos_ids=prompter.eos_ids(), observer=metrics)
+    app = build_app(engine, prompter, limits, metrics, name)
+    _log(f"model {name}: template {prompter.template}, context {prompter.context} tokens, batch up to "
+         f"{args.max_batch}, queue up to {args.max_waiting}" + (", API key required" if keys else ""))
+    return run_server(app, engine, args.host, args.port, args.drain_timeout, _log)
+
+
+def _api_keys(path: str | None) -> frozenset[str]:
+    """Keys from --api-key-file (a mounted Secret), else KUBETUNE_API_KEYS (comma-separated); none = open."""
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise UserError(f"--api-key-file {path}: {exc.strerror}") from None
+        keys = frozenset(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+        if not keys:
+            raise UserError(f"--api-key-file {path}: no keys in the file (one per line)")
+        return keys
+    return frozenset(k.strip() for k in os.environ.get("KUBETUNE_API_KEYS", "").split(",") if k.strip())
+
+
+def _default_name(args: Any) -> str:
+    source = (args.adapter or args.model_name_or_path).rstrip("/")
+    return source.rsplit("/", 1)[-1] or "model"

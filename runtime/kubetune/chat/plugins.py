@@ -1,0 +1,146 @@
+"""MOSS plugins for `chat --with-plugins`: the model writes `<|Commands|>: Calculate("2*(3+4)")<eoc>`, the REPL runs
+the commands and feeds `<|Results|>: ...<eor>` back before the model answers. Nothing here calls `eval`."""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import operator
+import os
+import re
+import urllib.request
+
+COMMAND = re.compile(r'(Calculate|Solve|Search)\("((?:[^"\\]|\\.)*)"\)')
+COMMANDS_BLOCK = re.compile(r"<\|Commands\|>:(.*?)(?:<eoc>|$)", re.S)
+SEARCH_KEY_ENV = "SERPER_API_KEY"
+_EQUATION = re.compile(r"[\w\s+\-*/^().=,;]*")
+
+
+class PluginError(ValueError):
+    """A command the plugin cannot run; its message goes back to the model as the result."""
+
+
+_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_FUNCTIONS = {name: getattr(math, name) for name in
+              ("sqrt", "sin", "cos", "tan", "asin", "acos", "atan", "log", "log2", "log10", "exp", "floor", "ceil",
+               "factorial", "radians", "degrees")} | {"abs": abs, "round": round, "min": min, "max": max}
+_CONSTANTS = {"pi": math.pi, "e": math.e}
+
+
+def calculate(expression: str) -> str:
+    """Arithmetic over numbers, + - * / // % ** ^, parentheses and a few math functions."""
+    try:
+        tree = ast.parse(expression.replace("^", "**").replace("×", "*").replace("÷", "/"), mode="eval")
+    except SyntaxError:
+        raise PluginError(f"not an arithmetic expression: {expression!r}") from None
+    value = _eval(tree.body)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        value = int(value)
+    return f"{value:.10g}" if isinstance(value, float) else str(value)
+
+
+def _eval(node: ast.AST) -> float | int:
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+        return node.value
+    if isinstance(node, ast.Name) and node.id in _CONSTANTS:
+        return _CONSTANTS[node.id]
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        return _UNARY[type(node.op)](_eval(node.operand))
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        left, right = _eval(node.left), _eval(node.right)
+        if isinstance(node.op, ast.Pow) and (abs(right) > 1000 or abs(left) > 1e100):
+            raise PluginError("exponent too large")
+        try:
+            return _BINARY[type(node.op)](left, right)
+        except ZeroDivisionError:
+            raise PluginError("division by zero") from None
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS
+            and not node.keywords):
+        args = [_eval(a) for a in node.args]
+        if node.func.id == "factorial" and (not float(args[0]).is_integer() or args[0] > 1000):
+            raise PluginError("factorial takes an integer up to 1000")
+        try:
+            return _FUNCTIONS[node.func.id](*args)
+        except (ValueError, TypeError) as exc:
+            raise PluginError(f"{node.func.id}: {exc}") from None
+    raise PluginError(f"unsupported in arithmetic: {ast.unparse(node)!r}")
+
+
+def solve(equations: str) -> str:
+    """Solve one equation or a comma/semicolon-separated system with sympy, e.g. `x^2 - 4 = 0`."""
+    import sympy
+    from sympy.parsing.sympy_parser import (convert_xor, implicit_multiplication_application, parse_expr,
+                                            standard_transformations)
+
+    # parse_expr evaluates Python: admit only arithmetic characters, no dunders and no attribute access.
+    if not _EQUATION.fullmatch(equations) or "__" in equations or re.search(r"[A-Za-z_)\]]\s*\.", equations):
+        raise PluginError(f"not an equation: {equations!r}")
+    transformations = standard_transformations + (convert_xor, implicit_multiplication_application)
+    parsed = []
+    for part in filter(None, (p.strip() for p in re.split(r"[;,]", equations))):
+        left, _, right = part.partition("=")
+        try:
+            # Only symbols, numbers and sympy's own functions are in scope; no builtins reach the parser.
+            lhs = parse_expr(left, transformations=transformations, global_dict={"__builtins__": {}, **_sympy_scope()})
+            rhs = parse_expr(right or "0", transformations=transformations,
+                             global_dict={"__builtins__": {}, **_sympy_scope()})
+        except Exception:
+            raise PluginError(f"cannot parse equation {part!r}") from None
+        parsed.append(sympy.Eq(lhs, rhs))
+    if not parsed:
+        raise PluginError("no equation given")
+    solutions = sympy.solve(parsed, dict=True)
+    if not solutions:
+        return "no solution"
+    return "; ".join(", ".join(f"{k} = {v}" for k, v in s.items()) for s in solutions)
+
+
+def _sympy_scope() -> dict:
+    import sympy
+
+    return {name: getattr(sympy, name) for name in
+            ("Symbol", "Integer", "Float", "Rational", "sqrt", "sin", "cos", "tan", "exp", "log", "pi", "E", "I")}
+
+
+def search(query: str) -> str:
+    """Web search through Serper (https://serper.dev), as XTuner's plugin does; the key comes from the environment."""
+    key = os.environ.get(SEARCH_KEY_ENV)
+    if not key:
+        raise PluginError(f"search is unavailable: set {SEARCH_KEY_ENV} to a serper.dev API key")
+    request = urllib.request.Request("https://google.serper.dev/search", data=json.dumps({"q": query}).encode(),
+                                     headers={"X-API-KEY": key, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            results = json.load(response).get("organic", [])[:3]
+    except OSError as exc:
+        raise PluginError(f"search failed: {exc}") from None
+    return "\n".join(f"<|{i}|>: '{r.get('title', '')}: {r.get('snippet', '')}'" for i, r in enumerate(results)) \
+        or "no results"
+
+
+PLUGINS = {"Calculate": ("calculate", calculate), "Solve": ("solve", solve), "Search": ("search", search)}
+
+
+def run_commands(generated: str, enabled: set[str]) -> str | None:
+    """The `<|Results|>` block for the commands in a MOSS answer, or None when it asked for none."""
+    block = COMMANDS_BLOCK.search(generated)
+    if not block:
+        return None
+    lines = []
+    for name, argument in COMMAND.findall(block.group(1)):
+        flag, function = PLUGINS[name]
+        argument = argument.encode().decode("unicode_escape") if "\\" in argument else argument
+        if flag not in enabled:
+            result = f"{name} is disabled (start chat with --with-plugins {flag})"
+        else:
+            try:
+                result = function(argument)
+            except PluginError as exc:
+                result = f"error: {exc}"
+        lines.append(f'{name}("{argument}") => {result}')
+    if not lines:
+        return None
+    return "<|Results|>:\n" + "\n".join(lines) + "\n<eor>\n"

@@ -1,0 +1,260 @@
+"""`kubetune serve`: an OpenAI-compatible HTTP server over the continuous-batching engine.
+
+Requests are validated and tokenized on the event loop, generated on the engine thread, and streamed back as SSE.
+Overload answers 429 with Retry-After (the bounded queue), SIGTERM drains: /health turns 503 so the pod leaves the
+Service, in-flight answers finish (up to the drain timeout), then the engine stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from fastapi import Request as HttpRequest  # module level: FastAPI resolves handler annotations by name
+
+from .engine import Engine, EngineStopped, Event, QueueFull, Request
+from .metrics import ServingMetrics
+from .openai_api import (ApiError, ChatCompletionRequest, CompletionRequest, chat_chunk, chat_response,
+                         completion_response, models, new_id, pydantic_error, usage_chunk)
+from .prompt import Prompter
+from .sampling import Sampling
+
+
+@dataclass
+class Limits:
+    context: int
+    max_prompt_tokens: int
+    max_tokens: int  # the most a request may ask for
+    default_max_tokens: int
+    temperature: float = 0.1
+    top_k: int = 40
+    top_p: float = 0.75
+    repetition_penalty: float = 1.0
+    stop_words: tuple[str, ...] = ()
+    api_keys: frozenset[str] = field(default_factory=frozenset)
+
+
+def build_app(engine: Engine, prompter: Prompter, limits: Limits, metrics: ServingMetrics, name: str) -> Any:
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
+    from starlette.exceptions import HTTPException
+
+    app = FastAPI(title="kubetune", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.draining = False
+    created = int(time.time())
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Any, exc: ApiError) -> Any:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Any, exc: HTTPException) -> Any:
+        return await api_error(_, ApiError(exc.status_code, str(exc.detail), type_="invalid_request_error"))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Any, exc: RequestValidationError) -> Any:
+        return await api_error(_, pydantic_error(exc))
+
+    @app.middleware("http")
+    async def count_and_authorize(request: HttpRequest, call_next: Any) -> Any:
+        route = request.url.path
+        try:
+            if route.startswith("/v1/") and limits.api_keys:
+                header = request.headers.get("authorization", "")
+                if not header.startswith("Bearer ") or header[7:].strip() not in limits.api_keys:
+                    raise ApiError(401, "invalid or missing API key (send Authorization: Bearer <key>)",
+                                   code="invalid_api_key")
+            response = await call_next(request)
+        except ApiError as exc:
+            response = await api_error(request, exc)
+        known = route in ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
+        metrics.http.labels(route if known else "other", str(response.status_code)).inc()
+        return response
+
+    @app.get("/health")
+    async def health() -> Any:
+        if app.state.draining or not engine.thread.is_alive():
+            return JSONResponse({"status": "draining" if app.state.draining else "engine stopped"}, status_code=503)
+        running, waiting = engine.stats()
+        return {"status": "ok", "model": name, "running": running, "waiting": waiting}
+
+    @app.get("/metrics")
+    async def prometheus() -> Any:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    @app.get("/v1/models")
+    async def list_models() -> Any:
+        return models(name, created)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: HttpRequest) -> Any:
+        body = _parse(await request.body(), ChatCompletionRequest, name)
+        try:
+            ids = prompter.render(body.conversation())
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param="messages") from None
+        rid = new_id("chatcmpl")
+        job, events = _submit(engine, ids, _sampling(body, len(ids), "messages", limits))
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(_chat_stream(rid, name, job, events, include_usage),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        text, reason = await _collect(job, events)
+        return chat_response(rid, name, text, reason, len(ids), len(job.generated))
+
+    @app.post("/v1/completions")
+    async def complete(request: HttpRequest) -> Any:
+        body = _parse(await request.body(), CompletionRequest, name)
+        ids = prompter.tokenizer.encode(body.text())
+        rid = new_id("cmpl")
+        job, events = _submit(engine, ids, _sampling(body, len(ids), "prompt", limits))
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(_completion_stream(rid, name, job, events, include_usage),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        text, reason = await _collect(job, events)
+        return completion_response(rid, name, text, reason, len(ids), len(job.generated))
+
+    return app
+
+
+def _parse(raw: bytes, model: Any, name: str) -> Any:
+    from pydantic import ValidationError
+
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    try:
+        body = model.model_validate(data)
+    except ValidationError as exc:
+        raise pydantic_error(exc) from None
+    if body.model != name:
+        raise ApiError(404, f"The model `{body.model}` does not exist (this server serves `{name}`).",
+                       param="model", code="model_not_found")
+    return body
+
+
+def _sampling(body: Any, prompt_len: int, prompt_field: str, limits: Limits) -> Sampling:
+    if prompt_len > limits.max_prompt_tokens:
+        raise ApiError(400, f"the prompt is {prompt_len} tokens; this server accepts at most "
+                            f"{limits.max_prompt_tokens}", param=prompt_field, code="context_length_exceeded")
+    room = limits.context - prompt_len
+    requested = body.requested_tokens()
+    if requested is not None and requested > limits.max_tokens:
+        raise ApiError(400, f"max_tokens is {requested}; this server allows at most {limits.max_tokens}",
+                       param="max_tokens")
+    if requested is not None and requested > room:
+        raise ApiError(400, f"this model's context window is {limits.context} tokens; the prompt has {prompt_len} "
+                            f"and max_tokens asks for {requested}", param="max_tokens",
+                       code="context_length_exceeded")
+    if room < 1:
+        raise ApiError(400, f"the prompt fills the {limits.context}-token context window", param=prompt_field,
+                       code="context_length_exceeded")
+    pick = lambda value, default: default if value is None else value  # noqa: E731
+    return Sampling(max_tokens=requested or min(limits.default_max_tokens, room),
+                    temperature=pick(body.temperature, limits.temperature),
+                    top_k=pick(body.top_k, limits.top_k), top_p=pick(body.top_p, limits.top_p),
+                    repetition_penalty=pick(body.repetition_penalty, limits.repetition_penalty), seed=body.seed,
+                    stop=tuple(dict.fromkeys(limits.stop_words + body.stops())))
+
+
+def _submit(engine: Engine, ids: list[int], sampling: Sampling) -> tuple[Request, asyncio.Queue[Event]]:
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[Event] = asyncio.Queue()
+    job = Request(ids, sampling, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+    try:
+        engine.submit(job)
+    except QueueFull as exc:
+        raise ApiError(429, f"the server is at capacity ({exc}); retry shortly", type_="rate_limit_error",
+                       code="queue_full", headers={"Retry-After": "1"}) from None
+    except EngineStopped as exc:
+        raise ApiError(503, str(exc), type_="server_error", headers={"Retry-After": "5"}) from None
+    return job, events
+
+
+async def _events(job: Request, events: asyncio.Queue[Event]) -> AsyncIterator[Event]:
+    finished = False
+    try:
+        while not finished:
+            event = await events.get()
+            finished = event.finished is not None
+            if event.error:
+                raise ApiError(500, f"generation failed: {event.error}", type_="server_error")
+            yield event
+    finally:
+        if not finished:  # the client went away: free the batch slot
+            job.cancel()
+
+
+async def _collect(job: Request, events: asyncio.Queue[Event]) -> tuple[str, str]:
+    parts, reason = [], "stop"
+    async for event in _events(job, events):
+        parts.append(event.text)
+        reason = event.finished or reason
+    return "".join(parts), reason
+
+
+def _sse(data: Any) -> bytes:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+async def _chat_stream(rid: str, name: str, job: Request, events: asyncio.Queue[Event],
+                       include_usage: bool) -> AsyncIterator[bytes]:
+    yield _sse(chat_chunk(rid, name, {"role": "assistant", "content": ""}, None))
+    try:
+        async for event in _events(job, events):
+            if event.text:
+                yield _sse(chat_chunk(rid, name, {"content": event.text}, None))
+            if event.finished:
+                yield _sse(chat_chunk(rid, name, {}, event.finished))
+    except ApiError as exc:
+        yield _sse(exc.body())
+    if include_usage:
+        yield _sse(usage_chunk(rid, name, "chat.completion.chunk", len(job.prompt), len(job.generated)))
+    yield b"data: [DONE]\n\n"
+
+
+async def _completion_stream(rid: str, name: str, job: Request, events: asyncio.Queue[Event],
+                             include_usage: bool) -> AsyncIterator[bytes]:
+    try:
+        async for event in _events(job, events):
+            if event.text or event.finished:
+                yield _sse(completion_response(rid, name, event.text, event.finished))
+    except ApiError as exc:
+        yield _sse(exc.body())
+    if include_usage:
+        yield _sse(usage_chunk(rid, name, "text_completion", len(job.prompt), len(job.generated)))
+    yield b"data: [DONE]\n\n"
+
+
+def serve(app: Any, engine: Engine, host: str, port: int, drain_timeout: float, log: Any) -> int:
+    """Run until SIGTERM/SIGINT, then drain: stop accepting, let in-flight answers finish, stop the engine."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=drain_timeout)
+    server = uvicorn.Server(config)
+    original = server.handle_exit
+
+    def handle_exit(sig: int, frame: Any) -> None:
+        app.state.draining = True
+        running, waiting = engine.stats()
+        log(f"shutting down: draining {running + waiting} in-flight request(s) (up to {drain_timeout:g} s)")
+        original(sig, frame)
+        # uvicorn re-raises the signal after its shutdown so the process dies of it; a drained stop is a clean exit.
+        getattr(server, "_captured_signals", []).clear()
+
+    server.handle_exit = handle_exit  # type: ignore[method-assign]
+    log(f"serving on http://{host}:{port} (OpenAI API under /v1, /health, /metrics)")
+    server.run()
+    engine.shutdown(drain=False, timeout=5)
+    log("stopped")
+    return 0
