@@ -45,3 +45,34 @@ def tokenizer(tiny_dir):
 @pytest.fixture
 def cache_root(tmp_path):
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory):
+    """etcd + kube-apiserver (token auth, RBAC) with the CRDs from crds/ applied, shared by the session."""
+    from .controlplane.cluster import ControlPlane, binaries_missing
+
+    missing = binaries_missing()
+    if missing:  # a failure, not a skip: these tests never silently drop out
+        pytest.fail(f"control-plane binaries missing ({', '.join(missing)}): run tests/controlplane/build (needs Go "
+                    f">= 1.25; .ci/test does this)", pytrace=False)
+    plane = ControlPlane(tmp_path_factory.mktemp("controlplane")).start()
+    yield plane
+    plane.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(control_plane):
+    """The control plane plus kube-controller-manager, kube-scheduler, kwok and one fake GPU node."""
+    if not any(name == "kwok" for name, _ in control_plane.procs):
+        control_plane.start_nodes()
+    return control_plane
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    plane = item.funcargs.get("control_plane") or item.funcargs.get("cluster") if hasattr(item, "funcargs") else None
+    if report.failed and plane is not None:
+        report.sections.append(("control plane logs", plane.log_paths()))
+    return report

@@ -123,8 +123,10 @@ Quantity = Annotated[
     str,
     BeforeValidator(_stringify_number),
     Field(pattern=QUANTITY_PATTERN),
-    WithJsonSchema({"x-kubernetes-int-or-string": True,
-                    "anyOf": [{"type": "integer"}, {"type": "string", "pattern": QUANTITY_PATTERN}]}),
+    # The apiserver accepts typed anyOf branches only in exactly this int-or-string shape (a structural schema
+    # rule); the pattern goes beside it, where it applies to string values.
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}],
+                    "pattern": QUANTITY_PATTERN}),
 ]
 """A Kubernetes resource quantity such as `4`, `500m` or `16Gi`."""
 
