@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import secrets
@@ -50,6 +51,7 @@ class ControlPlane:
     # --- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> "ControlPlane":
         t = time.monotonic()
+        atexit.register(self.stop)  # an interrupted test run must not leave servers behind
         self._etcd()
         self._apiserver()
         self._wait(lambda: self._get("/readyz") == 200, "kube-apiserver /readyz", 120)
@@ -66,13 +68,17 @@ class ControlPlane:
             f"--kubeconfig={kc}", "--leader-elect=false", "--secure-port=0",
             # node-lifecycle lifts the not-ready taint the apiserver puts on every new node once kwok reports Ready.
             "--controllers=job-controller,garbage-collector-controller,namespace-controller,"
-            "ttl-after-finished-controller,serviceaccount-controller,node-lifecycle-controller",
+            "ttl-after-finished-controller,serviceaccount-controller,node-lifecycle-controller,"
+            "deployment-controller,replicaset-controller,disruption-controller",
             # No kubelet reports back fast enough to matter, and tests want children gone promptly.
             "--concurrent-gc-syncs=5", "--kube-api-qps=100", "--kube-api-burst=200"])
         self._spawn("kube-scheduler", [f"--kubeconfig={kc}", "--leader-elect=false", "--bind-address=127.0.0.1",
                                        f"--secure-port={_free_port()}", f"--authentication-kubeconfig={kc}",
                                        f"--authorization-kubeconfig={kc}"])
-        self._spawn("kwok", [f"--kubeconfig={kc}", f"--config={BIN / 'kwok-stages-fast.yaml'}", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+        stages = self.work / "kwok-stages.yaml"
+        stages.write_text((BIN / "kwok-stages-fast.yaml").read_text() + "\n---\n"
+                          + (Path(__file__).parent / "stages.yaml").read_text())
+        self._spawn("kwok", [f"--kubeconfig={kc}", f"--config={stages}", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                              f"--server-address=127.0.0.1:{_free_port()}", "--node-lease-duration-seconds=40"])
         self.kubectl("apply", "-f", "-", input=json.dumps(gpu_node()))
         self._wait(self._node_ready, f"node {GPU_NODE} Ready (kwok) and untainted (node-lifecycle)", 90)

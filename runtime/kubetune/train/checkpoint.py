@@ -38,7 +38,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save(work_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any, scaler: Any, state: dict[str, Any],
          rank: int, world: int, keep: int, barrier: Any, engine: Any = None, ds_config: Any = None) -> Path:
     """Every rank writes its RNG state (and, under DeepSpeed, its optimizer partition); rank 0 writes the rest and
-    publishes the checkpoint."""
+    publishes the checkpoint. The work dir may be shared (one file system) or per node (a pod's emptyDir): then each
+    node keeps its own ranks' files and its first rank publishes them."""
     import torch
 
     from . import ds
@@ -49,6 +50,7 @@ def save(work_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any, 
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
+    tmp.mkdir(parents=True, exist_ok=True)  # on a node that does not share rank 0's file system
     torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
     unwrapped = getattr(model, "module", model)
     whole = None
@@ -71,6 +73,10 @@ def save(work_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any, 
         (work_dir / "last_checkpoint").write_text(str(final) + "\n")
         prune(work_dir, keep)
     barrier()
+    if rank != 0 and os.environ.get("LOCAL_RANK", "0") == "0" and tmp.exists():  # another node's own copy
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        prune(work_dir, keep)
     return final
 
 

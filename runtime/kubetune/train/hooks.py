@@ -85,7 +85,7 @@ class ProgressBar:
 
 
 class ProgressFile:
-    """The progress interface the operator will back with a status patch; for now `work_dir/progress.json`."""
+    """`work_dir/progress.json`, the same fields report.StatusReporter patches into the FineTuneJob's status."""
 
     def __init__(self, work_dir: Path):
         self.path = work_dir / "progress.json"

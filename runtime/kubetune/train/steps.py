@@ -10,6 +10,7 @@ from typing import Any
 
 from . import checkpoint
 from .hooks import EvaluateChat, Metrics, ProgressBar, ProgressFile, TensorBoard, TextLog, megatron_tflops
+from .report import StatusReporter
 from .sampler import ResumableBatches
 
 
@@ -73,6 +74,9 @@ def hooks_for(rank: int, spec: Any, tokenizer: Any, work: Path, log: TextLog | N
         port = os.environ.get("KUBETUNE_METRICS_PORT")
         if port:
             hooks.append(Metrics(int(port)))
+        reporter = StatusReporter.from_env(work, spec.checkpoints.uri)
+        if reporter is not None:
+            hooks.append(reporter)
     if spec.evaluation.inputs:
         hooks.append(EvaluateChat(spec, tokenizer, work, log))
     return hooks

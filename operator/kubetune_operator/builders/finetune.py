@@ -1,0 +1,120 @@
+"""FineTuneJob → the children of one attempt: ConfigMap (the resolved spec), ServiceAccount + Role + RoleBinding
+(its pods may patch only this job's status), a headless Service for the rendezvous, and an Indexed Job whose pods
+run `kubetune train` as one gang."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from kubetune.api import API_VERSION, GROUP
+
+from ..settings import Settings
+from .common import CONFIG_DIR, WORK_DIR, Manifest, child_name, metadata, pod_spec, pvc_volumes, resources, storage_env
+
+ATTEMPT_LABEL = f"{GROUP}/attempt"
+
+
+def names(name: str) -> dict[str, str]:
+    return {"config": child_name(name, "config", 253), "account": child_name(name, "runner", 253),
+            "service": child_name(name, "workers")}
+
+
+def job_name(name: str, attempt: int) -> str:
+    # The attempt is in the name: a restarted gang never races the old Job's pods for hostnames.
+    return child_name(name, f"a{attempt}")
+
+
+def children(parent: Manifest, spec: Any, attempt: int, settings: Settings) -> list[Manifest]:
+    """Everything one attempt needs, in apply order (the Job last, once what it mounts exists)."""
+    n = names(parent["metadata"]["name"])
+    return [config_map(parent, spec, n), service_account(parent, n), role(parent, n),
+            role_binding(parent, spec, n), service(parent, n), job(parent, spec, attempt, settings, n)]
+
+
+def config_map(parent: Manifest, spec: Any, n: dict[str, str]) -> Manifest:
+    resolved = {"apiVersion": API_VERSION, "kind": "FineTuneJob",
+                "metadata": {"name": parent["metadata"]["name"], "namespace": parent["metadata"]["namespace"]},
+                "spec": spec.to_dict()}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata(parent, n["config"], "config"),
+            "data": {"job.yaml": yaml.safe_dump(resolved, sort_keys=False)}}
+
+
+def service_account(parent: Manifest, n: dict[str, str]) -> Manifest:
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata(parent, n["account"], "runner")}
+
+
+def role(parent: Manifest, n: dict[str, str]) -> Manifest:
+    name = parent["metadata"]["name"]
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": metadata(parent, n["account"], "runner"),
+            "rules": [{"apiGroups": [GROUP], "resources": ["finetunejobs"], "resourceNames": [name],
+                       "verbs": ["get"]},
+                      {"apiGroups": [GROUP], "resources": ["finetunejobs/status"], "resourceNames": [name],
+                       "verbs": ["get", "patch"]}]}
+
+
+def role_binding(parent: Manifest, spec: Any, n: dict[str, str]) -> Manifest:
+    ns = parent["metadata"]["namespace"]
+    subjects = [{"kind": "ServiceAccount", "name": n["account"], "namespace": ns}]
+    if spec.resources.service_account_name:  # pods run as the user's account (IRSA): it reports progress then
+        subjects.append({"kind": "ServiceAccount", "name": spec.resources.service_account_name, "namespace": ns})
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": metadata(parent, n["account"], "runner"),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": n["account"]},
+            "subjects": subjects}
+
+
+def service(parent: Manifest, n: dict[str, str]) -> Manifest:
+    meta = metadata(parent, n["service"], "workers")
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta,
+            "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,  # rank 0 resolves before it is Ready
+                     "selector": {f"{GROUP}/finetunejob": parent["metadata"]["name"],
+                                  "app.kubernetes.io/component": "trainer"}}}
+
+
+def job(parent: Manifest, spec: Any, attempt: int, settings: Settings, n: dict[str, str]) -> Manifest:
+    name = parent["metadata"]["name"]
+    jname = job_name(name, attempt)
+    res, policy = spec.resources, spec.run_policy
+    nodes, gpus = res.nodes, res.gpus_per_node
+    extra = {ATTEMPT_LABEL: str(attempt)}
+    if policy.queue_name:
+        extra["kueue.x-k8s.io/queue-name"] = policy.queue_name
+    env = [{"name": "NNODES", "value": str(nodes)}, {"name": "NPROC_PER_NODE", "value": str(max(gpus, 1))},
+           {"name": "NODE_RANK", "valueFrom": {"fieldRef": {
+               "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+           {"name": "ADDR", "value": f"{jname}-0.{n['service']}"},
+           {"name": "PORT", "value": str(settings.rendezvous_port)},
+           {"name": "KUBETUNE_STATUS_TARGET", "value": f"{parent['metadata']['namespace']}/{name}"},
+           {"name": "KUBETUNE_ATTEMPT", "value": str(attempt)}] + storage_env(spec.storage)
+    volumes, mounts = pvc_volumes([spec.model.uri, spec.dataset.uri, spec.checkpoints.uri]
+                                  + [c.uri for c in spec.dataset.concat])
+    container = {
+        "name": "trainer",
+        "command": ["kubetune", "train", f"{CONFIG_DIR}/job.yaml", "--work-dir", f"{WORK_DIR}/run",
+                    "--resume", "auto"],
+        "env": env,
+        "ports": [{"name": "rendezvous", "containerPort": settings.rendezvous_port},
+                  {"name": "metrics", "containerPort": 9100}],
+        "resources": resources(res, gpus),
+        "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}] + mounts,
+    }
+    pod = pod_spec(res, settings, container, [{"name": "config", "configMap": {"name": n["config"]}}] + volumes,
+                   n["account"])
+    pod |= {"restartPolicy": "Never", "subdomain": n["service"]}
+    template_meta = {"labels": metadata(parent, jname, "trainer", extra)["labels"]}
+    job_spec: dict[str, Any] = {
+        "completionMode": "Indexed", "completions": nodes, "parallelism": nodes,
+        # A gang: one failed pod fails the Job at once; the operator restarts the whole gang from the checkpoint.
+        "backoffLimit": 0,
+        "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {"operator": "NotIn", "values": [0]}}]},
+        "template": {"metadata": template_meta, "spec": pod},
+    }
+    if policy.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = policy.active_deadline_seconds
+    if policy.queue_name:  # Kueue admits (unsuspends) the Job when its quota allows
+        job_spec["suspend"] = True
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata(parent, jname, "trainer", extra),
+            "spec": job_spec}

@@ -1,0 +1,88 @@
+"""A small async Kubernetes client on kopf's own credentials and aiohttp (what kopf itself uses), so the operator
+needs neither the `kubernetes` package (most of a Python operator's memory) nor its own auth code. Children are
+written with server-side apply: idempotent, so a restarted operator re-applies instead of duplicating."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from typing import Any
+
+import aiohttp
+
+PLURALS = {"ConfigMap": "configmaps", "ServiceAccount": "serviceaccounts", "Service": "services", "Secret": "secrets",
+           "Role": "roles", "RoleBinding": "rolebindings", "Job": "jobs", "Deployment": "deployments",
+           "HorizontalPodAutoscaler": "horizontalpodautoscalers", "PodDisruptionBudget": "poddisruptionbudgets",
+           "Pod": "pods", "FineTuneJob": "finetunejobs", "ConvertJob": "convertjobs", "ChatEndpoint": "chatendpoints"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: str):
+        super().__init__(f"{status}: {body[:500]}")
+        self.status = status
+
+
+def path(api_version: str, kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    out = f"{base}/namespaces/{namespace}/{PLURALS[kind]}"
+    return out + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
+
+
+class Kube:
+    def __init__(self, info: Any, field_manager: str):
+        self.info, self.field_manager = info, field_manager
+        self._session: aiohttp.ClientSession | None = None
+        self.requests = 0
+
+    def _ssl(self) -> Any:
+        if self.info.insecure:
+            return False
+        ctx = ssl.create_default_context(cafile=self.info.ca_path, cadata=self.info.ca_data.decode()
+                                         if isinstance(self.info.ca_data, bytes) else self.info.ca_data)
+        if self.info.certificate_path or self.info.certificate_data:
+            ctx.load_cert_chain(self.info.certificate_path, self.info.private_key_path)
+        return ctx
+
+    async def _request(self, method: str, url: str, body: Any = None, content_type: str = "application/json",
+                       params: dict | None = None) -> Any:
+        if self._session is None or self._session.closed:
+            headers = {"Authorization": f"Bearer {self.info.token}"} if self.info.token else {}
+            self._session = aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(ssl=self._ssl()),
+                                                  timeout=aiohttp.ClientTimeout(total=60))
+        self.requests += 1
+        data = json.dumps(body) if body is not None else None
+        async with self._session.request(method, self.info.server.rstrip("/") + url, data=data, params=params,
+                                         headers={"Content-Type": content_type}) as response:
+            text = await response.text()
+            if response.status == 404 and method in ("GET", "DELETE"):
+                return None
+            if response.status >= 400:
+                raise ApiError(response.status, text)
+            return json.loads(text) if text else None
+
+    async def apply(self, manifest: dict) -> dict:
+        m = manifest["metadata"]
+        return await self._request("PATCH", path(manifest["apiVersion"], manifest["kind"], m["namespace"], m["name"]),
+                                   manifest, "application/apply-patch+yaml",
+                                   {"fieldManager": self.field_manager, "force": "true"})
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict | None:
+        return await self._request("GET", path(api_version, kind, namespace, name))
+
+    async def list(self, api_version: str, kind: str, namespace: str, selector: str | None = None) -> list[dict]:
+        got = await self._request("GET", path(api_version, kind, namespace),
+                                  params={"labelSelector": selector} if selector else None)
+        return (got or {}).get("items", [])
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        # Background: the call returns at once and the garbage collector removes the pods.
+        await self._request("DELETE", path(api_version, kind, namespace, name),
+                            {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"})
+
+    async def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: dict) -> None:
+        await self._request("PATCH", path(api_version, kind, namespace, name, "status"), {"status": status},
+                            "application/merge-patch+json")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

@@ -1,0 +1,183 @@
+"""kopf handlers: read the event, call reconcile (pure builders + status logic underneath), patch status, post
+events. Every kopf setting is in `configure`."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import kopf
+
+from kubetune.api import GROUP, VERSION
+
+from . import metrics, reconcile
+from .client import ApiError, Kube
+from .settings import Settings
+
+MANAGED = {"app.kubernetes.io/managed-by": "kubetune-operator"}
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Handler progress and the last-handled spec go to annotations under our own prefix, not into `status`, which
+    # belongs to our status model (the CRD would prune kopf's fields anyway).
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    # Watches that go quiet are re-established: the apiserver sends bookmarks every minute, so 5 min of silence
+    # means a dead connection (kopf#585: handlers silently stop without timeouts).
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 30
+    # Many jobs at once (bench: 500): handlers are async, so the worker limit only bounds concurrency per kind.
+    settings.batching.worker_limit = 64
+    # Kubernetes events for our own transitions are posted explicitly; kopf's per-handler chatter is noise.
+    settings.posting.level = 30  # WARNING
+    # One operator per cluster under a Deployment with one replica and Recreate: peering adds a CRD and API calls.
+    settings.peering.standalone = True
+    memo.settings = Settings.from_env()
+    port = int(os.environ.get("KUBETUNE_OPERATOR_METRICS_PORT", "8080"))
+    if port:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, registry=metrics.REGISTRY)
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    if info is not None:
+        _CREDENTIALS["info"] = info
+    return info
+
+
+_CREDENTIALS: dict[str, kopf.ConnectionInfo] = {}
+_CLIENT: dict[str, Kube] = {}  # one connection pool for the process (kopf's memo is copied per resource)
+
+
+def _kube(memo: kopf.Memo) -> Kube:
+    if "kube" not in _CLIENT:
+        _CLIENT["kube"] = Kube(_CREDENTIALS["info"], memo.settings.field_manager)
+    return _CLIENT["kube"]
+
+
+def _post(body: dict, events: list) -> None:
+    for type_, reason, message in events:
+        kopf.event(body, type=type_, reason=reason, message=message[:1000])
+
+
+async def _run(kind: str, work: Any) -> Any:
+    started = time.monotonic()
+    try:
+        result = await work
+    except reconcile.Waiting as exc:
+        metrics.RECONCILES.labels(kind, "waiting").inc()
+        raise kopf.TemporaryError(str(exc), delay=15) from None
+    except ApiError as exc:
+        metrics.RECONCILES.labels(kind, "error").inc()
+        raise kopf.TemporaryError(f"Kubernetes API: {exc}", delay=5 if exc.status == 409 else 15) from None
+    metrics.RECONCILES.labels(kind, "ok").inc()
+    metrics.RECONCILE_SECONDS.labels(kind).observe(time.monotonic() - started)
+    return result
+
+
+# --- FineTuneJob ------------------------------------------------------------------------------------------------
+@kopf.on.resume(GROUP, VERSION, "finetunejobs")
+@kopf.on.create(GROUP, VERSION, "finetunejobs")
+@kopf.on.update(GROUP, VERSION, "finetunejobs", field="spec")
+async def finetunejob(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    status, events = await _run("FineTuneJob", reconcile.finetune(_kube(memo), dict(body), memo.settings))
+    patch.status.update(status)
+    metrics.track_phase(body["metadata"]["uid"], status.get("phase") or (body.get("status") or {}).get("phase"))
+    _post(dict(body), events)
+
+
+@kopf.on.delete(GROUP, VERSION, "finetunejobs", optional=True)
+def finetunejob_deleted(body: kopf.Body, **_: Any) -> None:
+    metrics.track_phase(body["metadata"]["uid"], None)
+
+
+@kopf.timer(GROUP, VERSION, "finetunejobs", interval=10, idle=None,
+            when=lambda spec, status, **_: bool((spec.get("runPolicy") or {}).get("ttlSecondsAfterFinished") is not None
+                                                and status.get("phase") in ("Succeeded", "Failed")))
+async def finetunejob_ttl(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
+    done = reconcile._ts(status.get("completionTime"))
+    if done is not None and time.time() >= done + spec["runPolicy"]["ttlSecondsAfterFinished"]:
+        meta = body["metadata"]
+        await _kube(memo).delete(body["apiVersion"], "FineTuneJob", meta["namespace"], meta["name"])
+
+
+# --- ConvertJob -------------------------------------------------------------------------------------------------
+@kopf.on.resume(GROUP, VERSION, "convertjobs")
+@kopf.on.create(GROUP, VERSION, "convertjobs")
+@kopf.on.update(GROUP, VERSION, "convertjobs", field="spec")
+async def convertjob(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    status, events = await _run("ConvertJob", reconcile.convert(_kube(memo), dict(body), memo.settings))
+    patch.status.update(status)
+    _post(dict(body), events)
+
+
+# --- ChatEndpoint -----------------------------------------------------------------------------------------------
+@kopf.on.resume(GROUP, VERSION, "chatendpoints")
+@kopf.on.create(GROUP, VERSION, "chatendpoints")
+@kopf.on.update(GROUP, VERSION, "chatendpoints", field="spec")
+async def chatendpoint(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    status, events = await _run("ChatEndpoint", reconcile.chat(_kube(memo), dict(body), memo.settings))
+    patch.status.update(status)
+    _post(dict(body), events)
+
+
+@kopf.on.field(GROUP, VERSION, "finetunejobs", field="status.artifacts.adapter")
+async def adapter_exported(body: kopf.Body, new: Any, memo: kopf.Memo, **_: Any) -> None:
+    """Endpoints that serve this job's adapter roll to the newly exported one."""
+    if not new:
+        return
+    kube, meta = _kube(memo), body["metadata"]
+    for endpoint in await kube.list(body["apiVersion"], "ChatEndpoint", meta["namespace"]):
+        if any(a.get("fineTuneJobRef") == meta["name"] for a in endpoint["spec"].get("adapters", [])):
+            status, events = await _run("ChatEndpoint", reconcile.chat(kube, endpoint, memo.settings))
+            await kube.patch_status(endpoint["apiVersion"], "ChatEndpoint", meta["namespace"],
+                                    endpoint["metadata"]["name"], status)
+            _post(endpoint, events + [("Normal", "AdapterUpdated", f"serving {new}")])
+
+
+# --- children ---------------------------------------------------------------------------------------------------
+async def _child_event(kind: str, memo: kopf.Memo, work: Any) -> None:
+    parent, status, events = await _run(kind, work)
+    if parent is None or not status:
+        return
+    meta = parent["metadata"]
+    try:
+        await _kube(memo).patch_status(parent["apiVersion"], kind, meta["namespace"], meta["name"], status)
+    except ApiError as exc:
+        if exc.status != 404:  # the parent went away meanwhile: nothing to report to
+            raise
+    if kind == "FineTuneJob":
+        metrics.track_phase(meta["uid"], status.get("phase") or (parent.get("status") or {}).get("phase"))
+    _post(parent, events)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+async def job_event(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
+    if type == "DELETED":
+        return
+    labels = body["metadata"].get("labels", {})
+    kube = _kube(memo)
+    if "kubetune.io/finetunejob" in labels and labels.get("app.kubernetes.io/component") == "trainer":
+        await _child_event("FineTuneJob", memo, reconcile.finetune_job_event(kube, dict(body), memo.settings))
+    elif "kubetune.io/convertjob" in labels:
+        await _child_event("ConvertJob", memo, reconcile.convert_job_event(kube, dict(body)))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+async def deployment_event(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
+    if type != "DELETED":
+        await _child_event("ChatEndpoint", memo, reconcile.chat_deployment_event(_kube(memo), dict(body)))
+
+
+@kopf.on.cleanup()
+async def close(**_: Any) -> None:
+    if "kube" in _CLIENT:
+        await _CLIENT.pop("kube").close()

@@ -1,0 +1,206 @@
+"""What each handler does, as plain async functions over the client: read, build, apply, patch status."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+from kubetune.api import API_VERSION, ManifestError, parse_manifest
+
+from . import metrics, status as st
+from .builders import chat as chat_b, convert as convert_b, finetune as ftj_b
+from .client import Kube
+from .settings import Settings
+
+
+class Waiting(Exception):
+    """A dependency is not there yet (a checkpoint, an adapter); retry later."""
+
+
+def parse(body: dict, kind: str) -> Any:
+    raw = {"apiVersion": body.get("apiVersion", API_VERSION), "kind": kind,
+           "metadata": {"name": body["metadata"]["name"]}, "spec": dict(body.get("spec") or {})}
+    return parse_manifest(raw, f"{kind}/{body['metadata']['name']}", kind=kind).spec
+
+
+def invalid(error: ManifestError, generation: int) -> dict:
+    message = "; ".join(f"{p}: {m}" for p, m in error.errors) or str(error)
+    return {"phase": "Failed", "message": message, "observedGeneration": generation,
+            "conditions": st.set_condition([], "Failed", True, "InvalidSpec", message, st.now_iso(), generation)}
+
+
+# --- FineTuneJob ------------------------------------------------------------------------------------------------
+async def finetune(kube: Kube, body: dict, settings: Settings) -> tuple[dict, list]:
+    """Apply the current attempt's children (or delete them when suspended); return (status patch, events)."""
+    meta, status = body["metadata"], dict(body.get("status") or {})
+    generation = meta.get("generation", 1)
+    try:
+        spec = parse(body, "FineTuneJob")
+    except ManifestError as exc:
+        return invalid(exc, generation), [("Warning", "InvalidSpec", str(exc))]
+    attempt = int(status.get("restarts", 0))
+    jname = ftj_b.job_name(meta["name"], attempt)
+    if status.get("phase") in ("Succeeded", "Failed"):
+        return {"observedGeneration": generation}, []
+    if spec.run_policy.suspend:
+        await kube.delete("batch/v1", "Job", meta["namespace"], jname)
+        job = None
+    else:
+        for child in ftj_b.children(body, spec, attempt, settings):
+            await kube.apply(child)
+        job = await kube.get("batch/v1", "Job", meta["namespace"], jname)
+    outcome = st.finetune(job, status, spec, generation, st.now_iso())
+    return outcome.patch, outcome.events
+
+
+async def finetune_job_event(kube: Kube, job: dict, settings: Settings) -> tuple[dict | None, dict, list]:
+    """A child Job changed: recompute the parent's status; restart the gang on failure. Returns (parent, patch,
+    events), parent None when the event is stale (an older attempt, a deleted parent)."""
+    labels = job["metadata"].get("labels", {})
+    ns, name = job["metadata"]["namespace"], labels.get("kubetune.io/finetunejob")
+    parent = await kube.get(API_VERSION, "FineTuneJob", ns, name) if name else None
+    if parent is None:
+        return None, {}, []
+    status = dict(parent.get("status") or {})
+    if labels.get(ftj_b.ATTEMPT_LABEL) != str(int(status.get("restarts", 0))):
+        return None, {}, []
+    try:
+        spec = parse(parent, "FineTuneJob")
+    except ManifestError:
+        return None, {}, []
+    generation = parent["metadata"].get("generation", 1)
+    outcome = st.finetune(job, status, spec, generation, st.now_iso())
+    if outcome.restart:
+        metrics.RESTARTS.inc()
+        await kube.delete("batch/v1", "Job", ns, job["metadata"]["name"])
+        parent_next = {**parent, "status": {**status, **outcome.patch}}
+        for child in ftj_b.children(parent_next, spec, int(outcome.patch["restarts"]), settings):
+            await kube.apply(child)
+    phase = outcome.patch.get("phase")
+    if phase == "Running" and status.get("phase") != "Running":
+        created = _ts(parent["metadata"].get("creationTimestamp"))
+        if created:
+            metrics.QUEUE_SECONDS.observe(max(0.0, time.time() - created))
+    if phase in ("Succeeded", "Failed") and status.get("phase") != phase:
+        started = _ts(status.get("startTime") or job.get("status", {}).get("startTime"))
+        if started:
+            metrics.DURATION_SECONDS.observe(max(0.0, time.time() - started))
+        if phase == "Succeeded":
+            outcome.events.extend(await export(kube, parent, spec, settings))
+    return parent, outcome.patch, outcome.events
+
+
+async def export(kube: Kube, parent: dict, spec: Any, settings: Settings) -> list:
+    """After success, the ConvertJobs `export` asks for, writing under checkpoints.uri/export/."""
+    if not (spec.export.adapter or spec.export.merge) or spec.method.type.value == "full" and not spec.export.adapter:
+        return []
+    if not spec.checkpoints.uri:
+        return [("Warning", "ExportSkipped", "export needs checkpoints.uri (where the artifacts go)")]
+    name, ns = parent["metadata"]["name"], parent["metadata"]["namespace"]
+    root = spec.checkpoints.uri.rstrip("/") + "/export"
+    from .builders.common import metadata
+
+    jobs = [("adapter", {"operation": "pth_to_hf", "source": {"fineTuneJobRef": name},
+                         "output": {"uri": f"{root}/hf"}})]
+    if spec.export.merge and spec.method.type.value != "full":
+        jobs.append(("merged", {"operation": "merge", "source": {"checkpointUri": f"{root}/hf"},
+                                "baseModel": {"uri": spec.model.uri}, "output": {"uri": f"{root}/merged"}}))
+    for suffix, cspec in jobs:
+        cspec["storage"] = spec.storage.to_dict()
+        manifest = {"apiVersion": API_VERSION, "kind": "ConvertJob",
+                    "metadata": metadata(parent, f"{name}-export-{suffix}", "export"), "spec": cspec}
+        await kube.apply(manifest)
+    return [("Normal", "Exporting", f"ConvertJobs {', '.join(f'{name}-export-{s}' for s, _ in jobs)} created")]
+
+
+# --- ConvertJob -------------------------------------------------------------------------------------------------
+async def convert(kube: Kube, body: dict, settings: Settings) -> tuple[dict, list]:
+    meta, status = body["metadata"], dict(body.get("status") or {})
+    generation = meta.get("generation", 1)
+    try:
+        spec = parse(body, "ConvertJob")
+    except ManifestError as exc:
+        return invalid(exc, generation), [("Warning", "InvalidSpec", str(exc))]
+    if status.get("phase") in ("Succeeded", "Failed"):
+        return {"observedGeneration": generation}, []
+    source, base, config_map = spec.source.checkpoint_uri, spec.base_model.uri if spec.base_model else None, None
+    if spec.source.fine_tune_job_ref:
+        ref = await kube.get(API_VERSION, "FineTuneJob", meta["namespace"], spec.source.fine_tune_job_ref)
+        checkpoint = ((ref or {}).get("status") or {}).get("latestCheckpoint") or {}
+        if not checkpoint.get("uri"):
+            raise Waiting(f"FineTuneJob {spec.source.fine_tune_job_ref} has no checkpoint yet")
+        source = checkpoint["uri"]
+        base = base or ref["spec"].get("model", {}).get("uri")
+        config_map = ftj_b.names(spec.source.fine_tune_job_ref)["config"]
+    await kube.apply(convert_b.job(body, spec, source, base, config_map, settings))
+    job = await kube.get("batch/v1", "Job", meta["namespace"], convert_b.job_name(meta["name"]))
+    outcome = st.convert(job, status, spec.output.uri, generation, st.now_iso())
+    return outcome.patch, outcome.events
+
+
+async def convert_job_event(kube: Kube, job: dict) -> tuple[dict | None, dict, list]:
+    labels = job["metadata"].get("labels", {})
+    ns, name = job["metadata"]["namespace"], labels.get("kubetune.io/convertjob")
+    parent = await kube.get(API_VERSION, "ConvertJob", ns, name) if name else None
+    if parent is None:
+        return None, {}, []
+    outcome = st.convert(job, dict(parent.get("status") or {}), parent["spec"]["output"]["uri"],
+                         parent["metadata"].get("generation", 1), st.now_iso())
+    return parent, outcome.patch, outcome.events
+
+
+# --- ChatEndpoint -----------------------------------------------------------------------------------------------
+async def chat(kube: Kube, body: dict, settings: Settings) -> tuple[dict, list]:
+    meta = body["metadata"]
+    generation = meta.get("generation", 1)
+    try:
+        spec = parse(body, "ChatEndpoint")
+    except ManifestError as exc:
+        return invalid(exc, generation), [("Warning", "InvalidSpec", str(exc))]
+    adapters = {}
+    for a in spec.adapters:
+        uri = a.uri
+        if a.fine_tune_job_ref:
+            ref = await kube.get(API_VERSION, "FineTuneJob", meta["namespace"], a.fine_tune_job_ref)
+            uri = (((ref or {}).get("status") or {}).get("artifacts") or {}).get("adapter")
+            if not uri:
+                raise Waiting(f"FineTuneJob {a.fine_tune_job_ref} has not exported an adapter yet")
+        adapters[a.name] = uri
+    for child in chat_b.children(body, spec, adapters, settings):
+        await kube.apply(child)
+    deployment = await kube.get("apps/v1", "Deployment", meta["namespace"], meta["name"])
+    return _chat_status(body, spec, adapters, deployment, settings)
+
+
+def _chat_status(body: dict, spec: Any, adapters: dict, deployment: dict | None, settings: Settings):
+    meta = body["metadata"]
+    url = f"http://{meta['name']}.{meta['namespace']}.svc/v1"
+    served = ",".join(adapters) or meta["name"]
+    outcome = st.chat(deployment, dict(body.get("status") or {}), url, served, meta.get("generation", 1),
+                      st.now_iso())
+    return outcome.patch, outcome.events
+
+
+async def chat_deployment_event(kube: Kube, deployment: dict) -> tuple[dict | None, dict, list]:
+    labels = deployment["metadata"].get("labels", {})
+    ns, name = deployment["metadata"]["namespace"], labels.get("kubetune.io/chatendpoint")
+    parent = await kube.get(API_VERSION, "ChatEndpoint", ns, name) if name else None
+    if parent is None:
+        return None, {}, []
+    try:
+        spec = parse(parent, "ChatEndpoint")
+    except ManifestError:
+        return None, {}, []
+    adapters = {a.name: a.uri or "" for a in spec.adapters}
+    status = dict(parent.get("status") or {})
+    url = status.get("url") or f"http://{name}.{ns}.svc/v1"
+    outcome = st.chat(deployment, status, url, ",".join(adapters) or name, parent["metadata"].get("generation", 1),
+                      st.now_iso())
+    return parent, outcome.patch, outcome.events
+
+
+def _ts(value: str | None) -> float | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()

@@ -1,0 +1,167 @@
+"""Pure status logic: the children's state in, the parent's status patch (and what to do next) out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(conditions: list[dict], type_: str, status: bool, reason: str, message: str, now: str,
+                  generation: int | None = None) -> list[dict]:
+    """metav1.Condition semantics: lastTransitionTime moves only when the status flips."""
+    value = "True" if status else "False"
+    out, found = [], False
+    for c in conditions:
+        if c.get("type") == type_:
+            found = True
+            changed = c.get("status") != value
+            c = {**c, "status": value, "reason": reason, "message": message,
+                 "lastTransitionTime": now if changed else c.get("lastTransitionTime", now)}
+            if generation is not None:
+                c["observedGeneration"] = generation
+        out.append(c)
+    if not found:
+        c = {"type": type_, "status": value, "reason": reason, "message": message, "lastTransitionTime": now}
+        if generation is not None:
+            c["observedGeneration"] = generation
+        out.append(c)
+    return out
+
+
+def job_condition(job: dict | None, type_: str) -> dict | None:
+    for c in (job or {}).get("status", {}).get("conditions", []) or []:
+        if c.get("type") == type_ and c.get("status") == "True":
+            return c
+    return None
+
+
+@dataclass
+class Outcome:
+    patch: dict[str, Any]
+    restart: bool = False  # create the next attempt
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+
+
+def finetune(job: dict | None, status: dict, spec: Any, generation: int, now: str) -> Outcome:
+    """The FineTuneJob's status from its current attempt's Job."""
+    conditions = list(status.get("conditions", []))
+    restarts = int(status.get("restarts", 0))
+    phase = status.get("phase")
+    patch: dict[str, Any] = {"observedGeneration": generation}
+    events: list[tuple[str, str, str]] = []
+
+    def moved(new_phase: str, reason: str, message: str, kind: str = "Normal") -> None:
+        patch["phase"] = new_phase
+        patch["message"] = message
+        if new_phase != phase:
+            events.append((kind, reason, message))
+
+    if phase in ("Succeeded", "Failed"):
+        return Outcome({"observedGeneration": generation})
+    if spec.run_policy.suspend:
+        moved("Suspended", "Suspended", "runPolicy.suspend is true: the pods are deleted, status and checkpoints kept")
+        patch["conditions"] = set_condition(conditions, "Suspended", True, "Suspended", patch["message"], now,
+                                            generation)
+        return Outcome(patch, events=events)
+    conditions = set_condition(conditions, "Suspended", False, "Resumed", "not suspended", now, generation) \
+        if any(c["type"] == "Suspended" for c in conditions) else conditions
+    if job is None:
+        moved("Pending", "Creating", "creating the training Job")
+    elif (done := job_condition(job, "Complete")) is not None:
+        moved("Succeeded", "Succeeded", f"training finished ({job['metadata']['name']})")
+        patch["completionTime"] = done.get("lastTransitionTime") or now
+        conditions = set_condition(conditions, "Running", False, "Succeeded", "training finished", now, generation)
+        conditions = set_condition(conditions, "Succeeded", True, "Succeeded", patch["message"], now, generation)
+    elif (failed := job_condition(job, "Failed")) is not None:
+        why = f"{failed.get('reason', 'Failed')}: {failed.get('message', 'a pod failed')}"
+        if restarts < spec.run_policy.max_restarts:
+            restarts += 1
+            patch["restarts"] = restarts
+            message = (f"restart {restarts}/{spec.run_policy.max_restarts} after {job['metadata']['name']} failed "
+                       f"({why}); the new gang resumes from the latest checkpoint")
+            moved("Restarting", "Restarting", message, "Warning")
+            conditions = set_condition(conditions, "Running", False, "Restarting", message, now, generation)
+            return Outcome(patch | {"conditions": conditions}, restart=True, events=events)
+        message = f"{job['metadata']['name']} failed after {restarts} restart(s): {why}"
+        moved("Failed", "Failed", message, "Warning")
+        patch["completionTime"] = failed.get("lastTransitionTime") or now
+        conditions = set_condition(conditions, "Running", False, "Failed", message, now, generation)
+        conditions = set_condition(conditions, "Failed", True, failed.get("reason", "Failed"), message, now,
+                                   generation)
+    elif job.get("spec", {}).get("suspend"):
+        moved("Pending", "Queued", "waiting for Kueue to admit the Job "
+                                   f"(queue {spec.run_policy.queue_name})" if spec.run_policy.queue_name
+              else "the Job is suspended")
+    else:
+        st = job.get("status", {})
+        nodes = spec.resources.nodes
+        ready = int(st.get("ready", 0) or 0)
+        if ready >= nodes or int(st.get("succeeded", 0) or 0) > 0:
+            moved("Running", "Running", f"{nodes} pod(s) running")
+            conditions = set_condition(conditions, "Running", True, "Running", patch["message"], now, generation)
+        else:
+            moved("Initializing", "Initializing", f"{ready}/{nodes} pod(s) ready")
+        if not status.get("startTime") and st.get("startTime"):
+            patch["startTime"] = st["startTime"]
+    if "conditions" not in patch:
+        conditions = set_condition(conditions, "Created", True, "Created", "children created", now, generation) \
+            if job is not None or any(c["type"] == "Created" for c in conditions) else conditions
+        patch["conditions"] = conditions
+    return Outcome(patch, events=events)
+
+
+def convert(job: dict | None, status: dict, output_uri: str, generation: int, now: str) -> Outcome:
+    conditions = list(status.get("conditions", []))
+    if status.get("phase") in ("Succeeded", "Failed"):
+        return Outcome({"observedGeneration": generation})
+    patch: dict[str, Any] = {"observedGeneration": generation}
+    events = []
+    if job is None:
+        patch |= {"phase": "Pending", "message": "creating the conversion Job"}
+    elif (done := job_condition(job, "Complete")) is not None:
+        patch |= {"phase": "Succeeded", "message": f"written to {output_uri}", "outputUri": output_uri,
+                  "completionTime": done.get("lastTransitionTime") or now}
+        conditions = set_condition(conditions, "Succeeded", True, "Succeeded", patch["message"], now, generation)
+        events.append(("Normal", "Succeeded", patch["message"]))
+    elif (failed := job_condition(job, "Failed")) is not None:
+        patch |= {"phase": "Failed", "message": f"{failed.get('reason')}: {failed.get('message')}",
+                  "completionTime": failed.get("lastTransitionTime") or now}
+        conditions = set_condition(conditions, "Failed", True, failed.get("reason", "Failed"), patch["message"], now,
+                                   generation)
+        events.append(("Warning", "Failed", patch["message"]))
+    else:
+        patch |= {"phase": "Running", "message": "converting"}
+        if job.get("status", {}).get("startTime") and not status.get("startTime"):
+            patch["startTime"] = job["status"]["startTime"]
+    patch["conditions"] = conditions
+    if patch.get("phase") != status.get("phase") and not events:
+        events.append(("Normal", patch["phase"], patch["message"]))
+    return Outcome(patch, events=events)
+
+
+def chat(deployment: dict | None, status: dict, url: str, served: str, generation: int, now: str) -> Outcome:
+    conditions = list(status.get("conditions", []))
+    patch: dict[str, Any] = {"observedGeneration": generation, "url": url, "servedModel": served}
+    st = (deployment or {}).get("status", {})
+    want = (deployment or {}).get("spec", {}).get("replicas", 1)
+    ready = int(st.get("readyReplicas", 0) or 0)
+    stuck = next((c for c in st.get("conditions", []) or [] if c.get("type") == "Progressing"
+                  and c.get("reason") == "ProgressDeadlineExceeded"), None)
+    if deployment is None:
+        phase, message = "Pending", "creating the Deployment"
+    elif stuck:
+        phase, message = "Failed", stuck.get("message", "the rollout did not progress")
+    elif ready >= max(want, 1) and st.get("updatedReplicas", 0) >= want:
+        phase, message = "Ready", f"{ready}/{want} replica(s) ready at {url}"
+    else:
+        phase, message = "Progressing", f"{ready}/{want} replica(s) ready"
+    patch |= {"phase": phase, "message": message, "replicas": want, "readyReplicas": ready,
+              "ready": f"{ready}/{want}",
+              "conditions": set_condition(conditions, "Ready", phase == "Ready", phase, message, now, generation)}
+    events = [("Warning" if phase == "Failed" else "Normal", phase, message)] if phase != status.get("phase") else []
+    return Outcome(patch, events=events)

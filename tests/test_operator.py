@@ -1,0 +1,272 @@
+"""The operator against the real control plane (apiserver + etcd + controller-manager + scheduler + kwok): it runs as
+`python -m kubetune_operator`, exactly as in its Deployment, and pods "run" through kwok (tests/controlplane/
+stages.yaml picks success, failure or running-forever by the FineTuneJob's name)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import ssl
+
+import pytest
+
+NS = "ops"
+FTJ = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
+       "spec": {"model": {"uri": "hf://org/model"}, "dataset": {"uri": "s3://data/train.jsonl"},
+                "checkpoints": {"uri": "s3://ckpt/run/"}, "storage": {"secretRef": "s3-credentials"},
+                "resources": {"nodes": 2, "gpusPerNode": 1}, "export": {"adapter": False}}}
+
+
+class Operator:
+    def __init__(self, cluster, log):
+        self.cluster, self.log = cluster, log
+        self.start()
+
+    def start(self) -> None:
+        self.handle = self.log.open("a")
+        self.proc = subprocess.Popen([sys.executable, "-m", "kubetune_operator"], stdout=self.handle,
+                                     stderr=subprocess.STDOUT,
+                                     env={**self.cluster.env(), "KUBETUNE_OPERATOR_METRICS_PORT": "0",
+                                          "KUBETUNE_OPERATOR_HEALTH": "", "PYTHONUNBUFFERED": "1"})
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.handle.close()
+
+
+@pytest.fixture(scope="module")
+def operator(cluster, tmp_path_factory):
+    cluster.kubectl("create", "namespace", NS, check=False)
+    op = Operator(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
+    yield op
+    op.stop()
+    assert "Traceback" not in op.log.read_text(), op.log.read_text()[-4000:]
+
+
+def _create(cluster, name: str, doc: dict | None = None, **spec) -> None:
+    doc = json.loads(json.dumps(doc or FTJ))
+    doc["metadata"] = {"name": name, "namespace": NS}
+    for key, value in spec.items():
+        doc["spec"][key] = value
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(doc))
+
+
+def _status(cluster, kind: str, name: str) -> dict:
+    return cluster.get_json("-n", NS, kind, name).get("status") or {}
+
+
+def _wait_phase(cluster, kind: str, name: str, phases: tuple[str, ...], timeout: float = 60) -> dict:
+    cluster.wait_for(lambda: _status(cluster, kind, name).get("phase") in phases, f"{kind} {name} in {phases}",
+                     timeout)
+    return _status(cluster, kind, name)
+
+
+def _events(cluster, name: str) -> list[str]:
+    items = cluster.get_json("-n", NS, "events", "--field-selector", f"involvedObject.name={name}")["items"]
+    return [e["reason"] for e in items]
+
+
+def test_finetunejob_runs_to_succeeded_with_its_children(cluster, operator):
+    _create(cluster, "happy")
+    status = _wait_phase(cluster, "ftj", "happy", ("Succeeded", "Failed"))
+    assert status["phase"] == "Succeeded" and status["restarts"] == 0 and status["completionTime"]
+    assert {c["type"]: c["status"] for c in status["conditions"]}.items() >= {("Created", "True"), ("Succeeded", "True")}
+    assert status["observedGeneration"] == 1
+    job = cluster.get_json("-n", NS, "job", "happy-a0")
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"], spec["backoffLimit"]) == \
+        ("Indexed", 2, 2, 0)
+    pod = spec["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["ADDR"] == "happy-a0-0.happy-workers" and env["NNODES"] == "2" and env["NPROC_PER_NODE"] == "1"
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "FineTuneJob"
+    for kind, name in (("service", "happy-workers"), ("configmap", "happy-config"), ("role", "happy-runner"),
+                       ("rolebinding", "happy-runner"), ("serviceaccount", "happy-runner")):
+        child = cluster.get_json("-n", NS, kind, name)
+        assert child["metadata"]["labels"]["kubetune.io/finetunejob"] == "happy", kind
+    assert cluster.get_json("-n", NS, "service", "happy-workers")["spec"]["clusterIP"] == "None"
+    assert {"Running", "Succeeded"} <= set(_events(cluster, "happy"))
+    table = cluster.kubectl("get", "-n", NS, "ftj", "happy").stdout
+    assert "Succeeded" in table
+
+
+def test_a_failed_pod_restarts_the_whole_gang_then_fails_after_max_restarts(cluster, operator):
+    _create(cluster, "fails-once", runPolicy={"maxRestarts": 2})
+    status = _wait_phase(cluster, "ftj", "fails-once", ("Succeeded", "Failed"))
+    assert status["phase"] == "Succeeded" and status["restarts"] == 1
+    assert cluster.kubectl("get", "-n", NS, "job", "fails-once-a0", check=False).returncode != 0  # old gang deleted
+    _create(cluster, "always-fails", runPolicy={"maxRestarts": 2})
+    status = _wait_phase(cluster, "ftj", "always-fails", ("Succeeded", "Failed"), timeout=90)
+    assert status["phase"] == "Failed" and status["restarts"] == 2
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert "always-fails-a2" in failed["message"] and "always-fails-a2-" in failed["message"]  # names the pod
+    assert "Restarting" in _events(cluster, "always-fails")
+
+
+def test_suspend_deletes_the_pods_and_resume_recreates_them(cluster, operator):
+    _create(cluster, "suspends")
+    _wait_phase(cluster, "ftj", "suspends", ("Running",))
+    cluster.kubectl("patch", "-n", NS, "ftj", "suspends", "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":true}}}')
+    status = _wait_phase(cluster, "ftj", "suspends", ("Suspended",))
+    assert any(c["type"] == "Suspended" and c["status"] == "True" for c in status["conditions"])
+    cluster.wait_for(lambda: cluster.kubectl("get", "-n", NS, "job", "suspends-a0", check=False).returncode != 0,
+                     "the suspended job's Job to go", 30)
+    cluster.kubectl("patch", "-n", NS, "ftj", "suspends", "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":false}}}')
+    _wait_phase(cluster, "ftj", "suspends", ("Running",))
+
+
+def test_ttl_deletes_a_finished_job(cluster, operator):
+    _create(cluster, "ttl", runPolicy={"ttlSecondsAfterFinished": 1})
+    cluster.wait_for(lambda: cluster.kubectl("get", "-n", NS, "ftj", "ttl", check=False).returncode != 0,
+                     "the FineTuneJob to be deleted after its TTL", 60)
+
+
+def test_delete_garbage_collects_the_children(cluster, operator):
+    _create(cluster, "holds")
+    _wait_phase(cluster, "ftj", "holds", ("Running",))
+    cluster.kubectl("delete", "-n", NS, "ftj", "holds")
+    cluster.wait_for(lambda: not cluster.get_json("-n", NS, "pods,jobs,services,configmaps,roles",
+                                                  "-l", "kubetune.io/finetunejob=holds")["items"],
+                     "children of a deleted FineTuneJob to be collected", 90)
+
+
+def test_operator_restart_converges_without_duplicates(cluster, operator):
+    operator.stop(signal.SIGKILL)  # killed mid-work, like an evicted pod
+    _create(cluster, "survivor")
+    time.sleep(1)
+    operator.start()
+    _wait_phase(cluster, "ftj", "survivor", ("Running",))
+    jobs = cluster.get_json("-n", NS, "jobs", "-l", "kubetune.io/finetunejob=survivor")["items"]
+    assert [j["metadata"]["name"] for j in jobs] == ["survivor-a0"]
+    operator.stop()
+    operator.start()  # a second restart re-applies the same children and keeps the status
+    time.sleep(5)
+    assert len(cluster.get_json("-n", NS, "jobs", "-l", "kubetune.io/finetunejob=survivor")["items"]) == 1
+    assert _status(cluster, "ftj", "survivor")["phase"] == "Running"
+
+
+def _patch_status_as(cluster, token: str, name: str) -> int:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    url = f"{cluster.url}/apis/kubetune.io/v1alpha1/namespaces/{NS}/finetunejobs/{name}/status"
+    body = json.dumps({"status": {"progress": {"step": 7, "totalSteps": 20, "stepDisplay": "7/20", "loss": 0.5}}})
+    request = urllib.request.Request(url, data=body.encode(), method="PATCH", headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "application/merge-patch+json"})
+    try:
+        with urllib.request.urlopen(request, context=ctx, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_rank0_may_patch_its_own_status_only(cluster, operator):
+    _create(cluster, "rbac")
+    _wait_phase(cluster, "ftj", "rbac", ("Running",))
+    token = cluster.kubectl("create", "token", "rbac-runner", "-n", NS).stdout.strip()
+    assert _patch_status_as(cluster, token, "rbac") == 200
+    assert _status(cluster, "ftj", "rbac")["progress"]["stepDisplay"] == "7/20"
+    assert "7/20" in cluster.kubectl("get", "-n", NS, "ftj", "rbac").stdout
+    assert _patch_status_as(cluster, token, "happy") == 403
+
+
+def test_invalid_spec_fails_with_a_condition(cluster, operator):
+    doc = json.loads(json.dumps(FTJ))
+    doc["spec"]["baseConfig"] = "no_such_config_e3"  # the apiserver cannot know the catalogue: the operator does
+    _create(cluster, "unknown-base", doc)
+    status = _wait_phase(cluster, "ftj", "unknown-base", ("Failed",))
+    assert "baseConfig" in status["message"]
+    assert next(c for c in status["conditions"] if c["type"] == "Failed")["reason"] == "InvalidSpec"
+
+
+def test_convertjob_runs_to_succeeded(cluster, operator):
+    doc = {"apiVersion": "kubetune.io/v1alpha1", "kind": "ConvertJob",
+           "spec": {"operation": "merge", "source": {"checkpointUri": "s3://ckpt/run/export/hf"},
+                    "baseModel": {"uri": "hf://org/model"}, "output": {"uri": "s3://models/merged/"}}}
+    _create(cluster, "merge-it", doc)
+    status = _wait_phase(cluster, "cvj", "merge-it", ("Succeeded", "Failed"))
+    assert status["phase"] == "Succeeded" and status["outputUri"] == "s3://models/merged/"
+    job = cluster.get_json("-n", NS, "job", "merge-it-convert")
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"][:3] == ["kubetune", "convert", "merge"]
+
+
+def test_chatendpoint_becomes_ready(cluster, operator):
+    doc = {"apiVersion": "kubetune.io/v1alpha1", "kind": "ChatEndpoint",
+           "spec": {"model": {"uri": "s3://models/merged/"}, "promptTemplate": "internlm2_chat", "replicas": 2,
+                    "autoscaling": {"minReplicas": 2, "maxReplicas": 4}, "auth": {"apiKeySecretRef": "chat-keys"}}}
+    _create(cluster, "chat", doc)
+    status = _wait_phase(cluster, "chat", "chat", ("Ready", "Failed"), timeout=90)
+    assert status["phase"] == "Ready" and status["url"] == f"http://chat.{NS}.svc/v1"
+    deployment = cluster.get_json("-n", NS, "deployment", "chat")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:2] == ["kubetune", "serve"] and "--api-key-file" in container["command"]
+    assert {"startupProbe", "readinessProbe", "livenessProbe"} <= set(container)
+    assert cluster.get_json("-n", NS, "hpa", "chat")["spec"]["maxReplicas"] == 4
+    assert cluster.get_json("-n", NS, "pdb", "chat")["spec"]["maxUnavailable"] == 1
+
+
+def test_end_to_end_the_rendered_pods_really_train(cluster, operator, tiny_dir, tmp_path):
+    """The Job the operator rendered, run for real: its command and environment for 2 ranks as local processes (CPU,
+    gloo, the tiny model), reporting progress into the FineTuneJob with the job's own ServiceAccount token; then the
+    pods' exit (what a kubelet would report) makes the FineTuneJob Succeeded."""
+    import os
+    import socket
+
+    from .test_train import alpaca_rows
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in alpaca_rows(16)) + "\n")
+    doc = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "spec": {
+        "model": {"uri": str(tiny_dir)},
+        "method": {"type": "lora", "lora": {"r": 4, "alpha": 8, "targetModules": ["q_proj", "v_proj"]}},
+        "dataset": {"uri": str(data), "format": "alpaca", "promptTemplate": "default", "maxLength": 64,
+                    "packToMaxLength": False},
+        "training": {"maxSteps": 6, "batchSize": 1, "accumulativeCounts": 1, "precision": "fp32",
+                     "gradientCheckpointing": False, "logEverySteps": 1},
+        "checkpoints": {"everySteps": 3, "keep": 2}, "resources": {"nodes": 2, "gpusPerNode": 0}}}
+    _create(cluster, "e2e", doc)
+    _wait_phase(cluster, "ftj", "e2e", ("Running",))
+    job = cluster.get_json("-n", NS, "job", "e2e-a0")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    (tmp_path / "etc").mkdir()
+    config = tmp_path / "etc" / "job.yaml"
+    config.write_text(cluster.get_json("-n", NS, "configmap", "e2e-config")["data"]["job.yaml"])
+    token = cluster.kubectl("create", "token", "e2e-runner", "-n", NS).stdout.strip()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        env |= {"NODE_RANK": str(rank), "ADDR": "127.0.0.1", "PORT": str(port),
+                "HOME": str(tmp_path / f"home{rank}"), "KUBETUNE_CACHE": str(tmp_path / f"cache{rank}"),
+                "KUBETUNE_STATUS_API": cluster.url, "KUBETUNE_STATUS_TOKEN": token, "KUBETUNE_STATUS_INSECURE": "1"}
+        argv = [a.replace("/etc/kubetune/job.yaml", str(config)).replace("/work/run", str(tmp_path / f"work{rank}"))
+                for a in container["command"]]
+        assert argv[:2] == ["kubetune", "train"]
+        procs.append(subprocess.Popen([sys.executable, "-m", "kubetune", *argv[1:]], env={**os.environ, **env},
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(f"rank {i}: {o[-2500:]}" for i, o in enumerate(outputs))
+    status = _status(cluster, "ftj", "e2e")
+    assert status["progress"]["step"] == 6 and status["progress"]["stepDisplay"] == "6/6"
+    assert status["latestCheckpoint"]["step"] == 6
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for pod in cluster.get_json("-n", NS, "pods", "-l", "job-name=e2e-a0")["items"]:
+        cluster.kubectl("patch", "-n", NS, "pod", pod["metadata"]["name"], "--subresource=status", "--type=merge",
+                        "-p", json.dumps({"status": {"phase": "Succeeded", "containerStatuses": [{
+                            "name": "trainer", "image": container["image"], "imageID": "", "ready": False,
+                            "restartCount": 0, "state": {"terminated": {"exitCode": 0, "reason": "Completed",
+                                                                        "startedAt": now, "finishedAt": now}}}]}}))
+    status = _wait_phase(cluster, "ftj", "e2e", ("Succeeded", "Failed"))
+    assert status["phase"] == "Succeeded" and status["progress"]["step"] == 6

@@ -1,0 +1,146 @@
+"""The operator's pure builders and status logic, without a cluster: table tests of what matters and golden
+manifests for whole objects (KUBETUNE_REGEN_GOLDEN=1 rewrites them; review the diff)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubetune.api import parse_manifest
+from kubetune_operator import status as st
+from kubetune_operator.builders import chat, convert, finetune
+from kubetune_operator.settings import Settings
+
+GOLDEN = Path(__file__).parent / "golden" / "operator"
+SETTINGS = Settings(image="ghcr.io/kubetune/kubetune-runtime:test")
+
+
+def _parent(kind: str, name: str, spec: dict) -> tuple[dict, object]:
+    body = {"apiVersion": "kubetune.io/v1alpha1", "kind": kind,
+            "metadata": {"name": name, "namespace": "team", "uid": f"uid-{name}", "generation": 1}, "spec": spec}
+    return body, parse_manifest({**body, "metadata": {"name": name}}, kind=kind).spec
+
+
+BASE = {"model": {"uri": "hf://internlm/internlm2-chat-1_8b"}, "dataset": {"uri": "s3://data/emo.json"},
+        "checkpoints": {"uri": "s3://ckpt/emo/"}, "storage": {"secretRef": "s3-credentials",
+                                                             "endpoint": "http://minio:9000", "pathStyle": True}}
+FINETUNE_CASES = {
+    "single-node": {},
+    "multi-node": {"resources": {"nodes": 4, "gpusPerNode": 8, "memory": "512Gi", "nodeSelector": {"pool": "h100"},
+                                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+                                 "priorityClassName": "training"}},
+    "qlora-zero2": {"method": {"type": "qlora"}, "training": {"deepspeed": "zero2"},
+                    "resources": {"nodes": 1, "gpusPerNode": 2}},
+    "kueue": {"runPolicy": {"queueName": "team-a", "activeDeadlineSeconds": 86400},
+              "resources": {"gpusPerNode": 1}},
+    "pvc-source": {"model": {"uri": "pvc://models/internlm2"}, "dataset": {"uri": "pvc://datasets/emo.json"},
+                   "resources": {"serviceAccountName": "s3-irsa"}},
+}
+
+
+def _check_golden(name: str, manifests: list[dict]) -> None:
+    path = GOLDEN / f"{name}.yaml"
+    text = yaml.safe_dump_all(manifests, sort_keys=False)
+    if os.environ.get("KUBETUNE_REGEN_GOLDEN") == "1":
+        path.write_text(text)
+    assert path.exists(), f"no golden {path}; run with KUBETUNE_REGEN_GOLDEN=1"
+    assert text == path.read_text(), f"{name} differs from {path}"
+
+
+@pytest.mark.parametrize("case", FINETUNE_CASES)
+def test_finetune_children_golden(case):
+    body, spec = _parent("FineTuneJob", case, {**BASE, **FINETUNE_CASES[case]})
+    _check_golden(f"finetune-{case}", finetune.children(body, spec, 0, SETTINGS))
+
+
+def test_finetune_gang_job():
+    body, spec = _parent("FineTuneJob", "emo", {**BASE, **FINETUNE_CASES["multi-node"]})
+    kinds = [m["kind"] for m in finetune.children(body, spec, 3, SETTINGS)]
+    assert kinds == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Service", "Job"]
+    job = finetune.children(body, spec, 3, SETTINGS)[-1]
+    assert job["metadata"]["name"] == "emo-a3" and job["metadata"]["labels"]["kubetune.io/attempt"] == "3"
+    s = job["spec"]
+    assert (s["completions"], s["parallelism"], s["backoffLimit"], s["completionMode"]) == (4, 4, 0, "Indexed")
+    assert s["podFailurePolicy"]["rules"][0]["action"] == "FailJob"
+    pod = s["template"]["spec"]
+    c = pod["containers"][0]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["NNODES"]["value"] == "4" and env["NPROC_PER_NODE"]["value"] == "8"
+    assert env["ADDR"]["value"] == "emo-a3-0.emo-workers" and pod["subdomain"] == "emo-workers"
+    assert "job-completion-index" in env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "s3-credentials"
+    assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000"
+    assert c["command"] == ["kubetune", "train", "/etc/kubetune/job.yaml", "--work-dir", "/work/run", "--resume",
+                            "auto"]
+    assert c["resources"]["limits"] == {"memory": "512Gi", "nvidia.com/gpu": "8"}
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
+    assert sc["capabilities"]["drop"] == ["ALL"] and sc["seccompProfile"]["type"] == "RuntimeDefault"
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
+    assert pod["nodeSelector"] == {"pool": "h100"} and pod["priorityClassName"] == "training"
+    role = finetune.children(body, spec, 0, SETTINGS)[2]
+    assert all(rule["resourceNames"] == ["emo"] for rule in role["rules"])
+    assert all(m["metadata"]["ownerReferences"][0]["uid"] == "uid-emo" for m in finetune.children(body, spec, 0,
+                                                                                                 SETTINGS))
+
+
+def test_kueue_suspends_and_labels_the_job_and_pvcs_are_mounted():
+    body, spec = _parent("FineTuneJob", "q", {**BASE, **FINETUNE_CASES["kueue"]})
+    job = finetune.children(body, spec, 0, SETTINGS)[-1]
+    assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert job["spec"]["activeDeadlineSeconds"] == 86400
+    body, spec = _parent("FineTuneJob", "p", {**BASE, **FINETUNE_CASES["pvc-source"]})
+    children = finetune.children(body, spec, 0, SETTINGS)
+    pod = children[-1]["spec"]["template"]["spec"]
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"models", "datasets"} and pod["serviceAccountName"] == "s3-irsa"
+    assert {s["name"] for s in children[3]["subjects"]} == {"p-runner", "s3-irsa"}
+
+
+def test_long_names_stay_dns_labels():
+    name = "a" * 60
+    body, spec = _parent("FineTuneJob", name, BASE)
+    for m in finetune.children(body, spec, 12, SETTINGS):
+        if m["kind"] in ("Job", "Service"):
+            assert len(m["metadata"]["name"]) <= 63
+
+
+def test_convert_and_chat_golden():
+    body, spec = _parent("ConvertJob", "merge", {"operation": "merge", "source": {"checkpointUri": "s3://c/hf"},
+                                                 "output": {"uri": "s3://m/merged"}, "maxShardSize": "5GB"})
+    cvj = convert.job(body, spec, "s3://c/hf", "hf://org/base", None, SETTINGS)
+    assert cvj["spec"]["template"]["spec"]["containers"][0]["command"] == [
+        "kubetune", "convert", "merge", "hf://org/base", "s3://c/hf", "s3://m/merged", "--device", "auto",
+        "--max-shard-size", "5GB", "--safe-serialization"]
+    body, spec = _parent("ChatEndpoint", "emo-chat", {
+        "model": {"uri": "s3://models/base"}, "adapters": [{"name": "emo", "uri": "s3://a/emo"}],
+        "promptTemplate": "internlm2_chat", "generation": {"stopWords": ["<eoa>"]},
+        "autoscaling": {"minReplicas": 2, "maxReplicas": 6, "targetInflightRequests": 4},
+        "auth": {"apiKeySecretRef": "keys"}, "resources": {"gpus": 1}})
+    manifests = chat.children(body, spec, {"emo": "s3://a/emo"}, SETTINGS)
+    assert [m["kind"] for m in manifests] == ["Deployment", "Service", "HorizontalPodAutoscaler",
+                                              "PodDisruptionBudget"]
+    assert "replicas" not in manifests[0]["spec"]  # the HPA owns it
+    _check_golden("convert-merge", [cvj])
+    _check_golden("chat-hpa", manifests)
+
+
+def test_status_logic():
+    _, spec = _parent("FineTuneJob", "s", {**BASE, "runPolicy": {"maxRestarts": 1}})
+    job = {"metadata": {"name": "s-a0"}, "status": {"ready": 1, "active": 1, "startTime": "2026-01-01T00:00:00Z"}}
+    out = st.finetune(job, {}, spec, 1, "t0")
+    assert out.patch["phase"] == "Running" and out.patch["startTime"] == "2026-01-01T00:00:00Z"
+    failed = {"metadata": {"name": "s-a0"}, "status": {"conditions": [
+        {"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+         "message": "Container trainer for pod team/s-a0-0-xyz failed with exit code 1"}]}}
+    out = st.finetune(failed, {"phase": "Running", "restarts": 0}, spec, 1, "t1")
+    assert out.restart and out.patch["restarts"] == 1 and out.patch["phase"] == "Restarting"
+    out = st.finetune(failed, {"phase": "Restarting", "restarts": 1}, spec, 1, "t2")
+    assert not out.restart and out.patch["phase"] == "Failed" and "s-a0-0-xyz" in out.patch["message"]
+    conditions = st.set_condition([], "Ready", True, "Ready", "ok", "t0")
+    assert st.set_condition(conditions, "Ready", True, "Ready", "still", "t9")[0]["lastTransitionTime"] == "t0"
+    assert st.set_condition(conditions, "Ready", False, "Down", "no", "t9")[0]["lastTransitionTime"] == "t9"
