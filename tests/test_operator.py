@@ -129,7 +129,7 @@ def test_suspend_deletes_the_pods_and_resume_recreates_them(cluster, operator):
 def test_ttl_deletes_a_finished_job(cluster, operator):
     _create(cluster, "ttl", runPolicy={"ttlSecondsAfterFinished": 1})
     cluster.wait_for(lambda: cluster.kubectl("get", "-n", NS, "ftj", "ttl", check=False).returncode != 0,
-                     "the FineTuneJob to be deleted after its TTL", 60)
+                     "the FineTuneJob to be deleted after its TTL", 120)
 
 
 def test_delete_garbage_collects_the_children(cluster, operator):
@@ -156,11 +156,12 @@ def test_operator_restart_converges_without_duplicates(cluster, operator):
     assert _status(cluster, "ftj", "survivor")["phase"] == "Running"
 
 
-def _patch_status_as(cluster, token: str, name: str) -> int:
+def _patch_status_as(cluster, token: str, name: str, status: dict | None = None) -> int:
     ctx = ssl.create_default_context()
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     url = f"{cluster.url}/apis/kubetune.io/v1alpha1/namespaces/{NS}/finetunejobs/{name}/status"
-    body = json.dumps({"status": {"progress": {"step": 7, "totalSteps": 20, "stepDisplay": "7/20", "loss": 0.5}}})
+    body = json.dumps({"status": status or {"progress": {"step": 7, "totalSteps": 20, "stepDisplay": "7/20",
+                                                         "loss": 0.5}}})
     request = urllib.request.Request(url, data=body.encode(), method="PATCH", headers={
         "Authorization": f"Bearer {token}", "Content-Type": "application/merge-patch+json"})
     try:
@@ -270,3 +271,26 @@ def test_end_to_end_the_rendered_pods_really_train(cluster, operator, tiny_dir, 
                                                                         "startedAt": now, "finishedAt": now}}}]}}))
     status = _wait_phase(cluster, "ftj", "e2e", ("Succeeded", "Failed"))
     assert status["phase"] == "Succeeded" and status["progress"]["step"] == 6
+
+
+def test_export_after_success_and_endpoints_follow_the_adapter(cluster, operator):
+    _create(cluster, "exports", export={"adapter": True, "merge": True})
+    _wait_phase(cluster, "ftj", "exports", ("Succeeded",))
+    # pth_to_hf needs the job's checkpoint: report one as rank 0 would.
+    token = cluster.kubectl("create", "token", "exports-runner", "-n", NS).stdout.strip()
+    assert _patch_status_as(cluster, token, "exports", {"latestCheckpoint": {"step": 20,
+                                                                            "uri": "s3://ckpt/run/iter_20"}}) == 200
+    cluster.wait_for(lambda: (_status(cluster, "ftj", "exports").get("artifacts") or {}).get("merged"),
+                     "both export ConvertJobs to finish", 90)
+    artifacts = _status(cluster, "ftj", "exports")["artifacts"]
+    assert artifacts == {"adapter": "s3://ckpt/run/export/hf", "merged": "s3://ckpt/run/export/merged"}
+    assert cluster.get_json("-n", NS, "cvj", "exports-export-adapter")["metadata"]["ownerReferences"][0]["name"] == \
+        "exports"
+    doc = {"apiVersion": "kubetune.io/v1alpha1", "kind": "ChatEndpoint",
+           "spec": {"model": {"uri": "hf://org/model"}, "adapters": [{"name": "emo", "fineTuneJobRef": "exports"}]}}
+    _create(cluster, "follows", doc)
+    _wait_phase(cluster, "chat", "follows", ("Ready",), timeout=90)
+    command = cluster.get_json("-n", NS, "deployment", "follows")["spec"]["template"]["spec"]["containers"][0][
+        "command"]
+    assert command[command.index("--adapter") + 1] == "s3://ckpt/run/export/hf"
+    assert command[command.index("--served-model-name") + 1] == "emo"

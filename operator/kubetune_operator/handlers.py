@@ -99,7 +99,7 @@ def finetunejob_deleted(body: kopf.Body, **_: Any) -> None:
     metrics.track_phase(body["metadata"]["uid"], None)
 
 
-@kopf.timer(GROUP, VERSION, "finetunejobs", interval=10, idle=None,
+@kopf.timer(GROUP, VERSION, "finetunejobs", interval=5, idle=None,
             when=lambda spec, status, **_: bool((spec.get("runPolicy") or {}).get("ttlSecondsAfterFinished") is not None
                                                 and status.get("phase") in ("Succeeded", "Failed")))
 async def finetunejob_ttl(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:

@@ -92,26 +92,31 @@ async def finetune_job_event(kube: Kube, job: dict, settings: Settings) -> tuple
 
 
 async def export(kube: Kube, parent: dict, spec: Any, settings: Settings) -> list:
-    """After success, the ConvertJobs `export` asks for, writing under checkpoints.uri/export/."""
-    if not (spec.export.adapter or spec.export.merge) or spec.method.type.value == "full" and not spec.export.adapter:
+    """After success, the ConvertJob `export` asks for first (pth_to_hf into checkpoints.uri/export/hf); the merge
+    follows when the adapter is there (convert_job_event)."""
+    if not (spec.export.adapter or spec.export.merge) or spec.method.type.value == "full":
         return []
     if not spec.checkpoints.uri:
         return [("Warning", "ExportSkipped", "export needs checkpoints.uri (where the artifacts go)")]
-    name, ns = parent["metadata"]["name"], parent["metadata"]["namespace"]
-    root = spec.checkpoints.uri.rstrip("/") + "/export"
+    name = await _export_job(kube, parent, spec, "adapter")
+    return [("Normal", "Exporting", f"ConvertJob {name} created")]
+
+
+async def _export_job(kube: Kube, parent: dict, spec: Any, which: str) -> str:
     from .builders.common import metadata
 
-    jobs = [("adapter", {"operation": "pth_to_hf", "source": {"fineTuneJobRef": name},
-                         "output": {"uri": f"{root}/hf"}})]
-    if spec.export.merge and spec.method.type.value != "full":
-        jobs.append(("merged", {"operation": "merge", "source": {"checkpointUri": f"{root}/hf"},
-                                "baseModel": {"uri": spec.model.uri}, "output": {"uri": f"{root}/merged"}}))
-    for suffix, cspec in jobs:
-        cspec["storage"] = spec.storage.to_dict()
-        manifest = {"apiVersion": API_VERSION, "kind": "ConvertJob",
-                    "metadata": metadata(parent, f"{name}-export-{suffix}", "export"), "spec": cspec}
-        await kube.apply(manifest)
-    return [("Normal", "Exporting", f"ConvertJobs {', '.join(f'{name}-export-{s}' for s, _ in jobs)} created")]
+    name = parent["metadata"]["name"]
+    root = spec.checkpoints.uri.rstrip("/") + "/export"
+    if which == "adapter":
+        cspec = {"operation": "pth_to_hf", "source": {"fineTuneJobRef": name}, "output": {"uri": f"{root}/hf"}}
+    else:
+        cspec = {"operation": "merge", "source": {"checkpointUri": f"{root}/hf"},
+                 "baseModel": {"uri": spec.model.uri}, "output": {"uri": f"{root}/merged"}}
+    cspec["storage"] = spec.storage.to_dict()
+    manifest = {"apiVersion": API_VERSION, "kind": "ConvertJob",
+                "metadata": metadata(parent, f"{name}-export-{which}", "export"), "spec": cspec}
+    await kube.apply(manifest)
+    return manifest["metadata"]["name"]
 
 
 # --- ConvertJob -------------------------------------------------------------------------------------------------
@@ -147,6 +152,15 @@ async def convert_job_event(kube: Kube, job: dict) -> tuple[dict | None, dict, l
         return None, {}, []
     outcome = st.convert(job, dict(parent.get("status") or {}), parent["spec"]["output"]["uri"],
                          parent["metadata"].get("generation", 1), st.now_iso())
+    exported_by = parent["metadata"].get("labels", {}).get("kubetune.io/finetunejob")
+    if outcome.patch.get("phase") == "Succeeded" and exported_by:  # an export: the FineTuneJob shows the artifact
+        which = "merged" if parent["metadata"]["name"].endswith("-export-merged") else "adapter"
+        await kube.patch_status(API_VERSION, "FineTuneJob", ns, exported_by,
+                                {"artifacts": {which: outcome.patch["outputUri"]}})
+        owner = await kube.get(API_VERSION, "FineTuneJob", ns, exported_by)
+        if which == "adapter" and owner and (owner.get("spec", {}).get("export") or {}).get("merge"):
+            name = await _export_job(kube, owner, parse(owner, "FineTuneJob"), "merged")
+            outcome.events.append(("Normal", "Exporting", f"adapter exported; ConvertJob {name} merges it"))
     return parent, outcome.patch, outcome.events
 
 
