@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import datetime
 from typing import Any
@@ -47,9 +48,9 @@ async def finetune(kube: Kube, body: dict, settings: Settings) -> tuple[dict, li
         await kube.delete("batch/v1", "Job", meta["namespace"], jname)
         job = None
     else:
-        for child in ftj_b.children(body, spec, attempt, settings):
-            await kube.apply(child)
-        job = await kube.get("batch/v1", "Job", meta["namespace"], jname)
+        *supporting, job_manifest = ftj_b.children(body, spec, attempt, settings)
+        await asyncio.gather(*(kube.apply(child) for child in supporting))
+        job = await kube.apply(job_manifest)  # last, once what it mounts exists; the answer is its current state
     outcome = st.finetune(job, status, spec, generation, st.now_iso())
     return outcome.patch, outcome.events
 
@@ -75,8 +76,9 @@ async def finetune_job_event(kube: Kube, job: dict, settings: Settings) -> tuple
         metrics.RESTARTS.inc()
         await kube.delete("batch/v1", "Job", ns, job["metadata"]["name"])
         parent_next = {**parent, "status": {**status, **outcome.patch}}
-        for child in ftj_b.children(parent_next, spec, int(outcome.patch["restarts"]), settings):
-            await kube.apply(child)
+        *supporting, job_manifest = ftj_b.children(parent_next, spec, int(outcome.patch["restarts"]), settings)
+        await asyncio.gather(*(kube.apply(child) for child in supporting))
+        await kube.apply(job_manifest)
     phase = outcome.patch.get("phase")
     if phase == "Running" and status.get("phase") != "Running":
         created = _ts(parent["metadata"].get("creationTimestamp"))
@@ -138,8 +140,7 @@ async def convert(kube: Kube, body: dict, settings: Settings) -> tuple[dict, lis
         source = checkpoint["uri"]
         base = base or ref["spec"].get("model", {}).get("uri")
         config_map = ftj_b.names(spec.source.fine_tune_job_ref)["config"]
-    await kube.apply(convert_b.job(body, spec, source, base, config_map, settings))
-    job = await kube.get("batch/v1", "Job", meta["namespace"], convert_b.job_name(meta["name"]))
+    job = await kube.apply(convert_b.job(body, spec, source, base, config_map, settings))
     outcome = st.convert(job, status, spec.output.uri, generation, st.now_iso())
     return outcome.patch, outcome.events
 
@@ -181,9 +182,8 @@ async def chat(kube: Kube, body: dict, settings: Settings) -> tuple[dict, list]:
             if not uri:
                 raise Waiting(f"FineTuneJob {a.fine_tune_job_ref} has not exported an adapter yet")
         adapters[a.name] = uri
-    for child in chat_b.children(body, spec, adapters, settings):
-        await kube.apply(child)
-    deployment = await kube.get("apps/v1", "Deployment", meta["namespace"], meta["name"])
+    applied = [await kube.apply(child) for child in chat_b.children(body, spec, adapters, settings)]
+    deployment = applied[0]
     return _chat_status(body, spec, adapters, deployment, settings)
 
 

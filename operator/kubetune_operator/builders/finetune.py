@@ -14,6 +14,7 @@ from ..settings import Settings
 from .common import CONFIG_DIR, WORK_DIR, Manifest, child_name, metadata, pod_spec, pvc_volumes, resources, storage_env
 
 ATTEMPT_LABEL = f"{GROUP}/attempt"
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml: 10x faster when 500 jobs arrive at once
 
 
 def names(name: str) -> dict[str, str]:
@@ -38,7 +39,7 @@ def config_map(parent: Manifest, spec: Any, n: dict[str, str]) -> Manifest:
                 "metadata": {"name": parent["metadata"]["name"], "namespace": parent["metadata"]["namespace"]},
                 "spec": spec.to_dict()}
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata(parent, n["config"], "config"),
-            "data": {"job.yaml": yaml.safe_dump(resolved, sort_keys=False)}}
+            "data": {"job.yaml": yaml.dump(resolved, Dumper=_DUMPER, sort_keys=False)}}
 
 
 def service_account(parent: Manifest, n: dict[str, str]) -> Manifest:
