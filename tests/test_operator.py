@@ -294,3 +294,19 @@ def test_export_after_success_and_endpoints_follow_the_adapter(cluster, operator
         "command"]
     assert command[command.index("--adapter") + 1] == "s3://ckpt/run/export/hf"
     assert command[command.index("--served-model-name") + 1] == "emo"
+
+
+def test_a_spec_change_to_a_running_job_is_surfaced(cluster, operator):
+    _create(cluster, "changes")
+    _wait_phase(cluster, "ftj", "changes", ("Running",))
+    cluster.kubectl("patch", "-n", NS, "ftj", "changes", "--type=merge", "-p",
+                    '{"spec":{"training":{"optimizer":{"lr":0.001}},"resources":{"memory":"64Gi"}}}')
+
+    def surfaced() -> bool:
+        conditions = _status(cluster, "ftj", "changes").get("conditions", [])
+        return any(c["type"] == "SpecApplied" and c["status"] == "False" for c in conditions)
+
+    cluster.wait_for(surfaced, "a SpecApplied=False condition", 60)
+    status = _status(cluster, "ftj", "changes")
+    assert status["phase"] == "Running" and status["observedGeneration"] == 2
+    cluster.kubectl("delete", "-n", NS, "ftj", "changes")

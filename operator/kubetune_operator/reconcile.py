@@ -11,7 +11,7 @@ from kubetune.api import API_VERSION, ManifestError, parse_manifest
 
 from . import metrics, status as st
 from .builders import chat as chat_b, convert as convert_b, finetune as ftj_b
-from .client import Kube
+from .client import ApiError, Kube
 from .settings import Settings
 
 
@@ -50,7 +50,19 @@ async def finetune(kube: Kube, body: dict, settings: Settings) -> tuple[dict, li
     else:
         *supporting, job_manifest = ftj_b.children(body, spec, attempt, settings)
         await asyncio.gather(*(kube.apply(child) for child in supporting))
-        job = await kube.apply(job_manifest)  # last, once what it mounts exists; the answer is its current state
+        try:
+            job = await kube.apply(job_manifest)  # last, once what it mounts exists; the answer is its current state
+        except ApiError as exc:
+            if exc.status != 422:
+                raise
+            # A running Job's pod template is immutable: the change waits for the next attempt, and says so.
+            job = await kube.get("batch/v1", "Job", meta["namespace"], jname)
+            outcome = st.finetune(job, status, spec, generation, st.now_iso())
+            message = ("the spec changed while the job runs; its pods keep the old spec until the next attempt "
+                       "(suspend and resume to apply it now)")
+            outcome.patch["conditions"] = st.set_condition(outcome.patch.get("conditions", []), "SpecApplied", False,
+                                                           "RunningWithPreviousSpec", message, st.now_iso(), generation)
+            return outcome.patch, outcome.events + [("Warning", "RunningWithPreviousSpec", message)]
     outcome = st.finetune(job, status, spec, generation, st.now_iso())
     return outcome.patch, outcome.events
 
