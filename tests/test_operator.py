@@ -27,11 +27,14 @@ class Operator:
         self.start()
 
     def start(self) -> None:
+        from .controlplane.cluster import _free_port
+
+        self.metrics_port, self.health_port = _free_port(), _free_port()
         self.handle = self.log.open("a")
-        self.proc = subprocess.Popen([sys.executable, "-m", "kubetune_operator"], stdout=self.handle,
-                                     stderr=subprocess.STDOUT,
-                                     env={**self.cluster.env(), "KUBETUNE_OPERATOR_METRICS_PORT": "0",
-                                          "KUBETUNE_OPERATOR_HEALTH": "", "PYTHONUNBUFFERED": "1"})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kubetune_operator"], stdout=self.handle, stderr=subprocess.STDOUT,
+            env={**self.cluster.env(), "KUBETUNE_OPERATOR_METRICS_PORT": str(self.metrics_port),
+                 "KUBETUNE_OPERATOR_HEALTH": f"http://127.0.0.1:{self.health_port}/healthz", "PYTHONUNBUFFERED": "1"})
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         self.proc.send_signal(sig)
@@ -217,13 +220,25 @@ def test_chatendpoint_becomes_ready(cluster, operator):
 
 
 def test_end_to_end_the_rendered_pods_really_train(cluster, operator, tiny_dir, tmp_path):
-    """The Job the operator rendered, run for real: its command and environment for 2 ranks as local processes (CPU,
-    gloo, the tiny model), reporting progress into the FineTuneJob with the job's own ServiceAccount token; then the
-    pods' exit (what a kubelet would report) makes the FineTuneJob Succeeded."""
+    """The Job the operator rendered, run for real: its command and environment (the storage Secret resolved as a
+    kubelet would) for 2 ranks as local processes (CPU, gloo, the tiny model), checkpoints synced to the test S3
+    server, progress reported into the FineTuneJob with the job's own ServiceAccount token; then the pods' exit (what
+    a kubelet would report) makes the FineTuneJob Succeeded."""
+    import base64
     import os
     import socket
 
+    import boto3
+
+    from .s3server import ACCESS, SECRET, start_versitygw
     from .test_train import alpaca_rows
+
+    gateway, endpoint = start_versitygw(tmp_path / "s3")
+    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=ACCESS, aws_secret_access_key=SECRET,
+                      region_name="us-east-1")
+    s3.create_bucket(Bucket="e2e-ckpt")
+    cluster.kubectl("create", "secret", "generic", "s3-e2e", "-n", NS, f"--from-literal=AWS_ACCESS_KEY_ID={ACCESS}",
+                    f"--from-literal=AWS_SECRET_ACCESS_KEY={SECRET}")
 
     data = tmp_path / "data.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in alpaca_rows(16)) + "\n")
@@ -234,7 +249,9 @@ def test_end_to_end_the_rendered_pods_really_train(cluster, operator, tiny_dir, 
                     "packToMaxLength": False},
         "training": {"maxSteps": 6, "batchSize": 1, "accumulativeCounts": 1, "precision": "fp32",
                      "gradientCheckpointing": False, "logEverySteps": 1},
-        "checkpoints": {"everySteps": 3, "keep": 2}, "resources": {"nodes": 2, "gpusPerNode": 0}}}
+        "checkpoints": {"everySteps": 3, "keep": 2, "uri": "s3://e2e-ckpt/run/"},
+        "storage": {"secretRef": "s3-e2e", "endpoint": endpoint, "region": "us-east-1", "pathStyle": True},
+        "resources": {"nodes": 2, "gpusPerNode": 0}}}
     _create(cluster, "e2e", doc)
     _wait_phase(cluster, "ftj", "e2e", ("Running",))
     job = cluster.get_json("-n", NS, "job", "e2e-a0")
@@ -246,9 +263,18 @@ def test_end_to_end_the_rendered_pods_really_train(cluster, operator, tiny_dir, 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    secret = cluster.get_json("-n", NS, "secret", "s3-e2e")["data"]
+    resolved = {}
+    for e in container["env"]:
+        ref = e.get("valueFrom", {}).get("secretKeyRef")
+        if "value" in e:
+            resolved[e["name"]] = e["value"]
+        elif ref and ref["key"] in secret:  # optional keys the Secret lacks stay unset, as in a pod
+            resolved[e["name"]] = base64.b64decode(secret[ref["key"]]).decode()
+    assert resolved["AWS_ACCESS_KEY_ID"] == ACCESS and "AWS_SESSION_TOKEN" not in resolved
     procs = []
     for rank in range(2):
-        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        env = dict(resolved)
         env |= {"NODE_RANK": str(rank), "ADDR": "127.0.0.1", "PORT": str(port),
                 "HOME": str(tmp_path / f"home{rank}"), "KUBETUNE_CACHE": str(tmp_path / f"cache{rank}"),
                 "KUBETUNE_STATUS_API": cluster.url, "KUBETUNE_STATUS_TOKEN": token, "KUBETUNE_STATUS_INSECURE": "1"}
@@ -257,11 +283,19 @@ def test_end_to_end_the_rendered_pods_really_train(cluster, operator, tiny_dir, 
         assert argv[:2] == ["kubetune", "train"]
         procs.append(subprocess.Popen([sys.executable, "-m", "kubetune", *argv[1:]], env={**os.environ, **env},
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(f"rank {i}: {o[-2500:]}" for i, o in enumerate(outputs))
+    try:
+        outputs = [p.communicate(timeout=600)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], \
+            "\n".join(f"rank {i}: {o[-2500:]}" for i, o in enumerate(outputs))
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="e2e-ckpt", Prefix="run/").get("Contents", [])]
+    finally:
+        gateway.kill()
+        gateway.wait()
+    assert any(k.startswith("run/iter_6/") for k in keys) and any(k.startswith("run/iter_3/") for k in keys), \
+        outputs[0][-3000:]
     status = _status(cluster, "ftj", "e2e")
     assert status["progress"]["step"] == 6 and status["progress"]["stepDisplay"] == "6/6"
-    assert status["latestCheckpoint"]["step"] == 6
+    assert status["latestCheckpoint"] == {**status["latestCheckpoint"], "step": 6, "uri": "s3://e2e-ckpt/run/iter_6"}
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for pod in cluster.get_json("-n", NS, "pods", "-l", "job-name=e2e-a0")["items"]:
         cluster.kubectl("patch", "-n", NS, "pod", pod["metadata"]["name"], "--subresource=status", "--type=merge",
@@ -310,3 +344,22 @@ def test_a_spec_change_to_a_running_job_is_surfaced(cluster, operator):
     status = _status(cluster, "ftj", "changes")
     assert status["phase"] == "Running" and status["observedGeneration"] == 2
     cluster.kubectl("delete", "-n", NS, "ftj", "changes")
+
+
+def test_operator_metrics_and_health(cluster, operator):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _create(cluster, "metered")
+    _wait_phase(cluster, "ftj", "metered", ("Succeeded",))
+    cluster.wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{operator.health_port}/healthz",
+                                                    timeout=5).status == 200, "the operator's /healthz", 30)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    phases = {s.labels["phase"]: s.value for s in families["kubetune_finetunejobs"].samples}
+    assert phases.get("Succeeded", 0) >= 1
+    results = {(s.labels["kind"], s.labels["result"]) for s in families["kubetune_reconcile"].samples
+               if s.name == "kubetune_reconcile_total" and s.value > 0}
+    assert ("FineTuneJob", "ok") in results
+    for name in ("kubetune_reconcile_duration_seconds", "kubetune_job_restarts", "kubetune_job_queue_seconds",
+                 "kubetune_job_duration_seconds"):
+        assert name in families

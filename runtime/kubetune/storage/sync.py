@@ -94,6 +94,7 @@ class CheckpointSync:
         self.keep, self.log = keep, log
         self.thread: threading.Thread | None = None
         self.failures = _failure_counter()
+        self.warned_rng = False
 
     def submit(self, directory: Path) -> None:
         self.wait()  # the previous upload must be done before the next starts (and before `keep` prunes it)
@@ -116,13 +117,18 @@ class CheckpointSync:
                 self.failures.inc()
             self.log(f"checkpoint {directory.name}: upload failed, training goes on: {exc}")
 
-    @staticmethod
-    def _check_complete_locally(directory: Path) -> None:
+    def _check_complete_locally(self, directory: Path) -> None:
+        """Without DeepSpeed, other nodes' ranks add only their RNG state (each pod has its own disk): upload the
+        rest, and those ranks re-seed on resume. DeepSpeed's per-rank optimizer partitions are essential."""
         state = json.loads((directory / "trainer_state.json").read_text())
         missing = [r for r in range(int(state.get("world_size", 1))) if not (directory / f"rng_rank{r}.pt").exists()]
-        if missing:
-            raise StorageError(f"files of ranks {missing} are not on this node's disk; multi-node runs with a remote "
-                               "checkpoints.uri need the work dir on a shared volume (a ReadWriteMany PVC)")
+        if missing and (directory / "deepspeed").exists():
+            raise StorageError(f"files of ranks {missing} are not on this node's disk; multi-node DeepSpeed runs with "
+                               "a remote checkpoints.uri need the work dir on a shared volume (a ReadWriteMany PVC)")
+        if missing and not self.warned_rng:
+            self.log(f"checkpoint {directory.name}: the RNG states of ranks {missing} live on other nodes; on resume "
+                     "those ranks re-seed (the data order and weights are exact)")
+            self.warned_rng = True
 
 
 def _failure_counter():
