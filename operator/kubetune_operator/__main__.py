@@ -12,6 +12,8 @@ def main() -> int:
 
     from . import handlers  # noqa: F401  (registers the handlers)
 
+    # `kopf run` configures logging itself; kopf.run() does not, and an operator without logs cannot be debugged.
+    kopf.configure(verbose=os.environ.get("KUBETUNE_OPERATOR_VERBOSE") == "1")
     namespace = os.environ.get("KUBETUNE_NAMESPACE")
     liveness = os.environ.get("KUBETUNE_OPERATOR_HEALTH", "http://0.0.0.0:8081/healthz")
     kopf.run(clusterwide=namespace is None, namespaces=[namespace] if namespace else [], standalone=True,

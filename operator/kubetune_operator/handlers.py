@@ -112,24 +112,23 @@ async def finetunejob_ttl(body: kopf.Body, spec: kopf.Spec, status: kopf.Status,
         await _kube(memo).delete(body["apiVersion"], "FineTuneJob", meta["namespace"], meta["name"])
 
 
-# --- ConvertJob -------------------------------------------------------------------------------------------------
-@kopf.on.resume(GROUP, VERSION, "convertjobs")
-@kopf.on.create(GROUP, VERSION, "convertjobs")
-@kopf.on.update(GROUP, VERSION, "convertjobs", field="spec")
-async def convertjob(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    status, events = await _run("ConvertJob", reconcile.convert(_kube(memo), dict(body), memo.settings))
-    patch.status.update(status)
-    _post(dict(body), events)
+# --- ConvertJob and ChatEndpoint --------------------------------------------------------------------------------
+def _reconciler(kind: str, plural: str, work: Any) -> None:
+    """Create/resume/spec-update handlers for a kind whose reconcile needs nothing beyond (client, body, settings)."""
+
+    async def handler(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+        status, events = await _run(kind, work(_kube(memo), dict(body), memo.settings))
+        patch.status.update(status)
+        _post(dict(body), events)
+
+    handler.__name__ = handler.__qualname__ = plural  # kopf ids handlers by name: one id per kind
+    for register in (kopf.on.resume, kopf.on.create):
+        register(GROUP, VERSION, plural, id=plural)(handler)
+    kopf.on.update(GROUP, VERSION, plural, field="spec", id=plural)(handler)
 
 
-# --- ChatEndpoint -----------------------------------------------------------------------------------------------
-@kopf.on.resume(GROUP, VERSION, "chatendpoints")
-@kopf.on.create(GROUP, VERSION, "chatendpoints")
-@kopf.on.update(GROUP, VERSION, "chatendpoints", field="spec")
-async def chatendpoint(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    status, events = await _run("ChatEndpoint", reconcile.chat(_kube(memo), dict(body), memo.settings))
-    patch.status.update(status)
-    _post(dict(body), events)
+_reconciler("ConvertJob", "convertjobs", reconcile.convert)
+_reconciler("ChatEndpoint", "chatendpoints", reconcile.chat)
 
 
 @kopf.on.field(GROUP, VERSION, "finetunejobs", field="status.artifacts.adapter")

@@ -44,37 +44,37 @@ async def finetune(kube: Kube, body: dict, settings: Settings) -> tuple[dict, li
     jname = ftj_b.job_name(meta["name"], attempt)
     if status.get("phase") in ("Succeeded", "Failed"):
         return {"observedGeneration": generation}, []
-    if spec.run_policy.suspend:
+    if spec.run_policy.suspend:  # no Job, so no Job events: this handler reports the phase itself
         await kube.delete("batch/v1", "Job", meta["namespace"], jname)
-        job = None
-    else:
-        *supporting, job_manifest = ftj_b.children(body, spec, attempt, settings)
-        await asyncio.gather(*(kube.apply(child) for child in supporting))
-        try:
-            job = await kube.apply(job_manifest)  # last, once what it mounts exists; the answer is its current state
-        except ApiError as exc:
-            if exc.status != 422:
-                raise
-            # A running Job's pod template is immutable: the change waits for the next attempt, and says so.
-            job = await kube.get("batch/v1", "Job", meta["namespace"], jname)
-            outcome = st.finetune(job, status, spec, generation, st.now_iso())
-            message = ("the spec changed while the job runs; its pods keep the old spec until the next attempt "
-                       "(suspend and resume to apply it now)")
-            outcome.patch["conditions"] = st.set_condition(outcome.patch.get("conditions", []), "SpecApplied", False,
-                                                           "RunningWithPreviousSpec", message, st.now_iso(), generation)
-            return outcome.patch, outcome.events + [("Warning", "RunningWithPreviousSpec", message)]
-    outcome = st.finetune(job, status, spec, generation, st.now_iso())
-    return outcome.patch, outcome.events
+        outcome = st.finetune(None, status, spec, generation, st.now_iso())
+        return outcome.patch, outcome.events
+    *supporting, job_manifest = ftj_b.children(body, spec, attempt, settings)
+    await asyncio.gather(*(kube.apply(child) for child in supporting))
+    try:
+        await kube.apply(job_manifest)  # last, once what it mounts exists
+    except ApiError as exc:
+        if exc.status != 422:
+            raise
+        # A running Job's pod template is immutable: the change waits for the next attempt, and says so.
+        job = await kube.get("batch/v1", "Job", meta["namespace"], jname)
+        outcome = st.finetune(job, status, spec, generation, st.now_iso())
+        message = ("the spec changed while the job runs; its pods keep the old spec until the next attempt "
+                   "(suspend and resume to apply it now)")
+        outcome.patch["conditions"] = st.set_condition(outcome.patch.get("conditions", []), "SpecApplied", False,
+                                                       "RunningWithPreviousSpec", message, st.now_iso(), generation)
+        return outcome.patch, outcome.events + [("Warning", "RunningWithPreviousSpec", message)]
+    # The phase is the Job watch's to write (finetune_job_event): a phase computed here could land after a newer one.
+    return {"observedGeneration": generation}, []
 
 
 async def finetune_job_event(kube: Kube, job: dict, settings: Settings) -> tuple[dict | None, dict, list]:
     """A child Job changed: recompute the parent's status; restart the gang on failure. Returns (parent, patch,
     events), parent None when the event is stale (an older attempt, a deleted parent)."""
     labels = job["metadata"].get("labels", {})
-    ns, name = job["metadata"]["namespace"], labels.get("kubetune.io/finetunejob")
-    parent = await kube.get(API_VERSION, "FineTuneJob", ns, name) if name else None
+    parent = await _owner(kube, job, "FineTuneJob")
     if parent is None:
         return None, {}, []
+    ns = parent["metadata"]["namespace"]
     status = dict(parent.get("status") or {})
     if labels.get(ftj_b.ATTEMPT_LABEL) != str(int(status.get("restarts", 0))):
         return None, {}, []
@@ -152,17 +152,21 @@ async def convert(kube: Kube, body: dict, settings: Settings) -> tuple[dict, lis
         source = checkpoint["uri"]
         base = base or ref["spec"].get("model", {}).get("uri")
         config_map = ftj_b.names(spec.source.fine_tune_job_ref)["config"]
-    job = await kube.apply(convert_b.job(body, spec, source, base, config_map, settings))
-    outcome = st.convert(job, status, spec.output.uri, generation, st.now_iso())
-    return outcome.patch, outcome.events
+    await kube.apply(convert_b.job(body, spec, source, base, config_map, settings))
+    return {"observedGeneration": generation}, []  # the Job watch writes the phase (convert_job_event)
+
+
+async def _owner(kube: Kube, child: dict, kind: str) -> dict | None:
+    """The parent a child's `kubetune.io/<kind>` label names, if it still exists."""
+    name = child["metadata"].get("labels", {}).get(f"kubetune.io/{kind.lower()}")
+    return await kube.get(API_VERSION, kind, child["metadata"]["namespace"], name) if name else None
 
 
 async def convert_job_event(kube: Kube, job: dict) -> tuple[dict | None, dict, list]:
-    labels = job["metadata"].get("labels", {})
-    ns, name = job["metadata"]["namespace"], labels.get("kubetune.io/convertjob")
-    parent = await kube.get(API_VERSION, "ConvertJob", ns, name) if name else None
+    parent = await _owner(kube, job, "ConvertJob")
     if parent is None:
         return None, {}, []
+    ns = parent["metadata"]["namespace"]
     outcome = st.convert(job, dict(parent.get("status") or {}), parent["spec"]["output"]["uri"],
                          parent["metadata"].get("generation", 1), st.now_iso())
     exported_by = parent["metadata"].get("labels", {}).get("kubetune.io/finetunejob")
@@ -194,33 +198,28 @@ async def chat(kube: Kube, body: dict, settings: Settings) -> tuple[dict, list]:
             if not uri:
                 raise Waiting(f"FineTuneJob {a.fine_tune_job_ref} has not exported an adapter yet")
         adapters[a.name] = uri
-    applied = [await kube.apply(child) for child in chat_b.children(body, spec, adapters, settings)]
-    deployment = applied[0]
-    return _chat_status(body, spec, adapters, deployment, settings)
+    for child in chat_b.children(body, spec, adapters, settings):
+        await kube.apply(child)
+    # The Deployment watch writes the phase (chat_deployment_event); this only says where and what is served.
+    return {"observedGeneration": generation, "url": _url(meta), "servedModel": ",".join(adapters) or meta["name"]}, []
 
 
-def _chat_status(body: dict, spec: Any, adapters: dict, deployment: dict | None, settings: Settings):
-    meta = body["metadata"]
-    url = f"http://{meta['name']}.{meta['namespace']}.svc/v1"
-    served = ",".join(adapters) or meta["name"]
-    outcome = st.chat(deployment, dict(body.get("status") or {}), url, served, meta.get("generation", 1),
-                      st.now_iso())
-    return outcome.patch, outcome.events
+def _url(meta: dict) -> str:
+    return f"http://{meta['name']}.{meta['namespace']}.svc/v1"
 
 
 async def chat_deployment_event(kube: Kube, deployment: dict) -> tuple[dict | None, dict, list]:
-    labels = deployment["metadata"].get("labels", {})
-    ns, name = deployment["metadata"]["namespace"], labels.get("kubetune.io/chatendpoint")
-    parent = await kube.get(API_VERSION, "ChatEndpoint", ns, name) if name else None
+    parent = await _owner(kube, deployment, "ChatEndpoint")
     if parent is None:
         return None, {}, []
+    ns, name = parent["metadata"]["namespace"], parent["metadata"]["name"]
     try:
         spec = parse(parent, "ChatEndpoint")
     except ManifestError:
         return None, {}, []
     adapters = {a.name: a.uri or "" for a in spec.adapters}
     status = dict(parent.get("status") or {})
-    url = status.get("url") or f"http://{name}.{ns}.svc/v1"
+    url = status.get("url") or _url(parent["metadata"])
     outcome = st.chat(deployment, status, url, ",".join(adapters) or name, parent["metadata"].get("generation", 1),
                       st.now_iso())
     return parent, outcome.patch, outcome.events

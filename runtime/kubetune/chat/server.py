@@ -98,27 +98,23 @@ def build_app(engine: Engine, prompter: Prompter, limits: Limits, metrics: Servi
             ids = prompter.render(body.conversation())
         except ValueError as exc:
             raise ApiError(400, str(exc), param="messages") from None
-        rid = new_id("chatcmpl")
-        job, events = _submit(engine, ids, _sampling(body, len(ids), "messages", limits))
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_chat_stream(rid, name, job, events, include_usage),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        text, reason = await _collect(job, events)
-        return chat_response(rid, name, text, reason, len(ids), len(job.generated))
+        return await _answer(body, ids, "messages", "chatcmpl", _chat_stream, chat_response)
 
     @app.post("/v1/completions")
     async def complete(request: HttpRequest) -> Any:
         body = _parse(await request.body(), CompletionRequest, name)
         ids = prompter.tokenizer.encode(body.text())
-        rid = new_id("cmpl")
-        job, events = _submit(engine, ids, _sampling(body, len(ids), "prompt", limits))
+        return await _answer(body, ids, "prompt", "cmpl", _completion_stream, completion_response)
+
+    async def _answer(body: Any, ids: list[int], prompt_field: str, prefix: str, stream: Any, respond: Any) -> Any:
+        rid = new_id(prefix)
+        job, events = _submit(engine, ids, _sampling(body, len(ids), prompt_field, limits))
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_completion_stream(rid, name, job, events, include_usage),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(stream(rid, name, job, events, include_usage), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
         text, reason = await _collect(job, events)
-        return completion_response(rid, name, text, reason, len(ids), len(job.generated))
+        return respond(rid, name, text, reason, len(ids), len(job.generated))
 
     return app
 
