@@ -33,8 +33,10 @@ class Operator:
         self.handle = self.log.open("a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kubetune_operator"], stdout=self.handle, stderr=subprocess.STDOUT,
-            env={**self.cluster.env(), "KUBETUNE_OPERATOR_METRICS_PORT": str(self.metrics_port),
-                 "KUBETUNE_OPERATOR_HEALTH": f"http://127.0.0.1:{self.health_port}/healthz", "PYTHONUNBUFFERED": "1"})
+            # One namespace: the session's control plane also holds the 2100 catalogue jobs of test_controlplane.
+            env={**self.cluster.env(), "KUBETUNE_NAMESPACE": NS, "PYTHONUNBUFFERED": "1",
+                 "KUBETUNE_OPERATOR_METRICS_PORT": str(self.metrics_port),
+                 "KUBETUNE_OPERATOR_HEALTH": f"http://127.0.0.1:{self.health_port}/healthz"})
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         self.proc.send_signal(sig)
@@ -82,7 +84,8 @@ def test_finetunejob_runs_to_succeeded_with_its_children(cluster, operator):
     _create(cluster, "happy")
     status = _wait_phase(cluster, "ftj", "happy", ("Succeeded", "Failed"))
     assert status["phase"] == "Succeeded" and status["restarts"] == 0 and status["completionTime"]
-    assert {c["type"]: c["status"] for c in status["conditions"]}.items() >= {("Created", "True"), ("Succeeded", "True")}
+    conditions = {c["type"]: c["status"] for c in status["conditions"]}
+    assert conditions["Created"] == "True" and conditions["Succeeded"] == "True"
     assert status["observedGeneration"] == 1
     job = cluster.get_json("-n", NS, "job", "happy-a0")
     spec = job["spec"]
@@ -120,12 +123,13 @@ def test_a_failed_pod_restarts_the_whole_gang_then_fails_after_max_restarts(clus
 def test_suspend_deletes_the_pods_and_resume_recreates_them(cluster, operator):
     _create(cluster, "suspends")
     _wait_phase(cluster, "ftj", "suspends", ("Running",))
-    cluster.kubectl("patch", "-n", NS, "ftj", "suspends", "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":true}}}')
+    suspend = '{"spec":{"runPolicy":{"suspend":%s}}}'
+    cluster.kubectl("patch", "-n", NS, "ftj", "suspends", "--type=merge", "-p", suspend % "true")
     status = _wait_phase(cluster, "ftj", "suspends", ("Suspended",))
     assert any(c["type"] == "Suspended" and c["status"] == "True" for c in status["conditions"])
     cluster.wait_for(lambda: cluster.kubectl("get", "-n", NS, "job", "suspends-a0", check=False).returncode != 0,
                      "the suspended job's Job to go", 30)
-    cluster.kubectl("patch", "-n", NS, "ftj", "suspends", "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":false}}}')
+    cluster.kubectl("patch", "-n", NS, "ftj", "suspends", "--type=merge", "-p", suspend % "false")
     _wait_phase(cluster, "ftj", "suspends", ("Running",))
 
 
@@ -363,3 +367,25 @@ def test_operator_metrics_and_health(cluster, operator):
     for name in ("kubetune_reconcile_duration_seconds", "kubetune_job_restarts", "kubetune_job_queue_seconds",
                  "kubetune_job_duration_seconds"):
         assert name in families
+
+
+def test_an_endpoint_rolls_to_a_newer_exported_adapter(cluster, operator):
+    _create(cluster, "exports2", export={"adapter": False})
+    _wait_phase(cluster, "ftj", "exports2", ("Succeeded",))
+    cluster.kubectl("patch", "-n", NS, "ftj", "exports2", "--subresource=status", "--type=merge", "-p",
+                    json.dumps({"status": {"artifacts": {"adapter": "s3://ckpt/v1/hf"}}}))
+    doc = {"apiVersion": "kubetune.io/v1alpha1", "kind": "ChatEndpoint",
+           "spec": {"model": {"uri": "hf://org/model"}, "adapters": [{"name": "emo", "fineTuneJobRef": "exports2"}]}}
+    _create(cluster, "rolls", doc)
+    _wait_phase(cluster, "chat", "rolls", ("Ready",), timeout=90)
+
+    def adapter() -> str:
+        command = cluster.get_json("-n", NS, "deployment", "rolls")["spec"]["template"]["spec"]["containers"][0][
+            "command"]
+        return command[command.index("--adapter") + 1]
+
+    assert adapter() == "s3://ckpt/v1/hf"
+    cluster.kubectl("patch", "-n", NS, "ftj", "exports2", "--subresource=status", "--type=merge", "-p",
+                    json.dumps({"status": {"artifacts": {"adapter": "s3://ckpt/v2/hf"}}}))
+    cluster.wait_for(lambda: adapter() == "s3://ckpt/v2/hf", "the Deployment to roll to the new adapter", 60)
+    assert "AdapterUpdated" in _events(cluster, "rolls")

@@ -78,7 +78,8 @@ class ControlPlane:
         stages = self.work / "kwok-stages.yaml"
         stages.write_text((BIN / "kwok-stages-fast.yaml").read_text() + "\n---\n"
                           + (Path(__file__).parent / "stages.yaml").read_text())
-        self._spawn("kwok", [f"--kubeconfig={kc}", f"--config={stages}", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+        self._spawn("kwok", [f"--kubeconfig={kc}", f"--config={stages}",
+                             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                              f"--server-address=127.0.0.1:{_free_port()}", "--node-lease-duration-seconds=40"])
         self.kubectl("apply", "-f", "-", input=json.dumps(gpu_node()))
         self._wait(self._node_ready, f"node {GPU_NODE} Ready (kwok) and untainted (node-lifecycle)", 90)

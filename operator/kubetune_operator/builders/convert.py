@@ -42,7 +42,6 @@ def job(parent: Manifest, spec: Any, source_uri: str, base_uri: str | None, conf
                  "env": storage_env(spec.storage), "resources": resources(spec.resources, spec.resources.gpus),
                  "volumeMounts": mounts, "workingDir": WORK_DIR}
     pod = pod_spec(spec.resources, settings, container, volumes, None) | {"restartPolicy": "Never"}
-    jname = job_name(name)
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata(parent, jname, "convert"),
-            "spec": {"backoffLimit": 2, "template": {"metadata": {"labels": metadata(parent, jname, "convert")["labels"]},
-                                                     "spec": pod}}}
+    meta = metadata(parent, job_name(name), "convert")
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
+            "spec": {"backoffLimit": 2, "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": pod}}}
