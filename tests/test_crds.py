@@ -22,6 +22,10 @@ def test_no_drift_between_models_and_committed_crds():
     assert (REPO / "docs" / "api-reference.md").read_text(encoding="utf-8") == docs.render(), \
         "docs/api-reference.md is stale: run `kubetune crds --docs docs/api-reference.md`"
     assert sorted(p.name for p in (REPO / "crds").iterdir()) == sorted(p.name for p in KIND_FILES.values())
+    chart = crds.chart_files(REPO / "charts" / "kubetune")
+    for path, text in chart.items():
+        assert path.read_text(encoding="utf-8") == text, f"{path} is stale: run `kubetune crds --chart charts/kubetune`"
+    assert sorted((REPO / "charts/kubetune/templates/crds").iterdir()) == sorted(chart)
 
 
 def test_regenerating_changes_nothing(tmp_path):

@@ -1,6 +1,7 @@
 """The operator against the real control plane (apiserver + etcd + controller-manager + scheduler + kwok): it runs as
-`python -m kubetune_operator`, exactly as in its Deployment, and pods "run" through kwok (tests/controlplane/
-stages.yaml picks success, failure or running-forever by the FineTuneJob's name)."""
+`python -m kubetune_operator`, exactly as in its Deployment, under the Helm chart's ServiceAccount and RBAC (nothing
+more), and pods "run" through kwok (tests/controlplane/stages.yaml picks success, failure or running-forever by the
+FineTuneJob's name). The last test compares the chart's rules with the requests the apiserver audited."""
 
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ import time
 import urllib.request
 import ssl
 
+from pathlib import Path
+
 import pytest
+import yaml
+
+from .controlplane.cluster import BIN, OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, OPERATOR_USER, ROOT as REPO
 
 NS = "ops"
 FTJ = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
@@ -22,8 +28,8 @@ FTJ = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
 
 
 class Operator:
-    def __init__(self, cluster, log):
-        self.cluster, self.log = cluster, log
+    def __init__(self, cluster, log, kubeconfig):
+        self.cluster, self.log, self.kubeconfig = cluster, log, kubeconfig
         self.start()
 
     def start(self) -> None:
@@ -34,7 +40,8 @@ class Operator:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kubetune_operator"], stdout=self.handle, stderr=subprocess.STDOUT,
             # One namespace: the session's control plane also holds the 2100 catalogue jobs of test_controlplane.
-            env={**self.cluster.env(), "KUBETUNE_NAMESPACE": NS, "PYTHONUNBUFFERED": "1",
+            env={**self.cluster.env(), "KUBECONFIG": str(self.kubeconfig), "KUBETUNE_NAMESPACE": NS,
+                 "PYTHONUNBUFFERED": "1",
                  "KUBETUNE_OPERATOR_METRICS_PORT": str(self.metrics_port),
                  "KUBETUNE_OPERATOR_HEALTH": f"http://127.0.0.1:{self.health_port}/healthz"})
 
@@ -48,10 +55,24 @@ class Operator:
         self.handle.close()
 
 
+def install_chart_rbac(cluster, work: Path) -> Path:
+    """The chart's ServiceAccount and RBAC for a single-namespace install watching NS; a kubeconfig with its token."""
+    rendered = subprocess.run(
+        [str(BIN / "helm"), "template", OPERATOR_ACCOUNT, str(REPO / "charts" / "kubetune"), "-n", OPERATOR_NAMESPACE,
+         "--set", f"operator.watchNamespace={NS}", "--show-only", "templates/serviceaccount.yaml",
+         "--show-only", "templates/rbac.yaml"], capture_output=True, text=True, check=True).stdout
+    cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
+    cluster.kubectl("apply", "-f", "-", input=rendered)
+    token = cluster.kubectl("create", "token", OPERATOR_ACCOUNT, "-n", OPERATOR_NAMESPACE,
+                            "--duration=6h").stdout.strip()
+    return cluster.kubeconfig_for(token, work / "operator-kubeconfig")
+
+
 @pytest.fixture(scope="module")
 def operator(cluster, tmp_path_factory):
     cluster.kubectl("create", "namespace", NS, check=False)
-    op = Operator(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
+    work = tmp_path_factory.mktemp("operator")
+    op = Operator(cluster, work / "operator.log", install_chart_rbac(cluster, work))
     yield op
     op.stop()
     assert "Traceback" not in op.log.read_text(), op.log.read_text()[-4000:]
@@ -389,3 +410,39 @@ def test_an_endpoint_rolls_to_a_newer_exported_adapter(cluster, operator):
                     json.dumps({"status": {"artifacts": {"adapter": "s3://ckpt/v2/hf"}}}))
     cluster.wait_for(lambda: adapter() == "s3://ckpt/v2/hf", "the Deployment to roll to the new adapter", 60)
     assert "AdapterUpdated" in _events(cluster, "rolls")
+
+
+def _granted_rules() -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) the chart grants the operator, for the single-namespace install the fixture uses."""
+    rendered = subprocess.run(
+        [str(BIN / "helm"), "template", OPERATOR_ACCOUNT, str(REPO / "charts" / "kubetune"), "-n", OPERATOR_NAMESPACE,
+         "--set", f"operator.watchNamespace={NS}", "--show-only", "templates/rbac.yaml"],
+        capture_output=True, text=True, check=True).stdout
+    granted = set()
+    for doc in yaml.safe_load_all(rendered):
+        if doc and doc["kind"] == "ClusterRole":
+            for rule in doc["rules"]:
+                granted |= {(g, r, v) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    return granted
+
+
+def test_the_chart_rbac_is_exactly_what_the_operator_uses(cluster, operator):
+    """Runs last: every request the operator made (the whole module, under the chart's account) was allowed, and
+    every permission the chart grants was used by some request."""
+    used, denied = set(), []
+    for line in cluster.audit_log.read_text().splitlines():
+        event = json.loads(line)
+        ref = event.get("objectRef")
+        if event["user"]["username"] != OPERATOR_USER or not ref:
+            continue
+        resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        key = (ref.get("apiGroup", ""), resource, event["verb"])
+        code = event.get("responseStatus", {}).get("code")
+        if code == 403:
+            denied.append(key)
+        used.add(key)
+        if event["verb"] == "patch" and code == 201:  # server-side apply created it: authorized as `create` too
+            used.add((key[0], key[1], "create"))
+    assert not denied, f"the chart's RBAC lacks: {sorted(set(denied))}"
+    unused = _granted_rules() - used
+    assert not unused, f"the chart grants permissions the operator never used: {sorted(unused)}"

@@ -83,7 +83,8 @@ def test_finetune_gang_job():
     assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
     assert pod["nodeSelector"] == {"pool": "h100"} and pod["priorityClassName"] == "training"
     role = finetune.children(body, spec, 0, SETTINGS)[2]
-    assert all(rule["resourceNames"] == ["emo"] for rule in role["rules"])
+    assert role["rules"] == [{"apiGroups": ["kubetune.io"], "resources": ["finetunejobs/status"],
+                              "resourceNames": ["emo"], "verbs": ["patch"]}]
     assert all(m["metadata"]["ownerReferences"][0]["uid"] == "uid-emo" for m in finetune.children(body, spec, 0,
                                                                                                  SETTINGS))
 
@@ -144,3 +145,22 @@ def test_status_logic():
     conditions = st.set_condition([], "Ready", True, "Ready", "ok", "t0")
     assert st.set_condition(conditions, "Ready", True, "Ready", "still", "t9")[0]["lastTransitionTime"] == "t0"
     assert st.set_condition(conditions, "Ready", False, "Down", "no", "t9")[0]["lastTransitionTime"] == "t9"
+
+
+def test_cluster_storage_defaults_fill_only_what_the_spec_leaves_empty():
+    defaults = Settings(storage_secret="cluster-s3", storage_endpoint="http://minio.storage:9000",
+                        storage_region="eu-west-1", storage_path_style=True)
+
+    def env(storage: dict) -> dict:
+        body, spec = _parent("FineTuneJob", "emo", {**BASE, "storage": storage})
+        container = finetune.children(body, spec, 0, defaults)[-1]["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e.get("value") or e["valueFrom"].get("secretKeyRef", {}).get("name") for e in container["env"]}
+
+    bare = env({})
+    assert bare["AWS_ACCESS_KEY_ID"] == "cluster-s3" and bare["AWS_ENDPOINT_URL"] == "http://minio.storage:9000"
+    assert bare["AWS_DEFAULT_REGION"] == "eu-west-1" and bare["KUBETUNE_S3_ADDRESSING_STYLE"] == "path"
+    own = env({"secretRef": "team-s3", "endpoint": "https://s3.example.com"})
+    assert own["AWS_ACCESS_KEY_ID"] == "team-s3" and own["AWS_ENDPOINT_URL"] == "https://s3.example.com"
+    plain = finetune.children(*_parent("FineTuneJob", "emo", {**BASE, "storage": {}}), 0, SETTINGS)[-1]
+    names = {e["name"] for e in plain["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert not names & {"AWS_ACCESS_KEY_ID", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"}

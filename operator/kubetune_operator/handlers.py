@@ -93,13 +93,13 @@ async def _run(kind: str, work: Any) -> Any:
 async def finetunejob(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     status, events = await _run("FineTuneJob", reconcile.finetune(_kube(memo), dict(body), memo.settings))
     patch.status.update(status)
-    metrics.track_phase(body["metadata"]["uid"], status.get("phase") or (body.get("status") or {}).get("phase"))
+    metrics.track_phase(body["metadata"], status.get("phase") or (body.get("status") or {}).get("phase"))
     _post(dict(body), events)
 
 
 @kopf.on.delete(GROUP, VERSION, "finetunejobs", optional=True)
 def finetunejob_deleted(body: kopf.Body, **_: Any) -> None:
-    metrics.track_phase(body["metadata"]["uid"], None)
+    metrics.track_phase(body["metadata"], None)
 
 
 @kopf.timer(GROUP, VERSION, "finetunejobs", interval=5, idle=None,
@@ -131,6 +131,11 @@ _reconciler("ConvertJob", "convertjobs", reconcile.convert)
 _reconciler("ChatEndpoint", "chatendpoints", reconcile.chat)
 
 
+@kopf.on.delete(GROUP, VERSION, "chatendpoints", optional=True)
+def chatendpoint_deleted(body: kopf.Body, **_: Any) -> None:
+    metrics.track_endpoint(body["metadata"], None)
+
+
 @kopf.on.field(GROUP, VERSION, "finetunejobs", field="status.artifacts.adapter")
 async def adapter_exported(body: kopf.Body, new: Any, memo: kopf.Memo, **_: Any) -> None:
     """Endpoints that serve this job's adapter roll to the newly exported one."""
@@ -160,7 +165,9 @@ async def _child_event(kind: str, memo: kopf.Memo, work: Any) -> None:
         if exc.status != 404:  # the parent went away meanwhile: nothing to report to
             raise
     if kind == "FineTuneJob":
-        metrics.track_phase(meta["uid"], status.get("phase") or (parent.get("status") or {}).get("phase"))
+        metrics.track_phase(meta, status.get("phase") or (parent.get("status") or {}).get("phase"))
+    elif kind == "ChatEndpoint":
+        metrics.track_endpoint(meta, status.get("phase") or (parent.get("status") or {}).get("phase"))
     _post(parent, events)
 
 

@@ -85,7 +85,7 @@ async def finetune_job_event(kube: Kube, job: dict, settings: Settings) -> tuple
     generation = parent["metadata"].get("generation", 1)
     outcome = st.finetune(job, status, spec, generation, st.now_iso())
     if outcome.restart:
-        metrics.RESTARTS.inc()
+        metrics.RESTARTS.labels(ns, parent["metadata"]["name"]).inc()
         await kube.delete("batch/v1", "Job", ns, job["metadata"]["name"])
         parent_next = {**parent, "status": {**status, **outcome.patch}}
         *supporting, job_manifest = ftj_b.children(parent_next, spec, int(outcome.patch["restarts"]), settings)

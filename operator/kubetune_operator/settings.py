@@ -15,11 +15,21 @@ class Settings:
     rendezvous_port: int = 29500
     chat_port: int = 8000
     field_manager: str = "kubetune-operator"
+    # Cluster-wide storage defaults for specs that leave `storage` fields empty.
+    storage_secret: str | None = None
+    storage_endpoint: str | None = None
+    storage_region: str | None = None
+    storage_path_style: bool = False
 
     @classmethod
     def from_env(cls) -> "Settings":
-        return cls(image=os.environ.get("KUBETUNE_RUNTIME_IMAGE", cls.image),
-                   image_pull_policy=os.environ.get("KUBETUNE_IMAGE_PULL_POLICY") or None)
+        env = os.environ
+        return cls(image=env.get("KUBETUNE_RUNTIME_IMAGE", cls.image),
+                   image_pull_policy=env.get("KUBETUNE_IMAGE_PULL_POLICY") or None,
+                   storage_secret=env.get("KUBETUNE_DEFAULT_STORAGE_SECRET") or None,
+                   storage_endpoint=env.get("KUBETUNE_DEFAULT_S3_ENDPOINT") or None,
+                   storage_region=env.get("KUBETUNE_DEFAULT_S3_REGION") or None,
+                   storage_path_style=env.get("KUBETUNE_DEFAULT_S3_PATH_STYLE", "").lower() in ("1", "true"))
 
 
 LABEL_PREFIX = GROUP  # kubetune.io/...

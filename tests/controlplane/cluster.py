@@ -20,6 +20,11 @@ ROOT = Path(__file__).resolve().parents[2]
 TOOLS = Path(os.environ.get("KUBETUNE_TOOLS", Path.home() / ".cache" / "kubetune" / "tools"))
 BIN = TOOLS / "bin"
 GPU_NODE = "gpu-node-0"
+# The chart's operator account: the apiserver audits its requests so a test can compare them with the chart's RBAC.
+OPERATOR_NAMESPACE, OPERATOR_ACCOUNT = "kubetune-system", "kubetune"
+OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
+AUDIT_POLICY = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+                "rules": [{"level": "Metadata", "users": [OPERATOR_USER]}, {"level": "None"}]}
 
 
 class ControlPlaneError(RuntimeError):
@@ -27,7 +32,8 @@ class ControlPlaneError(RuntimeError):
 
 
 def binaries_missing() -> list[str]:
-    names = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok", "helm")
+    names = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok", "helm",
+             "kindcheck", "monitoring-crds")
     return [n for n in names if not (BIN / n).exists()]
 
 
@@ -47,6 +53,7 @@ class ControlPlane:
         self.port = _free_port()
         self.url = f"https://127.0.0.1:{self.port}"
         self.kubeconfig = work / "kubeconfig"
+        self.audit_log = work / "logs" / "audit.log"
 
     # --- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> "ControlPlane":
@@ -116,6 +123,13 @@ class ControlPlane:
     def env(self) -> dict[str, str]:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
 
+    def kubeconfig_for(self, token: str, path: Path) -> Path:
+        """A kubeconfig that authenticates with `token` (a service account's), to run a component as that account."""
+        config = json.loads(self.kubeconfig.read_text())
+        config["users"] = [{"name": "admin", "user": {"token": token}}]
+        path.write_text(json.dumps(config))
+        return path
+
     def wait_for(self, check: Any, what: str, timeout: float = 60) -> None:
         self._wait(check, what, timeout)
 
@@ -146,6 +160,7 @@ class ControlPlane:
         pki.mkdir(exist_ok=True)
         subprocess.run(["openssl", "genrsa", "-out", str(pki / "sa.key"), "2048"], check=True, capture_output=True)
         (self.work / "tokens.csv").write_text(f"{self.token},admin,admin-uid,system:masters\n")
+        (self.work / "audit-policy.json").write_text(json.dumps(AUDIT_POLICY))
         self._spawn("kube-apiserver", [
             f"--etcd-servers={self.etcd_url}", "--bind-address=127.0.0.1", f"--secure-port={self.port}",
             # A loopback advertise address fails endpoint reconciling; with no reconciler it is accepted.
@@ -154,6 +169,8 @@ class ControlPlane:
             "--service-account-issuer=https://kubernetes.default.svc", f"--service-account-key-file={pki / 'sa.key'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}", "--service-cluster-ip-range=10.0.0.0/24",
             "--allow-privileged=true",
+            f"--audit-policy-file={self.work / 'audit-policy.json'}", f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json", "--audit-log-mode=blocking",
             # No service-account controller creates `default` in time for the first test's pods (envtest does this).
             "--disable-admission-plugins=ServiceAccount",
             # One client, two cores: priority-and-fairness queueing only costs start-up time here.

@@ -58,7 +58,7 @@ def deployment(parent: Manifest, spec: Any, adapters: dict[str, str], settings: 
         mounts.append({"name": "api-keys", "mountPath": KEY_DIR, "readOnly": True})
     probe = {"httpGet": {"path": "/health", "port": "http"}}
     container = {
-        "name": "server", "command": command, "env": storage_env(spec.storage),
+        "name": "server", "command": command, "env": storage_env(spec.storage, settings),
         "ports": [{"name": "http", "containerPort": port}],
         "resources": resources(spec.resources, spec.resources.gpus), "volumeMounts": mounts,
         # Loading a model can take many minutes: the startup probe allows 30 min before liveness takes over.

@@ -53,18 +53,20 @@ def pod_security() -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def storage_env(storage: Any) -> list[dict[str, Any]]:
-    """S3/HF credentials from the secret (optional keys), endpoint and addressing; none = the pod's identity."""
+def storage_env(storage: Any, settings: Settings) -> list[dict[str, Any]]:
+    """S3/HF credentials from the secret (optional keys), endpoint and addressing; none = the pod's identity. Fields
+    the spec leaves empty take the cluster's defaults (the chart's `storage` values)."""
     env: list[dict[str, Any]] = []
-    if storage.secret_ref:
+    secret_ref = storage.secret_ref or settings.storage_secret
+    if secret_ref:
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN"):
-            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": storage.secret_ref, "key": key,
+            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret_ref, "key": key,
                                                                     "optional": True}}})
-    if storage.endpoint:
-        env.append({"name": "AWS_ENDPOINT_URL", "value": storage.endpoint})
-    if storage.region:
-        env.append({"name": "AWS_DEFAULT_REGION", "value": storage.region})
-    if storage.path_style:
+    if storage.endpoint or settings.storage_endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": storage.endpoint or settings.storage_endpoint})
+    if storage.region or settings.storage_region:
+        env.append({"name": "AWS_DEFAULT_REGION", "value": storage.region or settings.storage_region})
+    if storage.path_style or settings.storage_path_style:
         env.append({"name": "KUBETUNE_S3_ADDRESSING_STYLE", "value": "path"})
     return env
 

@@ -14,6 +14,8 @@ from ..settings import Settings
 from .common import CONFIG_DIR, WORK_DIR, Manifest, child_name, metadata, pod_spec, pvc_volumes, resources, storage_env
 
 ATTEMPT_LABEL = f"{GROUP}/attempt"
+# Rank 0 serves kubetune_train_* here (the chart's PodMonitor scrapes the port named "metrics").
+METRICS_PORT = 9100
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml: 10x faster when 500 jobs arrive at once
 
 
@@ -50,10 +52,10 @@ def role(parent: Manifest, n: dict[str, str]) -> Manifest:
     name = parent["metadata"]["name"]
     return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
             "metadata": metadata(parent, n["account"], "runner"),
-            "rules": [{"apiGroups": [GROUP], "resources": ["finetunejobs"], "resourceNames": [name],
-                       "verbs": ["get"]},
-                      {"apiGroups": [GROUP], "resources": ["finetunejobs/status"], "resourceNames": [name],
-                       "verbs": ["get", "patch"]}]}
+            # Rank 0 only PATCHes its progress (train/report.py); the operator holds this permission itself, so it
+            # may grant it without the `escalate` verb.
+            "rules": [{"apiGroups": [GROUP], "resources": ["finetunejobs/status"], "resourceNames": [name],
+                       "verbs": ["patch"]}]}
 
 
 def role_binding(parent: Manifest, spec: Any, n: dict[str, str]) -> Manifest:
@@ -89,7 +91,8 @@ def job(parent: Manifest, spec: Any, attempt: int, settings: Settings, n: dict[s
            {"name": "ADDR", "value": f"{jname}-0.{n['service']}"},
            {"name": "PORT", "value": str(settings.rendezvous_port)},
            {"name": "KUBETUNE_STATUS_TARGET", "value": f"{parent['metadata']['namespace']}/{name}"},
-           {"name": "KUBETUNE_ATTEMPT", "value": str(attempt)}] + storage_env(spec.storage)
+           {"name": "KUBETUNE_ATTEMPT", "value": str(attempt)},
+           {"name": "KUBETUNE_METRICS_PORT", "value": str(METRICS_PORT)}] + storage_env(spec.storage, settings)
     volumes, mounts = pvc_volumes([spec.model.uri, spec.dataset.uri, spec.checkpoints.uri]
                                   + [c.uri for c in spec.dataset.concat])
     container = {
@@ -98,7 +101,7 @@ def job(parent: Manifest, spec: Any, attempt: int, settings: Settings, n: dict[s
                     "--resume", "auto"],
         "env": env,
         "ports": [{"name": "rendezvous", "containerPort": settings.rendezvous_port},
-                  {"name": "metrics", "containerPort": 9100}],
+                  {"name": "metrics", "containerPort": METRICS_PORT}],
         "resources": resources(res, gpus),
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}] + mounts,
     }

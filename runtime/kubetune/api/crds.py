@@ -196,6 +196,22 @@ def filename(kind: Kind) -> str:
     return f"{GROUP}_{kind.plural}.yaml"
 
 
+def render_chart(kind: Kind) -> str:
+    """The Helm chart's copy: the same CRD behind `crds.install` (GitOps installs that manage CRDs separately turn it
+    off), kept on `helm uninstall` so that uninstalling the operator never deletes users' jobs."""
+    doc = crd(kind)
+    doc["metadata"]["annotations"] = {"helm.sh/resource-policy": "keep"}
+    body = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
+    if "{{" in body:  # Helm would read it as a template action
+        raise ValueError(f"{kind.plural}: the CRD text contains '{{{{'; escape it before it reaches the chart")
+    return HEADER + "{{- if .Values.crds.install }}\n" + body + "{{- end }}\n"
+
+
+def chart_files(chart_dir: str | Path) -> dict[Path, str]:
+    """What `kubetune crds --chart DIR` writes: DIR/templates/crds/<file> for each kind."""
+    return {Path(chart_dir) / "templates" / "crds" / filename(k): render_chart(k) for k in KINDS}
+
+
 def write(out_dir: str | Path) -> list[Path]:
     """Write the three CRDs into `out_dir`; return the paths."""
     out = Path(out_dir)

@@ -34,6 +34,8 @@ def add_parser(sub, mode: str, summary: str) -> None:
         p.add_argument("-o", "--output-dir", default="crds", help="directory to write to (default: crds)")
         p.add_argument("--docs", default=None, metavar="FILE",
                        help="also write the Markdown API reference to FILE (docs/api-reference.md)")
+        p.add_argument("--chart", default=None, metavar="DIR",
+                       help="also write the Helm chart's copies into DIR/templates/crds (charts/kubetune)")
         p.add_argument("--check", action="store_true",
                        help="write nothing; exit 1 when the files differ from what the models generate")
         p.set_defaults(func=crds)
@@ -115,11 +117,13 @@ def crds(args: argparse.Namespace) -> int:
     wanted = {out / gen.filename(k): gen.render(k) for k in gen.KINDS}
     if args.docs:
         wanted[Path(args.docs)] = docs.render()
+    if args.chart:
+        wanted.update(gen.chart_files(args.chart))
     if args.check:
         stale = [str(p) for p, text in wanted.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
         if stale:
             raise UserError(f"out of date: {', '.join(stale)} (regenerate with `kubetune crds"
-                            f"{' --docs ' + args.docs if args.docs else ''}`)")
+                            f"{' --docs ' + args.docs if args.docs else ''}{' --chart ' + args.chart if args.chart else ''}`)")
         print(f"up to date: {', '.join(str(p) for p in wanted)}")
         return 0
     for path, text in wanted.items():
