@@ -76,7 +76,7 @@ class ControlPlane:
             # node-lifecycle lifts the not-ready taint the apiserver puts on every new node once kwok reports Ready.
             "--controllers=job-controller,garbage-collector-controller,namespace-controller,"
             "ttl-after-finished-controller,serviceaccount-controller,node-lifecycle-controller,"
-            "deployment-controller,replicaset-controller,disruption-controller",
+            "deployment-controller,replicaset-controller,disruption-controller,clusterrole-aggregation-controller",
             # No kubelet reports back fast enough to matter, and tests want children gone promptly.
             "--concurrent-gc-syncs=5", "--kube-api-qps=100", "--kube-api-burst=200"])
         self._spawn("kube-scheduler", [f"--kubeconfig={kc}", "--leader-elect=false", "--bind-address=127.0.0.1",
