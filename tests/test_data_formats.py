@@ -4,11 +4,13 @@ import pytest
 
 from kubetune.api import DatasetFormat
 from kubetune.data.formats import FORMATS, RowError
+from kubetune.data.preference import PAIR_FORMATS
 from kubetune.data.templates import SYSTEM_TEMPLATES as S
 
 
 def test_every_format_is_implemented():
-    assert set(FORMATS) == {f.value for f in DatasetFormat}
+    assert set(FORMATS) | set(PAIR_FORMATS) == {f.value for f in DatasetFormat}
+    assert not set(FORMATS) & set(PAIR_FORMATS)
 
 
 CASES = [

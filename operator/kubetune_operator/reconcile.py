@@ -108,7 +108,7 @@ async def finetune_job_event(kube: Kube, job: dict, settings: Settings) -> tuple
 async def export(kube: Kube, parent: dict, spec: Any, settings: Settings) -> list:
     """After success, the ConvertJob `export` asks for first (pth_to_hf into checkpoints.uri/export/hf); the merge
     follows when the adapter is there (convert_job_event)."""
-    if not (spec.export.adapter or spec.export.merge) or spec.method.type.value == "full":
+    if not (spec.export.adapter or spec.export.merge) or spec.method.scheme == "full":
         return []
     if not spec.checkpoints.uri:
         return [("Warning", "ExportSkipped", "export needs checkpoints.uri (where the artifacts go)")]

@@ -192,6 +192,52 @@ def _manifest(name: str, family: Family, hub_id: str, method: str, ds_name: str,
     }
 
 
+# Preference training, as XTuner's dpo/orpo/reward configs: (name, family, hub id, method, scheme, lr, dataset uri,
+# format, epochs, gpus, deepspeed).
+PREFERENCE = (
+    ("internlm2_chat_1_8b_dpo_full", "internlm2", "internlm/internlm2-chat-1_8b", "dpo", "full", 5e-7,
+     "hf://mlabonne/orpo-dpo-mix-40k", "orpo_dpo_mix_40k", 3, 8, "zero2"),
+    ("internlm2_chat_1_8b_dpo_qlora", "internlm2", "internlm/internlm2-chat-1_8b", "dpo", "qlora", 5e-6,
+     "hf://mlabonne/orpo-dpo-mix-40k", "orpo_dpo_mix_40k", 3, 1, "none"),
+    ("internlm2_chat_1_8b_orpo_full", "internlm2", "internlm/internlm2-chat-1_8b", "orpo", "full", 5e-6,
+     "hf://mlabonne/orpo-dpo-mix-40k", "orpo_dpo_mix_40k", 3, 8, "zero2"),
+    ("internlm2_chat_1_8b_reward_full_ultrafeedback", "internlm2", "internlm/internlm2-chat-1_8b", "reward", "full",
+     2e-5, "hf://argilla/ultrafeedback-binarized-preferences-cleaned", "preference", 1, 8, "zero2"),
+    ("llama3_8b_instruct_dpo_qlora_orca", "llama3", "meta-llama/Meta-Llama-3-8B-Instruct", "dpo", "qlora", 5e-6,
+     "hf://Intel/orca_dpo_pairs", "intel_orca_dpo", 1, 1, "none"),
+)
+
+
+def _preference_manifest(name: str, family: Family, hub_id: str, method: str, scheme: str, lr: float, uri: str,
+                         fmt: str, epochs: int, gpus: int, deepspeed: str) -> dict[str, Any]:
+    method_spec: dict[str, Any] = {"type": method, "parameters": scheme}
+    if scheme != "full":
+        method_spec["lora"] = {"r": 64, "alpha": 16, "dropout": 0.1, "targetModules": list(family.targets)}
+    if scheme == "qlora":
+        method_spec["quantization"] = {"bits": 4, "type": "nf4", "doubleQuant": True}
+    method_spec[method] = {"dpo": {"beta": 0.1, "lossType": "sigmoid", "labelSmoothing": 0.0}, "orpo": {"beta": 0.1},
+                           "reward": {"lossType": "ranking", "penalty": "log_barrier", "penaltyWeight": 0.01}}[method]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "FineTuneJob",
+        "metadata": {"name": name.replace("_", "-")[:63].rstrip("-"), "labels": {"kubetune.io/config": name[:63]}},
+        "spec": {
+            "model": {"uri": f"hf://{hub_id}", "trustRemoteCode": family.trust_remote_code},
+            "method": method_spec,
+            # Pairs are packed whole, up to 2 x maxLength per sequence.
+            "dataset": {"uri": uri, "format": fmt, "promptTemplate": family.prompt_template, "maxLength": 2048,
+                        "maxResponseLength": 1024, "packToMaxLength": True, "shuffleBeforePack": True},
+            "training": {
+                "batchSize": 1, "accumulativeCounts": 16, "maxEpochs": epochs,
+                "optimizer": {"type": "AdamW", "lr": lr, "betas": [0.9, 0.999], "weightDecay": 0},
+                "maxNorm": 1, "warmupRatio": 0.03, "deepspeed": deepspeed,
+            },
+            "checkpoints": {"everySteps": 500, "keep": 2},
+            "resources": {"nodes": 1, "gpusPerNode": gpus},
+        },
+    }
+
+
 @functools.cache
 def catalog() -> dict[str, dict[str, Any]]:
     """Every predefined config by name, in a stable order."""
@@ -202,6 +248,8 @@ def catalog() -> dict[str, dict[str, Any]]:
                 for ds_name, ds in DATASETS.items():
                     name = f"{model_name}_{method}_{ds_name}_e{ds.epochs}"
                     entries[name] = _manifest(name, family, hub_id, method, ds_name, ds)
+    for name, family, *rest in PREFERENCE:
+        entries[name] = _preference_manifest(name, FAMILIES[family], *rest)
     return dict(sorted(entries.items()))
 
 

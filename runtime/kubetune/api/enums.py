@@ -7,6 +7,20 @@ class MethodType(StrEnum):
     FULL = "full"
     LORA = "lora"
     QLORA = "qlora"
+    DPO = "dpo"
+    ORPO = "orpo"
+    REWARD = "reward"
+
+
+PREFERENCE_METHODS = ("dpo", "orpo", "reward")
+
+
+class ParameterScheme(StrEnum):
+    """Which weights a preference method trains (SFT methods name their scheme in `type` itself)."""
+
+    FULL = "full"
+    LORA = "lora"
+    QLORA = "qlora"
 
 
 class PromptTemplate(StrEnum):
@@ -77,6 +91,13 @@ class DatasetFormat(StrEnum):
     WIZARDLM = "wizardlm"
     MSAGENT_REACT = "msagent_react"
     PRETRAIN = "pretrain"
+    # Preference pairs (methods dpo, orpo, reward).
+    PREFERENCE = "preference"
+    ORPO_DPO_MIX_40K = "orpo_dpo_mix_40k"
+    INTEL_ORCA_DPO = "intel_orca_dpo"
+
+
+PREFERENCE_FORMATS = ("preference", "orpo_dpo_mix_40k", "intel_orca_dpo")
 
 
 class FileType(StrEnum):

@@ -9,8 +9,9 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from .base import (API_VERSION, DNS_LABEL, Condition, KubeModel, ObjectMeta, PodSettings, Rule, StorageSpec, Uri)
-from .enums import (DatasetFormat, DeepSpeedPreset, DType, FileType, LrSchedule, MethodType, OptimizerType, Precision,
-                    PromptTemplate, SystemTemplate)
+from .enums import (PREFERENCE_FORMATS, PREFERENCE_METHODS, DatasetFormat, DeepSpeedPreset, DType, FileType,
+                    LrSchedule, OptimizerType, Precision, PromptTemplate, SystemTemplate)
+from .method import DpoSpec, LoraSpec, MethodSpec, OrpoSpec, QuantizationSpec, RewardSpec  # noqa: F401 (re-exported)
 
 # Sections a `baseConfig` fills in. The CRD carries no defaults or required keys inside them: the apiserver
 # would otherwise stamp defaults that then override the predefined config the user asked for.
@@ -29,64 +30,6 @@ class ModelSpec(KubeModel):
     """Weight dtype when loading; `auto` follows the precision (bf16 where supported, else fp16; fp32 on CPU)."""
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
     """Attention kernel; `auto` picks flash_attention_2 when installed and needed for varlen attention, else sdpa."""
-
-
-class LoraSpec(KubeModel):
-    """LoRA adapter shape (peft LoraConfig)."""
-
-    r: int = Field(default=64, ge=1, le=4096)
-    """Rank of the update matrices."""
-    alpha: float = Field(default=16, gt=0)
-    """Scaling numerator: the update is scaled by alpha / r."""
-    dropout: float = Field(default=0.1, ge=0, lt=1)
-    """Dropout on the LoRA input."""
-    target_modules: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(default_factory=list,
-                                                                                      max_length=64)
-    """Module names to adapt; empty means every linear layer except the output head."""
-    bias: Literal["none", "all", "lora_only"] = "none"
-    """Which biases to train."""
-
-
-class QuantizationSpec(KubeModel):
-    """bitsandbytes quantization of the frozen base weights (QLoRA)."""
-
-    bits: Literal[4, 8] = 4
-    """4-bit (NF4/FP4) or 8-bit (LLM.int8) base weights."""
-    type: Literal["nf4", "fp4"] = "nf4"
-    """4-bit data type."""
-    double_quant: bool = True
-    """Quantize the quantization constants too (saves about 0.4 bits per parameter)."""
-    compute_dtype: DType = DType.AUTO
-    """Dtype of the dequantized matmuls; `auto` follows the training precision."""
-
-
-class MethodSpec(KubeModel):
-    """Which parameters train and how the base is stored."""
-
-    __rules__: ClassVar = (
-        Rule(("quantization", "type"), "quantization is only valid with method type qlora",
-             "!has(self.quantization) || (has(self.type) && self.type == 'qlora')",
-             lambda q, t: q is None or t == "qlora"),
-        Rule(("lora", "type"), "lora settings are only valid with method type lora or qlora",
-             "!has(self.lora) || !has(self.type) || self.type != 'full'",
-             lambda lora, t: lora is None or t != "full"),
-    )
-
-    type: MethodType = MethodType.LORA
-    """`full` trains every weight; `lora` trains adapters; `qlora` trains adapters over a 4/8-bit base."""
-    lora: LoraSpec | None = None
-    """Adapter settings for lora and qlora (defaults apply when unset)."""
-    quantization: QuantizationSpec | None = None
-    """Base-weight quantization for qlora (4-bit NF4 with double quantization when unset)."""
-
-    @model_validator(mode="after")
-    def _fill_method_defaults(self):
-        # Filled here, once, so no use site ever needs `spec.method.lora or LoraSpec()`.
-        if self.type != MethodType.FULL and self.lora is None:
-            self.lora = LoraSpec()
-        if self.type == MethodType.QLORA and self.quantization is None:
-            self.quantization = QuantizationSpec()
-        return self
 
 
 class DatasetSource(KubeModel):
@@ -127,7 +70,11 @@ class DatasetSpec(DatasetSource):
     prompt_template: PromptTemplate = PromptTemplate.AUTO
     """Chat template: one of XTuner's templates, or `auto` for the tokenizer's own chat_template."""
     max_length: int = Field(default=2048, ge=16, le=1048576)
-    """Tokens per training sequence; longer samples are truncated and counted in the data report."""
+    """Tokens per training sequence; longer samples are truncated and counted in the data report. Preference pairs:
+    the limit for prompt + response of each side (a packed sequence holds up to 2 x maxLength)."""
+    max_response_length: int | None = Field(default=None, ge=1, le=1048576)
+    """Preference pairs: responses longer than this are cut to it first; then the prompt is cut from the left so that
+    prompt + response fits maxLength. Every cut pair is counted in the data report."""
     pack_to_max_length: bool = True
     """Concatenate whole samples into sequences of maxLength (far fewer padding tokens)."""
     shuffle_before_pack: bool = True
@@ -277,11 +224,33 @@ class FineTuneJobSpec(KubeModel):
     """What to fine-tune, on which data, how, and where it runs."""
 
     __rules__: ClassVar = (
-        Rule(("training.deepspeed", "method.type"),
+        Rule(("training.deepspeed", "method.type", "method.parameters"),
              "qlora cannot be combined with ZeRO-3: 4-bit base weights cannot be partitioned; use zero1 or zero2",
-             "!has(self.method) || !has(self.method.type) || self.method.type != 'qlora' || !has(self.training) || "
+             "!has(self.method) || !has(self.method.type) || !(self.method.type == 'qlora' || "
+             "(has(self.method.parameters) && self.method.parameters == 'qlora')) || !has(self.training) || "
              "!has(self.training.deepspeed) || !self.training.deepspeed.startsWith('zero3')",
-             lambda ds, t: not (t == "qlora" and str(ds).startswith("zero3"))),
+             lambda ds, t, p: not ((t == "qlora" or p == "qlora") and str(ds).startswith("zero3"))),
+        Rule(("dataset.format", "method.type"),
+             "methods dpo, orpo and reward train on preference pairs (dataset.format preference, orpo_dpo_mix_40k "
+             "or intel_orca_dpo), and those formats need one of these methods",
+             "has(self.baseConfig) || "
+             "((has(self.method) && has(self.method.type) && self.method.type in ['dpo', 'orpo', 'reward']) == "
+             "(has(self.dataset) && has(self.dataset.format) && "
+             "self.dataset.format in ['preference', 'orpo_dpo_mix_40k', 'intel_orca_dpo']))",
+             lambda f, t: (str(t) in PREFERENCE_METHODS) == (str(f) in PREFERENCE_FORMATS)),
+        Rule(("training.deepspeed", "method.parameters", "method.type"),
+             "full-parameter dpo keeps a frozen reference copy, which ZeRO-3 cannot partition; use zero1/zero2 or "
+             "lora",
+             "!has(self.method) || !has(self.method.type) || self.method.type != 'dpo' || "
+             "!has(self.method.parameters) || self.method.parameters != 'full' || !has(self.training) || "
+             "!has(self.training.deepspeed) || !self.training.deepspeed.startsWith('zero3')",
+             lambda ds, p, t: not (t == "dpo" and p == "full" and str(ds).startswith("zero3"))),
+        Rule(("training.sequenceParallelSize", "method.type"),
+             "sequence parallelism is not available for dpo, orpo and reward yet",
+             "!has(self.training) || !has(self.training.sequenceParallelSize) || "
+             "self.training.sequenceParallelSize == 1 || !has(self.method) || !has(self.method.type) || "
+             "!(self.method.type in ['dpo', 'orpo', 'reward'])",
+             lambda sp, t: sp == 1 or str(t) not in PREFERENCE_METHODS),
         Rule(("training.sequenceParallelSize", "dataset.maxLength"),
              "training.sequenceParallelSize must divide dataset.maxLength",
              "!has(self.training) || !has(self.training.sequenceParallelSize) || !has(self.dataset) || "
@@ -304,10 +273,12 @@ class FineTuneJobSpec(KubeModel):
              "self.training.sequenceParallelSize == 1 || !has(self.resources) || "
              "(self.resources.nodes * self.resources.gpusPerNode) % self.training.sequenceParallelSize == 0",
              lambda sp, gpus, nodes: sp == 1 or (nodes * gpus) % sp == 0),
-        Rule(("export.merge", "method.type"), "export.merge needs method type lora or qlora",
+        Rule(("export.merge", "method.type", "method.parameters"),
+             "export.merge needs method type lora or qlora (or parameters lora/qlora)",
              "!has(self.export) || !has(self.export.merge) || !self.export.merge || !has(self.method) || "
-             "!has(self.method.type) || self.method.type != 'full'",
-             lambda merge, t: not merge or t != "full"),
+             "!has(self.method.type) || (self.method.type != 'full' && !(has(self.method.parameters) && "
+             "self.method.parameters == 'full'))",
+             lambda merge, t, p: not merge or (t != "full" and p != "full")),
         Rule(("model",), "model is required unless baseConfig names a predefined config",
              "has(self.baseConfig) || (has(self.model) && has(self.model.uri))",
              lambda model: model is not None),

@@ -32,7 +32,11 @@ def convert(job: Any, ckpt: Path, out: Path, fp32: bool = False, max_shard_size:
     dtype = torch.float32 if fp32 else torch.float16
     out.mkdir(parents=True, exist_ok=True)
     cast = lambda t: t.to(dtype) if t.is_floating_point() else t  # noqa: E731
-    if (source / "adapter_config.json").is_file():
+    if (source / "reward_head.safetensors").is_file():
+        from .reward import export
+
+        kind = export(job, source, out, fp32, max_shard_size, safe)
+    elif (source / "adapter_config.json").is_file():
         weights = next((source / n for n in ("adapter_model.safetensors", "adapter_model.bin")
                         if (source / n).is_file()), None)
         if weights is None:

@@ -22,6 +22,10 @@ def banner(title: str) -> str:
 
 def check_custom_dataset(spec: Any, tokenizer: Any, out: Callable[[str], None] = print, samples: int = 10) -> int:
     """Print the first sample after each stage (as XTuner does), then check every row; return the bad-row count."""
+    from .preference import PAIR_FORMATS, check
+
+    if spec.format.value in PAIR_FORMATS:
+        return check(spec, tokenizer, out)
     template_name = spec.prompt_template.value
     sources = sources_of(spec)
     template = None if template_name == "auto" else PROMPT_TEMPLATES[template_name]

@@ -56,7 +56,8 @@ def save(work_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any, 
     whole = None
     if engine is not None:
         ds.save(engine, tmp / "deepspeed")
-        whole = ds.consolidated_state_dict(engine, ds_config, trainable_only=hasattr(unwrapped, "peft_config"))
+        adapters = hasattr(getattr(unwrapped, "llm", unwrapped), "peft_config")  # a reward model wraps its LM
+        whole = ds.consolidated_state_dict(engine, ds_config, trainable_only=adapters)
     if rank == 0:
         unwrapped.save_pretrained(tmp / "model", safe_serialization=True,
                                   **({"state_dict": whole} if whole is not None else {}))
@@ -139,6 +140,11 @@ def load(path: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any, ra
 
 def load_weights(path: Path, unwrapped: Any) -> None:
     weights = path / "model"
+    if hasattr(unwrapped, "v_head"):  # a reward model: its head, then its language model as usual
+        from .reward import load_head
+
+        load_head(weights, unwrapped)
+        unwrapped = unwrapped.llm
     if hasattr(unwrapped, "peft_config"):
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
@@ -149,7 +155,8 @@ def load_weights(path: Path, unwrapped: Any) -> None:
 
         state: dict[str, Any] = {}
         for shard in sorted(weights.glob("*.safetensors")):
-            state.update(load_file(str(shard)))
+            if shard.name != "reward_head.safetensors":
+                state.update(load_file(str(shard)))
         missing, unexpected = unwrapped.load_state_dict(state, strict=False)
         if unexpected:
             raise RuntimeError(f"{path}: unexpected weights {unexpected[:5]}")

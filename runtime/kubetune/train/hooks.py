@@ -13,6 +13,10 @@ from typing import Any
 from kubetune.model.attention import generation_attention
 
 
+# What every objective reports; the rest (preference methods' rewards, accuracy, margins) is appended to the log line.
+_STANDARD = {"step", "loss", "lr", "grad_norm", "epoch", "step_time", "tokens_per_second", "eta"}
+
+
 class TextLog:
     """XTuner's layout: work_dir/<timestamp>/<timestamp>.log and vis_data/scalars.json (one JSON object per line)."""
 
@@ -34,9 +38,10 @@ class TextLog:
         self.scalars.write(json.dumps(metrics) + "\n")
         self.scalars.flush()
         if metrics["step"] % self.every == 0 or metrics["step"] == ctx.total_steps:
+            extra = "".join(f"  {k}: {v:.4f}" for k, v in metrics.items() if k not in _STANDARD)
             self.write(f"Iter(train) [{metrics['step']:>6}/{ctx.total_steps}]  lr: {metrics['lr']:.4e}  "
                        f"eta: {metrics['eta']}  time: {metrics['step_time']:.4f}  loss: {metrics['loss']:.4f}  "
-                       f"tokens/s: {metrics['tokens_per_second']:.0f}  epoch: {metrics['epoch']:.3f}")
+                       f"tokens/s: {metrics['tokens_per_second']:.0f}  epoch: {metrics['epoch']:.3f}{extra}")
 
     def close(self) -> None:
         self.log.close()
@@ -52,8 +57,9 @@ class TensorBoard:
         self.writer = SummaryWriter(log_dir=str(directory))
 
     def after_step(self, ctx: Any, metrics: dict[str, Any]) -> None:
-        for key in ("loss", "lr", "grad_norm", "tokens_per_second", "epoch"):
-            self.writer.add_scalar(f"train/{key}", metrics[key], metrics["step"])
+        for key, value in metrics.items():
+            if key not in ("step", "step_time", "eta"):
+                self.writer.add_scalar(f"train/{key}", value, metrics["step"])
 
     def after_train(self, ctx: Any) -> None:
         self.writer.close()

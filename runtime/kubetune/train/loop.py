@@ -37,6 +37,7 @@ class Run:
     all_reduce: Callable[[Any], Any] = lambda t: t
     engine: Any = None  # a DeepSpeed engine: it accumulates, reduces, clips and steps
     prepare: Callable[[dict], dict] = None  # a collated batch -> what this rank feeds the model (see `targets`)
+    objective: Callable[[Any, dict], tuple[Any, dict]] = None  # (model, batch) -> (loss sum, metric sums); objectives.py
 
     def __post_init__(self) -> None:
         if self.prepare is None:
@@ -71,7 +72,8 @@ def select_logits(batch: dict[str, Any], keep_logits: bool) -> dict[str, Any]:
     the vocabulary (transformers' `logits_to_keep` mask), which skips the prompt tokens' LM-head and softmax work."""
     targets = batch["targets"]
     labelled = targets != IGNORE_INDEX
-    out = {**batch, "num_tokens": int(labelled.sum()), "loss_targets": targets}
+    tokens = int(labelled.sum())
+    out = {**batch, "num_tokens": tokens, "num_units": tokens, "loss_targets": targets}
     if keep_logits:
         out.update(keep=labelled, loss_targets=targets[labelled])
     return out
@@ -118,6 +120,10 @@ def train(run: Run, forward: Callable[[Any, dict], Any]) -> None:
 
     import torch
 
+    if run.objective is None:
+        from .objectives import sft
+
+        run.objective = sft(forward)
     for hook in run.hooks:
         getattr(hook, "before_train", lambda ctx: None)(run)
     stream = micro_batches(run)
@@ -128,19 +134,25 @@ def train(run: Run, forward: Callable[[Any, dict], Any]) -> None:
         t0 = time.perf_counter()
         window = [run.prepare({k: v.to(run.device) if hasattr(v, "to") else v for k, v in next(stream).items()})
                   for _ in range(run.accum)]
-        # Every labelled token of the window weighs the same, across micro-batches and ranks.
-        tokens = run.all_reduce(torch.tensor(float(sum(b["num_tokens"] for b in window)), device=run.device))
+        # Every unit (labelled token, or preference pair) of the window weighs the same, across micro-batches and
+        # ranks.
+        counts = run.all_reduce(torch.tensor([float(sum(b["num_units"] for b in window)),
+                                              float(sum(b["num_tokens"] for b in window))], device=run.device))
+        units, tokens = counts[0], counts[1]
         total_loss = torch.zeros((), device=run.device)
+        extra: dict[str, Any] = {}
         lr = run.optimizer.param_groups[0]["lr"]
         for i, batch in enumerate(window):
             last = i == len(window) - 1
             sync = contextlib.nullcontext() if last or run.engine is not None or not hasattr(run.model, "no_sync") \
                 else run.model.no_sync()
             with sync, _autocast(run):
-                logits = forward(run.model, batch).logits
-                loss = token_loss_sum(logits, batch["loss_targets"]) * run.world / tokens.clamp(min=1)
+                loss_sum, metric_sums = run.objective(run.model, batch)
+                loss = loss_sum * run.world / units.clamp(min=1)
             backward(run, loss, last)
             total_loss += loss.detach()
+            for key, value in metric_sums.items():
+                extra[key] = extra.get(key, 0) + value.detach().float()
         grad_norm = optimizer_step(run)
         run.scheduler.step()
         run.step += 1
@@ -153,6 +165,7 @@ def train(run: Run, forward: Callable[[Any, dict], Any]) -> None:
         metrics = {"step": run.step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
                    "epoch": run.epoch, "step_time": elapsed, "tokens_per_second": float(tokens) / max(elapsed, 1e-9),
                    "eta": _eta(rate * (run.total_steps - run.step))}
+        metrics |= {key: float(run.all_reduce(value) / units.clamp(min=1)) for key, value in sorted(extra.items())}
         for hook in run.hooks:
             getattr(hook, "after_step", lambda ctx, m: None)(run, metrics)
         if STOP_AFTER and run.step == int(STOP_AFTER):

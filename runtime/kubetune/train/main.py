@@ -18,8 +18,8 @@ from .loop import Run, train, with_targets
 from .model import build_model, count_parameters, resolve_precision, trainable_parameters
 from .sampler import ResumableBatches
 from .schedule import build_optimizer, build_scheduler
-from .steps import (build_data, collator, hooks_for, pick_seed, plan_steps, report_throughput, save_policy,
-                    seed_everything)
+from .steps import (build_data, collator, hooks_for, objective_for, pick_seed, plan_steps, report_throughput,
+                    save_policy, seed_everything)
 
 
 class TrainError(Exception):
@@ -52,7 +52,11 @@ def _run(job: Any, spec: Any, dist: distributed.Dist, work_dir: str | None, resu
     seed = pick_seed(spec, resume_from)
     seed_everything(seed)
     if dist.rank == 0:
-        (work / stamp / "config.json").write_text(json.dumps({**job.to_dict(), "resolvedSeed": seed}, indent=2))
+        # The resolved seed goes into the spec, so this file is a valid manifest that reruns the same run (and the
+        # config `convert pth_to_hf` takes, as the last log line suggests).
+        resolved = job.to_dict()
+        resolved["spec"]["training"] = {**resolved["spec"].get("training", {}), "seed": seed}
+        (work / stamp / "config.json").write_text(json.dumps(resolved, indent=2))
     device = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
 
     # 2. Parallel layout: sequence-parallel groups, data-parallel rank, DeepSpeed config.
@@ -71,9 +75,11 @@ def _run(job: Any, spec: Any, dist: distributed.Dist, work_dir: str | None, resu
     zero3 = ds.zero3_init(ds_config) if ds_config else None  # partitions weights while they load
     attention = sequence_parallel.ATTENTION if sp else training_attention(spec.model.attn_implementation, device)
     model = build_model(spec, device, precision, seed, attn_implementation=attention)
+    model, objective, prepare_pairs = objective_for(spec, model, tokenizer, seed)
     del zero3
     trainable, total = count_parameters(model)
-    say(f"model {spec.model.uri}: {total:,} parameters, {trainable:,} trainable ({spec.method.type.value}); "
+    method = spec.method.type.value if not spec.method.is_preference else f"{spec.method.type.value}, {spec.method.scheme}"
+    say(f"model {spec.model.uri}: {total:,} parameters, {trainable:,} trainable ({method}); "
         f"device {device}, precision {spec.training.precision.value}"
         + (f", DeepSpeed ZeRO-{ds.stage(ds_config)}" if ds_config else "")
         + (f", sequence parallel x{sp_size}" if sp else ""))
@@ -105,8 +111,9 @@ def _run(job: Any, spec: Any, dist: distributed.Dist, work_dir: str | None, resu
                accum=spec.training.accumulative_counts, max_norm=spec.training.max_norm, total_steps=total_steps,
                rank=dist.rank, world=dist.world, step=state["step"], consumed=state["consumed"],
                all_reduce=dist.all_reduce, engine=engine,
+               objective=objective,
                prepare=(lambda b: sequence_parallel.shard(b, sp, pad, keep)) if sp
-               else (lambda b: with_targets(b, keep)))
+               else (lambda b: prepare_pairs(b, keep)) if prepare_pairs else (lambda b: with_targets(b, keep)))
     run_.should_save = save_policy(spec, batches)
     uploads = CheckpointSync(remote, spec.checkpoints.keep, say) if remote and dist.rank == 0 else None
 

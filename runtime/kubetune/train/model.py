@@ -38,7 +38,7 @@ def resolve_precision(spec: Any, device: Any) -> Precision:
         raise ModelLoadError("training.precision fp16 needs a GPU (loss scaling runs on CUDA); use bf16 or fp32 on CPU")
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     compute = dtypes[wanted]
-    method = spec.method.type.value
+    method = spec.method.scheme
     # Full fine-tuning keeps fp32 master weights under autocast; adapters train in fp32 over a low-precision base.
     load = torch.float32 if method == "full" else compute
     if spec.model.dtype.value != "auto":
@@ -55,7 +55,7 @@ def build_model(spec: Any, device: Any, precision: Precision, seed: int = 0,
         path = local_path(spec.model.uri, repo_type="model")
     except StorageError as exc:
         raise ModelLoadError(f"model.uri {exc}") from None
-    method = spec.method.type.value
+    method = spec.method.scheme
     kwargs: dict[str, Any] = {"dtype": precision.load_dtype, "trust_remote_code": spec.model.trust_remote_code}
     attn = attn_implementation or spec.model.attn_implementation
     if attn != "auto":

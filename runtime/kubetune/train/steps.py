@@ -34,6 +34,15 @@ def build_data(spec: Any, seed: int, say: Any) -> tuple[Any, Any]:
     from kubetune.model.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(spec.model)
+    if spec.method.is_preference:
+        from kubetune.data import preference
+
+        token = preference.reward_token_id(tokenizer, spec.method.reward.reward_token) \
+            if spec.method.type.value == "reward" else None
+        sequences, _ = preference.build(spec.dataset, tokenizer, seed=seed, reward_token=token, log=say)
+        say(f"Num train sequences: {len(sequences)} (packed chosen/rejected pairs); sequence 0 decoded: "
+            f"{tokenizer.decode(sequences[0]['input_ids'][:200])!r}")
+        return tokenizer, sequences
     built = build(spec.dataset, tokenizer, seed=seed, log=lambda s: None)
     for line in summary(built.report).splitlines():
         say(line)
@@ -77,7 +86,7 @@ def hooks_for(rank: int, spec: Any, tokenizer: Any, work: Path, log: TextLog | N
         reporter = StatusReporter.from_env(work, spec.checkpoints.uri)
         if reporter is not None:
             hooks.append(reporter)
-    if spec.evaluation.inputs:
+    if spec.evaluation.inputs and spec.method.type.value != "reward":  # a reward model scores, it does not chat
         hooks.append(EvaluateChat(spec, tokenizer, work, log))
     return hooks
 
@@ -93,3 +102,28 @@ def report_throughput(model: Any, spec: Any, log: TextLog, work: Path) -> None:
     tflops = megatron_tflops(cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size, spec.dataset.max_length, tps,
                              spec.training.gradient_checkpointing)
     log.write(f"throughput: {tps:.0f} tokens/s, {tflops:.4f} TFLOP/s (Megatron formula)")
+
+
+def objective_for(spec: Any, model: Any, tokenizer: Any, seed: int) -> tuple[Any, Any, Any]:
+    """(model, objective, prepare) for the method: SFT keeps the loop's defaults; a reward model wraps the language
+    model with its head; full-parameter DPO gets a frozen reference copy (adapters are disabled instead)."""
+    from kubetune.model.packed import packed_forward
+
+    from .objectives import prepare_pairs, preference
+
+    method = spec.method
+    if not method.is_preference:
+        return model, None, None
+    reference = None
+    if method.type.value == "reward":
+        from kubetune.data.preference import reward_token_id
+
+        from .reward import build_reward_model
+
+        model = build_reward_model(model, reward_token_id(tokenizer, method.reward.reward_token), seed)
+    elif method.type.value == "dpo" and method.scheme == "full":
+        import copy
+
+        reference = copy.deepcopy(model).eval()
+        reference.requires_grad_(False)
+    return model, preference(method, packed_forward, reference), prepare_pairs

@@ -1,0 +1,91 @@
+"""What a micro-batch's loss is: the loop calls `objective(model, batch)` → (loss summed over the batch's units,
+metric sums), and weighs every unit of the accumulation window equally across micro-batches and ranks. SFT's unit is
+a labelled token; a preference method's is a chosen/rejected pair."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .loop import IGNORE_INDEX, select_logits, token_loss_sum
+from .preference import dpo_loss, orpo_loss, reward_loss, segment_logps
+
+Objective = Callable[[Any, dict], tuple[Any, dict[str, Any]]]
+
+
+def sft(forward: Callable[[Any, dict], Any]) -> Objective:
+    def objective(model: Any, batch: dict) -> tuple[Any, dict[str, Any]]:
+        return token_loss_sum(forward(model, batch).logits, batch["loss_targets"]), {}
+
+    return objective
+
+
+def prepare_pairs(batch: dict[str, Any], keep_logits: bool) -> dict[str, Any]:
+    """A collated batch of packed pairs → targets, the sample of each scored position, and the pair count."""
+    import torch
+
+    targets = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
+    out = select_logits({**batch, "targets": targets}, keep_logits)
+    segments = batch["segment_ids"]
+    out["loss_segments"] = segments[out["keep"]] if keep_logits else segments.reshape(-1)
+    count = batch["num_segments"]
+    flat = segments.reshape(-1)
+    # The last position of each sample: where a reward model reads its score (the appended reward token).
+    last = torch.full((count + 1,), -1, dtype=torch.long, device=flat.device)
+    out["last_positions"] = last.scatter_reduce(0, flat, torch.arange(flat.numel(), device=flat.device),
+                                                reduce="amax")[:count]
+    out["num_units"] = count // 2
+    return out
+
+
+def _unwrapped(model: Any) -> Any:
+    return getattr(model, "module", model)
+
+
+def _flat(logits: Any) -> Any:
+    return logits.reshape(-1, logits.size(-1))
+
+
+def preference(method: Any, forward: Callable[[Any, dict], Any], reference: Any = None) -> Objective:
+    """dpo, orpo or reward. `reference` (dpo, full parameters): a frozen copy of the starting model; with adapters
+    the reference is the same model with its adapters disabled, so no second copy is held."""
+    import torch
+
+    kind = method.type.value
+
+    def logps(model: Any, batch: dict) -> tuple[Any, Any]:
+        count = batch["num_segments"]
+        sums, tokens = segment_logps(_flat(forward(model, batch).logits), batch["loss_targets"].reshape(-1),
+                                     batch["loss_segments"], count + 1)
+        return sums[:count], tokens[:count]
+
+    def reference_logps(model: Any, batch: dict) -> Any:
+        with torch.no_grad():
+            if reference is not None:
+                return logps(reference, batch)[0]
+            inner = _unwrapped(model)
+            with inner.disable_adapter():
+                return logps(inner, batch)[0]
+
+    def objective(model: Any, batch: dict) -> tuple[Any, dict[str, Any]]:
+        if kind == "reward":
+            scores = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).reshape(-1)
+            scores = scores[batch["last_positions"]].float()
+            r = method.reward
+            losses, metrics = reward_loss(scores[0::2], scores[1::2], r.loss_type, r.penalty, r.penalty_weight)
+        elif kind == "orpo":
+            sums, tokens = logps(model, batch)
+            mean = sums / tokens.clamp(min=1)
+            losses, metrics = orpo_loss(mean[0::2], mean[1::2], method.orpo.beta)
+        else:
+            d = method.dpo
+            sums, tokens = logps(model, batch)
+            ref = reference_logps(model, batch)
+            if d.loss_type == "ipo":  # IPO compares per-token averages
+                sums, ref = sums / tokens.clamp(min=1), ref / tokens.clamp(min=1)
+            losses, metrics = dpo_loss(sums[0::2], sums[1::2], ref[0::2], ref[1::2], d.loss_type, d.beta,
+                                       d.label_smoothing)
+            if d.loss_type == "kto_pair":  # two terms per pair: one loss per pair, their mean
+                losses = losses.view(2, -1).mean(0)
+        return losses.sum(), {k: v.sum() for k, v in metrics.items()}
+
+    return objective
