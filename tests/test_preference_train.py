@@ -211,3 +211,11 @@ def test_check_custom_dataset_shows_pairs_and_names_bad_rows(tmp_path, tiny_dir)
     assert out.returncode == 1
     assert "chosen: encoded input_ids" in out.stdout and "sample lengths (chosen, rejected)" in out.stdout
     assert f"{data}: row 20: rejected: missing" in out.stdout
+
+
+def test_log_dataset_shows_a_packed_pair(tmp_path, tiny_dir):
+    cfg = write_job(tmp_path, tiny_dir, {"type": "reward"})
+    out = kubetune("log-dataset", str(cfg), "--show", "text")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "packed chosen/rejected pairs" in out.stdout and "packed: 2 samples" in out.stdout
+    assert "preference pairs: 20 of 20 rows" in out.stdout

@@ -75,13 +75,23 @@ def log(args: argparse.Namespace) -> int:
 
     try:
         tokenizer = load_tokenizer(job.spec.model)
-        built = build(job.spec.dataset, tokenizer, seed=job.spec.training.seed or 0)
+        if job.spec.method.is_preference:  # packed chosen/rejected pairs, built in memory (no cache)
+            from kubetune.data import preference
+
+            token = preference.reward_token_id(tokenizer, job.spec.method.reward.reward_token) \
+                if job.spec.method.type.value == "reward" else None
+            sequences, _ = preference.build(job.spec.dataset, tokenizer, seed=job.spec.training.seed or 0,
+                                            reward_token=token, log=print)
+            where = "packed chosen/rejected pairs"
+        else:
+            built = build(job.spec.dataset, tokenizer, seed=job.spec.training.seed or 0)
+            sequences, where = built.dataset, f"cache: {built.path}"
     except _data_errors() as exc:
         raise UserError(str(exc)) from None
-    if not 0 <= args.index < len(built.dataset):
-        raise UserError(f"--index {args.index}: the dataset has {len(built.dataset)} sequences")
-    print(f"Num train sequences: {len(built.dataset)} (cache: {built.path})")
-    log_sample(built.dataset[args.index], tokenizer, args.show)
+    if not 0 <= args.index < len(sequences):
+        raise UserError(f"--index {args.index}: the dataset has {len(sequences)} sequences")
+    print(f"Num train sequences: {len(sequences)} ({where})")
+    log_sample(sequences[args.index], tokenizer, args.show)
     return 0
 
 
