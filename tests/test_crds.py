@@ -152,3 +152,21 @@ def test_examples_and_catalogue_validate_against_the_crd_schema():
     bad = catalog.get("llama2_7b_lora_alpaca_e3")
     bad["spec"]["training"]["deepspeed"] = "zero9"
     assert list(validators["FineTuneJob"].iter_errors(bad))
+
+
+def test_no_exclusive_bound_is_fractional():
+    """The apiserver checks whole-number values (`0`) against int(bound): an exclusive fractional bound such as
+    `< 0.5` would refuse 0 (found by the real apiserver with dpo.labelSmoothing)."""
+    def walk(node, path):
+        if isinstance(node, dict):
+            for key, bound in (("exclusiveMaximum", "maximum"), ("exclusiveMinimum", "minimum")):
+                if node.get(key):
+                    assert float(node[bound]).is_integer(), f"{path}: exclusive {bound} {node[bound]}"
+            for key, value in node.items():
+                walk(value, f"{path}.{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{path}[{i}]")
+
+    for path in KIND_FILES.values():
+        walk(yaml.safe_load(path.read_text()), path.name)

@@ -48,7 +48,9 @@ class DpoSpec(KubeModel):
     loss_type: Literal["sigmoid", "robust", "hinge", "ipo", "kto_pair", "sppo_hard", "nca_pair"] = "sigmoid"
     """DPO variant: sigmoid (the paper, with labelSmoothing: cDPO), robust, hinge, ipo (per-token averages),
     kto_pair, sppo_hard or nca_pair."""
-    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
+    # An inclusive bound: the apiserver compares whole-number values against int(maximum), so an exclusive 0.5 would
+    # refuse `labelSmoothing: 0`.
+    label_smoothing: float = Field(default=0.0, ge=0, le=0.49)
     """Assumed fraction of flipped preference labels (sigmoid and robust)."""
 
 

@@ -57,6 +57,11 @@ def check_custom_dataset(spec: Any, tokenizer: Any, out: Callable[[str], None] =
         if spec.pack_to_max_length and convs and src is sources[0]:
             encoded = encoder.encode_batch(convs)
             _show_packed(out, [e.input_ids for e in encoded], [e.labels for e in encoded], spec.max_length)
+    return report_bad(out, bad, [s.uri for s in sources])
+
+
+def report_bad(out: Callable[[str], None], bad: list[str], uris: list[str]) -> int:
+    """The rows that cannot be used (the first MAX_LISTED), or that all are usable; returns how many are bad."""
     if bad:
         out(banner("rows that cannot be used"))
         for line in bad[:MAX_LISTED]:
@@ -64,7 +69,7 @@ def check_custom_dataset(spec: Any, tokenizer: Any, out: Callable[[str], None] =
         if len(bad) > MAX_LISTED:
             out(f"... and {len(bad) - MAX_LISTED} more")
     else:
-        out(f"all rows of {', '.join(s.uri for s in sources)} are usable")
+        out(f"all rows of {', '.join(uris)} are usable")
     return len(bad)
 
 

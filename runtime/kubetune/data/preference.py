@@ -161,20 +161,14 @@ def encode_pairs(spec: Any, tokenizer: Any, reward_token: int | None, seed: int 
         if fmt not in PAIR_FORMATS:
             raise DataError(f"dataset format {fmt!r} ({src.uri}) has no preference pairs; preference methods need "
                             f"one of {', '.join(PAIR_FORMATS)}")
-        where, rows = (rows_of or _rows)(src)
-        if src.max_samples and src.max_samples < len(rows):
-            rows = random.Random(seed).sample(rows, src.max_samples)
-        system = system_text(src.system, src.system_template.value if src.system_template else None)
-        for index, row in enumerate(rows):
+        for where, index, system, parsed, problem, malformed in _parsed(src, rows_of, seed):
             report.rows += 1
-            try:
-                prompt, chosen, rejected = PAIR_FORMATS[fmt](row)
-            except RowError as exc:
-                raise DataError(f"{where}: row {index}: {exc}") from None
-            if _empty(chosen) or _empty(rejected):
-                report.dropped.append(f"{where}: row {index}: empty {'chosen' if _empty(chosen) else 'rejected'} "
-                                      f"response")
+            if malformed:
+                raise DataError(f"{where}: row {index}: {problem}")
+            if problem:
+                report.dropped.append(f"{where}: row {index}: {problem}")
                 continue
+            prompt, chosen, rejected = parsed
             (good, bad), cuts = encoder.encode(prompt, [chosen, rejected], system)
             report.response_cut += "response" in cuts
             report.prompt_cut += "prompt" in cuts
@@ -183,6 +177,24 @@ def encode_pairs(spec: Any, tokenizer: Any, reward_token: int | None, seed: int 
     if not pairs:
         raise DataError(f"{spec.uri}: no usable preference pairs (" + "; ".join(report.dropped[:3]) + ")")
     return pairs, report
+
+
+def _parsed(src: Any, rows_of: Any, seed: int):
+    """(where, index, system, (prompt, chosen, rejected) or None, problem, malformed) for each row of one source."""
+    where, rows = (rows_of or _rows)(src)
+    if src.max_samples and src.max_samples < len(rows):
+        rows = random.Random(seed).sample(rows, src.max_samples)
+    system = system_text(src.system, src.system_template.value if src.system_template else None)
+    for index, row in enumerate(rows):
+        try:
+            prompt, chosen, rejected = PAIR_FORMATS[src.format.value](row)
+        except RowError as exc:
+            yield where, index, system, None, str(exc), True
+            continue
+        if _empty(chosen) or _empty(rejected):
+            yield where, index, system, None, f"empty {'chosen' if _empty(chosen) else 'rejected'} response", False
+        else:
+            yield where, index, system, (prompt, chosen, rejected), None, False
 
 
 def _empty(response: Messages) -> bool:
@@ -228,10 +240,10 @@ def build(spec: Any, tokenizer: Any, *, seed: int = 0, reward_token: int | None 
 
 
 
-def check(spec: Any, tokenizer: Any, out: Callable[[str], None] = print, max_listed: int = 20) -> int:
+def check(spec: Any, tokenizer: Any, out: Callable[[str], None] = print) -> int:
     """`check-custom-dataset` for preference data: the first pair at each stage, then every row checked; returns the
     number of rows that cannot be used (malformed, or with an empty response)."""
-    from .inspect import banner, masked_text
+    from .inspect import banner, masked_text, report_bad
 
     encoder = PairEncoder(tokenizer, spec.prompt_template.value, spec.max_length, spec.max_response_length)
     bad: list[str] = []
@@ -242,18 +254,12 @@ def check(spec: Any, tokenizer: Any, out: Callable[[str], None] = print, max_lis
         if fmt not in PAIR_FORMATS:
             bad.append(f"{src.uri}: format {fmt!r} has no preference pairs (one of {', '.join(PAIR_FORMATS)})")
             continue
-        where, rows = _rows(src)
-        system = system_text(src.system, src.system_template.value if src.system_template else None)
-        for index, row in enumerate(rows):
+        for where, index, system, parsed, problem, _ in _parsed(src, None, 0):
             report.rows += 1
-            try:
-                prompt, chosen, rejected = PAIR_FORMATS[fmt](row)
-            except RowError as exc:
-                bad.append(f"{where}: row {index}: {exc}")
+            if problem:
+                bad.append(f"{where}: row {index}: {problem}")
                 continue
-            if _empty(chosen) or _empty(rejected):
-                bad.append(f"{where}: row {index}: empty {'chosen' if _empty(chosen) else 'rejected'} response")
-                continue
+            prompt, chosen, rejected = parsed
             sides, cuts = encoder.encode(prompt, [chosen, rejected], system)
             report.pairs += 1
             report.response_cut += "response" in cuts
@@ -275,12 +281,4 @@ def check(spec: Any, tokenizer: Any, out: Callable[[str], None] = print, max_lis
                 shown = True
     for line in report.lines():
         out(line)
-    if bad:
-        out(banner("rows that cannot be used"))
-        for line in bad[:max_listed]:
-            out(line)
-        if len(bad) > max_listed:
-            out(f"... and {len(bad) - max_listed} more")
-    else:
-        out(f"all rows of {', '.join(s.uri for s in [spec, *spec.concat])} are usable")
-    return len(bad)
+    return report_bad(out, bad, [s.uri for s in [spec, *spec.concat]])
