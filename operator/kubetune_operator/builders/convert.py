@@ -39,7 +39,8 @@ def job(parent: Manifest, spec: Any, source_uri: str, base_uri: str | None, conf
         volumes.append({"name": "config", "configMap": {"name": config_map}})
         mounts.append({"name": "config", "mountPath": "/etc/kubetune", "readOnly": True})
     container = {"name": "convert", "command": command(spec, source_uri, base_uri, config_path),
-                 "env": storage_env(spec.storage, settings), "resources": resources(spec.resources, spec.resources.gpus),
+                 "env": storage_env(spec.storage, settings),
+                 "resources": resources(spec.resources, spec.resources.gpus),
                  "volumeMounts": mounts, "workingDir": WORK_DIR}
     pod = pod_spec(spec.resources, settings, container, volumes, None) | {"restartPolicy": "Never"}
     meta = metadata(parent, job_name(name), "convert")

@@ -122,8 +122,8 @@ def crds(args: argparse.Namespace) -> int:
     if args.check:
         stale = [str(p) for p, text in wanted.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
         if stale:
-            raise UserError(f"out of date: {', '.join(stale)} (regenerate with `kubetune crds"
-                            f"{' --docs ' + args.docs if args.docs else ''}{' --chart ' + args.chart if args.chart else ''}`)")
+            flags = (f" --docs {args.docs}" if args.docs else "") + (f" --chart {args.chart}" if args.chart else "")
+            raise UserError(f"out of date: {', '.join(stale)} (regenerate with `kubetune crds{flags}`)")
         print(f"up to date: {', '.join(str(p) for p in wanted)}")
         return 0
     for path, text in wanted.items():

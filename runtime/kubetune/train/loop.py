@@ -37,7 +37,7 @@ class Run:
     all_reduce: Callable[[Any], Any] = lambda t: t
     engine: Any = None  # a DeepSpeed engine: it accumulates, reduces, clips and steps
     prepare: Callable[[dict], dict] = None  # a collated batch -> what this rank feeds the model (see `targets`)
-    objective: Callable[[Any, dict], tuple[Any, dict]] = None  # (model, batch) -> (loss sum, metric sums); objectives.py
+    objective: Callable[[Any, dict], tuple[Any, dict]] = None  # (model, batch) -> (loss sum, metric sums)
 
     def __post_init__(self) -> None:
         if self.prepare is None:

@@ -78,7 +78,7 @@ def _run(job: Any, spec: Any, dist: distributed.Dist, work_dir: str | None, resu
     model, objective, prepare_pairs = objective_for(spec, model, tokenizer, seed)
     del zero3
     trainable, total = count_parameters(model)
-    method = spec.method.type.value if not spec.method.is_preference else f"{spec.method.type.value}, {spec.method.scheme}"
+    method = spec.method.type.value + (f", {spec.method.scheme}" if spec.method.is_preference else "")
     say(f"model {spec.model.uri}: {total:,} parameters, {trainable:,} trainable ({method}); "
         f"device {device}, precision {spec.training.precision.value}"
         + (f", DeepSpeed ZeRO-{ds.stage(ds_config)}" if ds_config else "")
