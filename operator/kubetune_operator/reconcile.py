@@ -25,10 +25,17 @@ def parse(body: dict, kind: str) -> Any:
     return parse_manifest(raw, f"{kind}/{body['metadata']['name']}", kind=kind).spec
 
 
-def invalid(error: ManifestError, generation: int) -> dict:
-    message = "; ".join(f"{p}: {m}" for p, m in error.errors) or str(error)
-    return {"phase": "Failed", "message": message, "observedGeneration": generation,
-            "conditions": st.set_condition([], "Failed", True, "InvalidSpec", message, st.now_iso(), generation)}
+def parse_or_reject(body: dict, kind: str) -> tuple[Any, tuple[dict, list] | None]:
+    """(spec, None), or (None, (status patch, events)) that fail the resource and name every bad field."""
+    try:
+        return parse(body, kind), None
+    except ManifestError as error:
+        generation = body["metadata"].get("generation", 1)
+        message = "; ".join(f"{p}: {m}" for p, m in error.errors) or str(error)
+        status = {"phase": "Failed", "message": message, "observedGeneration": generation,
+                  "conditions": st.set_condition([], "Failed", True, "InvalidSpec", message, st.now_iso(),
+                                                 generation)}
+        return None, (status, [("Warning", "InvalidSpec", str(error))])
 
 
 # --- FineTuneJob ------------------------------------------------------------------------------------------------
@@ -36,10 +43,9 @@ async def finetune(kube: Kube, body: dict, settings: Settings) -> tuple[dict, li
     """Apply the current attempt's children (or delete them when suspended); return (status patch, events)."""
     meta, status = body["metadata"], dict(body.get("status") or {})
     generation = meta.get("generation", 1)
-    try:
-        spec = parse(body, "FineTuneJob")
-    except ManifestError as exc:
-        return invalid(exc, generation), [("Warning", "InvalidSpec", str(exc))]
+    spec, rejected = parse_or_reject(body, "FineTuneJob")
+    if rejected:
+        return rejected
     attempt = int(status.get("restarts", 0))
     jname = ftj_b.job_name(meta["name"], attempt)
     if status.get("phase") in ("Succeeded", "Failed"):
@@ -137,10 +143,9 @@ async def _export_job(kube: Kube, parent: dict, spec: Any, which: str) -> str:
 async def convert(kube: Kube, body: dict, settings: Settings) -> tuple[dict, list]:
     meta, status = body["metadata"], dict(body.get("status") or {})
     generation = meta.get("generation", 1)
-    try:
-        spec = parse(body, "ConvertJob")
-    except ManifestError as exc:
-        return invalid(exc, generation), [("Warning", "InvalidSpec", str(exc))]
+    spec, rejected = parse_or_reject(body, "ConvertJob")
+    if rejected:
+        return rejected
     if status.get("phase") in ("Succeeded", "Failed"):
         return {"observedGeneration": generation}, []
     source, base, config_map = spec.source.checkpoint_uri, spec.base_model.uri if spec.base_model else None, None
@@ -185,10 +190,9 @@ async def convert_job_event(kube: Kube, job: dict) -> tuple[dict | None, dict, l
 async def chat(kube: Kube, body: dict, settings: Settings) -> tuple[dict, list]:
     meta = body["metadata"]
     generation = meta.get("generation", 1)
-    try:
-        spec = parse(body, "ChatEndpoint")
-    except ManifestError as exc:
-        return invalid(exc, generation), [("Warning", "InvalidSpec", str(exc))]
+    spec, rejected = parse_or_reject(body, "ChatEndpoint")
+    if rejected:
+        return rejected
     adapters = {}
     for a in spec.adapters:
         uri = a.uri

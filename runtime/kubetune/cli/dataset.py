@@ -78,10 +78,9 @@ def log(args: argparse.Namespace) -> int:
         if job.spec.method.is_preference:  # packed chosen/rejected pairs, built in memory (no cache)
             from kubetune.data import preference
 
-            token = preference.reward_token_id(tokenizer, job.spec.method.reward.reward_token) \
-                if job.spec.method.type.value == "reward" else None
             sequences, _ = preference.build(job.spec.dataset, tokenizer, seed=job.spec.training.seed or 0,
-                                            reward_token=token, log=print)
+                                            reward_token=preference.method_reward_token(job.spec.method, tokenizer),
+                                            log=print)
             where = "packed chosen/rejected pairs"
         else:
             built = build(job.spec.dataset, tokenizer, seed=job.spec.training.seed or 0)

@@ -228,6 +228,11 @@ def pack_pairs(pairs: list[tuple[Side, Side]], capacity: int, shuffle: bool, see
     return out
 
 
+def method_reward_token(method: Any, tokenizer: Any) -> int | None:
+    """The token a reward model scores at (None for dpo and orpo)."""
+    return reward_token_id(tokenizer, method.reward.reward_token) if method.type.value == "reward" else None
+
+
 def build(spec: Any, tokenizer: Any, *, seed: int = 0, reward_token: int | None = None,
           log: Callable[[str], None] = lambda s: None) -> tuple[list[dict[str, Any]], Report]:
     pairs, report = encode_pairs(spec, tokenizer, reward_token, seed)

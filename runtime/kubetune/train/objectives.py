@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .loop import IGNORE_INDEX, select_logits, token_loss_sum
+from .loop import token_loss_sum, with_targets
 from .preference import dpo_loss, orpo_loss, reward_loss, segment_logps
 
 Objective = Callable[[Any, dict], tuple[Any, dict[str, Any]]]
@@ -23,8 +23,7 @@ def prepare_pairs(batch: dict[str, Any], keep_logits: bool) -> dict[str, Any]:
     """A collated batch of packed pairs → targets, the sample of each scored position, and the pair count."""
     import torch
 
-    targets = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
-    out = select_logits({**batch, "targets": targets}, keep_logits)
+    out = with_targets(batch, keep_logits)
     segments = batch["segment_ids"]
     out["loss_segments"] = segments[out["keep"]] if keep_logits else segments.reshape(-1)
     count = batch["num_segments"]

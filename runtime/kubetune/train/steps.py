@@ -37,9 +37,8 @@ def build_data(spec: Any, seed: int, say: Any) -> tuple[Any, Any]:
     if spec.method.is_preference:
         from kubetune.data import preference
 
-        token = preference.reward_token_id(tokenizer, spec.method.reward.reward_token) \
-            if spec.method.type.value == "reward" else None
-        sequences, _ = preference.build(spec.dataset, tokenizer, seed=seed, reward_token=token, log=say)
+        sequences, _ = preference.build(spec.dataset, tokenizer, seed=seed,
+                                        reward_token=preference.method_reward_token(spec.method, tokenizer), log=say)
         say(f"Num train sequences: {len(sequences)} (packed chosen/rejected pairs); sequence 0 decoded: "
             f"{tokenizer.decode(sequences[0]['input_ids'][:200])!r}")
         return tokenizer, sequences
@@ -116,11 +115,11 @@ def objective_for(spec: Any, model: Any, tokenizer: Any, seed: int) -> tuple[Any
         return model, None, None
     reference = None
     if method.type.value == "reward":
-        from kubetune.data.preference import reward_token_id
+        from kubetune.data.preference import method_reward_token
 
         from .reward import build_reward_model
 
-        model = build_reward_model(model, reward_token_id(tokenizer, method.reward.reward_token), seed)
+        model = build_reward_model(model, method_reward_token(method, tokenizer), seed)
     elif method.type.value == "dpo" and method.scheme == "full":
         import copy
 
