@@ -79,6 +79,26 @@ def build(out_dir: str | Path, weights: bool = True, seed: int = 0, **config: An
     return out
 
 
+def build_vision_encoder(out_dir: str | Path, seed: int = 0, image_size: int = 28, patch_size: int = 14) -> Path:
+    """A tiny CLIP vision encoder (weights and `preprocessor_config.json`): 4 patches of 14 px, 3 layers."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                              image_size=image_size, patch_size=patch_size, projection_dim=32)
+    torch.manual_seed(seed)
+    CLIPVisionModel(config).save_pretrained(out, safe_serialization=True)
+    (out / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "CLIPImageProcessor", "crop_size": {"height": image_size, "width": image_size},
+        "size": {"shortest_edge": image_size}, "do_center_crop": True, "do_resize": True, "do_rescale": True,
+        "rescale_factor": 1 / 255, "do_normalize": True, "resample": 3, "do_convert_rgb": True,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]},
+        indent=2) + "\n")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="write a tiny tokenizer (and tiny Llama weights)")
     parser.add_argument("out_dir")

@@ -91,6 +91,8 @@ class DatasetFormat(StrEnum):
     WIZARDLM = "wizardlm"
     MSAGENT_REACT = "msagent_react"
     PRETRAIN = "pretrain"
+    # Image + conversation rows (LLaVA; needs model.vision).
+    LLAVA = "llava"
     # Preference pairs (methods dpo, orpo, reward).
     PREFERENCE = "preference"
     ORPO_DPO_MIX_40K = "orpo_dpo_mix_40k"

@@ -12,6 +12,7 @@ from .base import (API_VERSION, DNS_LABEL, Condition, KubeModel, ObjectMeta, Pod
 from .enums import (PREFERENCE_FORMATS, PREFERENCE_METHODS, DatasetFormat, DeepSpeedPreset, DType, FileType,
                     LrSchedule, OptimizerType, Precision, PromptTemplate, SystemTemplate)
 from .method import DpoSpec, LoraSpec, MethodSpec, OrpoSpec, QuantizationSpec, RewardSpec  # noqa: F401 (re-exported)
+from .vision import VisionModelSpec
 
 # Sections a `baseConfig` fills in. The CRD carries no defaults or required keys inside them: the apiserver
 # would otherwise stamp defaults that then override the predefined config the user asked for.
@@ -30,6 +31,8 @@ class ModelSpec(KubeModel):
     """Weight dtype when loading; `auto` follows the precision (bf16 where supported, else fp16; fp32 on CPU)."""
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
     """Attention kernel; `auto` picks flash_attention_2 when installed and needed for varlen attention, else sdpa."""
+    vision: VisionModelSpec | None = None
+    """Makes this a LLaVA model: the image encoder and projector (dataset.format llava)."""
 
 
 class DatasetSource(KubeModel):
@@ -65,6 +68,15 @@ class DatasetSpec(DatasetSource):
              "!has(self.varlenAttention) || !self.varlenAttention || !has(self.packToMaxLength) || "
              "self.packToMaxLength",
              lambda varlen, pack: not varlen or pack),
+        Rule(("packToMaxLength", "format"), "format llava needs packToMaxLength: false (one image per sequence)",
+             "!has(self.format) || self.format != 'llava' || (has(self.packToMaxLength) && !self.packToMaxLength)",
+             lambda pack, fmt: fmt != "llava" or not pack),
+        Rule(("imageFolder", "padImageToSquare", "groupByModalityLength", "format"),
+             "imageFolder, padImageToSquare and groupByModalityLength are only valid with format llava",
+             "(has(self.format) && self.format == 'llava') || (!has(self.imageFolder) && "
+             "(!has(self.padImageToSquare) || !self.padImageToSquare) && "
+             "(!has(self.groupByModalityLength) || !self.groupByModalityLength))",
+             lambda folder, square, group, fmt: fmt == "llava" or (folder is None and not square and not group)),
     )
 
     prompt_template: PromptTemplate = PromptTemplate.AUTO
@@ -85,6 +97,15 @@ class DatasetSpec(DatasetSource):
     """Processes that tokenize in parallel; unset uses min(8, CPUs)."""
     concat: list[DatasetSource] = Field(default_factory=list, max_length=32)
     """More datasets, each with its own format and system prompt, concatenated before packing."""
+    image_folder: Uri | None = None
+    """Format llava: where the rows' `image` paths are relative to (local path, `s3://`, `pvc://`...). Default: the
+    data file's directory."""
+    pad_image_to_square: bool = False
+    """Format llava: pad each image to a square with the encoder's mean colour before resizing (LLaVA-1.5's
+    finetune stage), instead of centre-cropping."""
+    group_by_modality_length: bool = False
+    """Format llava: batch image samples with image samples and text-only ones with text-only ones, each of similar
+    length (LLaVA's modality-length grouped sampler)."""
 
 
 class OptimizerSpec(KubeModel):
@@ -279,6 +300,24 @@ class FineTuneJobSpec(KubeModel):
              "!has(self.method.type) || (self.method.type != 'full' && !(has(self.method.parameters) && "
              "self.method.parameters == 'full'))",
              lambda merge, t, p: not merge or (t != "full" and p != "full")),
+        Rule(("dataset.format", "model.vision"),
+             "dataset.format llava needs model.vision (the image encoder and projector), and model.vision needs "
+             "dataset.format llava",
+             "has(self.baseConfig) || ((has(self.dataset) && has(self.dataset.format) && self.dataset.format == "
+             "'llava') == (has(self.model) && has(self.model.vision)))",
+             lambda fmt, vision: (str(fmt) == "llava") == (vision is not None)),
+        Rule(("method.vision", "model.vision"), "method.vision needs model.vision",
+             "!has(self.method) || !has(self.method.vision) || (has(self.model) && has(self.model.vision))",
+             lambda m, v: m is None or v is not None),
+        Rule(("training.sequenceParallelSize", "model.vision"), "sequence parallelism is not available for LLaVA",
+             "!has(self.training) || !has(self.training.sequenceParallelSize) || "
+             "self.training.sequenceParallelSize == 1 || !has(self.model) || !has(self.model.vision)",
+             lambda sp, v: sp == 1 or v is None),
+        Rule(("training.deepspeed", "model.vision"),
+             "LLaVA cannot use ZeRO-3 (the image encoder is loaded whole); use zero1 or zero2",
+             "!has(self.training) || !has(self.training.deepspeed) || !self.training.deepspeed.startsWith('zero3') "
+             "|| !has(self.model) || !has(self.model.vision)",
+             lambda ds, v: v is None or not str(ds).startswith("zero3")),
         Rule(("model",), "model is required unless baseConfig names a predefined config",
              "has(self.baseConfig) || (has(self.model) && has(self.model.uri))",
              lambda model: model is not None),

@@ -75,6 +75,23 @@ class RewardSpec(KubeModel):
     the tokenizer's EOS token."""
 
 
+class VisionMethodSpec(KubeModel):
+    """Which LLaVA parts train: stage pretrain trains the projector alone; stage finetune trains the projector and the
+    LLM (as `method.type` says: full, lora or qlora), plus LoRA on the encoder when `encoderLora` is set."""
+
+    __rules__: ClassVar = (
+        Rule(("encoderLora", "stage"), "encoderLora is only valid with stage finetune (pretrain trains the projector "
+             "alone)", "!has(self.encoderLora) || !has(self.stage) || self.stage == 'finetune'",
+             lambda lora, stage: lora is None or stage == "finetune"),
+    )
+
+    stage: Literal["pretrain", "finetune"] = "finetune"
+    """pretrain: LLM and encoder frozen, projector trained (method type full, nothing else changes); finetune:
+    projector + LLM (+ encoder LoRA)."""
+    encoder_lora: LoraSpec | None = None
+    """LoRA adapters on the image encoder (stage finetune); unset: the encoder stays frozen."""
+
+
 class MethodSpec(KubeModel):
     """Which parameters train, how the base is stored, and the objective."""
 
@@ -99,6 +116,11 @@ class MethodSpec(KubeModel):
         Rule(("reward", "type"), "reward settings are only valid with method type reward",
              "!has(self.reward) || (has(self.type) && self.type == 'reward')",
              lambda r, t: r is None or t == "reward"),
+        Rule(("vision.stage", "type"), "method.vision needs method type full, lora or qlora; stage pretrain needs type "
+             "full (only the projector trains, over the unquantized frozen LLM)",
+             "!has(self.vision) || (has(self.type) && (self.type in ['full', 'lora', 'qlora']) && "
+             "(!has(self.vision.stage) || self.vision.stage == 'finetune' || self.type == 'full'))",
+             lambda stage, t: stage is None or (t in ("full", "lora", "qlora") and (stage == "finetune" or t == "full"))),
     )
 
     type: MethodType = MethodType.LORA
@@ -116,6 +138,8 @@ class MethodSpec(KubeModel):
     """ORPO settings (method type orpo; defaults apply when unset)."""
     reward: RewardSpec | None = None
     """Reward-model settings (method type reward; defaults apply when unset)."""
+    vision: VisionMethodSpec | None = None
+    """LLaVA training stage and encoder LoRA (with `model.vision`); unset with `model.vision`: stage finetune."""
 
     @property
     def scheme(self) -> str:
@@ -123,6 +147,11 @@ class MethodSpec(KubeModel):
         if self.type.value in PREFERENCE_METHODS:
             return (self.parameters or ParameterScheme.LORA).value
         return self.type.value
+
+    @property
+    def stage(self) -> str:
+        """A LLaVA run's stage: pretrain or finetune."""
+        return self.vision.stage if self.vision else "finetune"
 
     @property
     def is_preference(self) -> bool:

@@ -252,10 +252,46 @@ def pretrain(row):
     return [{"input": "", "output": _text(row, "text").strip(), "need_eos_token": False}]
 
 
+IMAGE_MARKER = "<image>"
+
+
+def llava(row):
+    """LLaVA rows: `conversations` of human/gpt turns and an optional `image`. As XTuner does, the `<image>` marker
+    moves to the start of the first question when the row has an image, and is removed when it has none."""
+    turns = row.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise RowError("conversations", "missing, empty, or not a list of turns")
+    has_image = row.get("image") not in (None, "")
+    if has_image and not isinstance(row["image"], str):
+        raise RowError("image", f"expected a path, got {type(row['image']).__name__}")
+    conversation: Conversation = []
+    question, system = None, ""
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or turn.get("from") not in ("human", "user", "gpt", "assistant", "system"):
+            raise RowError(f"conversations[{i}].from", "expected human, gpt or system")
+        value = _text(turn, "value")
+        if turn["from"] == "system":
+            system = value
+        elif turn["from"] in ("human", "user"):
+            if question is not None:
+                raise RowError(f"conversations[{i}]", "two human turns in a row")
+            question = value.replace(IMAGE_MARKER, "").strip()
+        else:
+            if question is None:
+                raise RowError(f"conversations[{i}]", "a gpt turn without a human turn before it")
+            conversation.append({"input": question, "output": value, **({"system": system} if system else {})})
+            question, system = None, ""
+    if not conversation:
+        raise RowError("conversations", "has no gpt answer to learn from")
+    if has_image:
+        conversation[0]["input"] = IMAGE_MARKER + "\n" + conversation[0]["input"]
+    return conversation
+
+
 FORMATS: dict[str, Callable[[dict[str, Any]], Conversation]] = {
     "xtuner": xtuner, "openai": openai, "default": default, "alpaca": alpaca, "alpaca_zh": alpaca_zh,
     "arxiv": arxiv, "code_alpaca": code_alpaca, "colors": colors, "crime_kg_assistant": crime_kg_assistant,
     "law_reference": law_reference, "medical": medical, "sql": sql, "tiny_codes": tiny_codes,
     "openorca": openorca, "stack_exchange": stack_exchange, "oasst1": oasst1, "wizardlm": wizardlm,
-    "msagent_react": msagent_react, "pretrain": pretrain,
+    "msagent_react": msagent_react, "pretrain": pretrain, "llava": llava,
 }

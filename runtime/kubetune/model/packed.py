@@ -13,6 +13,8 @@ def packed_forward(model: Any, batch: dict[str, Any]) -> Any:
     attend across their boundaries).
     """
     extra = {"logits_to_keep": batch["keep"]} if "keep" in batch else {}
+    if "pixel_values" in batch:  # LLaVA: the images of the batch's `<image>` placeholders
+        extra["pixel_values"] = batch["pixel_values"]
     return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False, **extra)
 
 
@@ -20,5 +22,6 @@ def accepts_logits_mask(model: Any) -> bool:
     """Whether the model's forward takes `logits_to_keep` (transformers' own models do; remote code may not)."""
     import inspect
 
+    model = model.llm if hasattr(model, "projector") else model  # LLaVA: its language model decides
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(type(base).forward).parameters

@@ -140,6 +140,10 @@ def load(path: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any, ra
 
 def load_weights(path: Path, unwrapped: Any) -> None:
     weights = path / "model"
+    if hasattr(unwrapped, "projector"):  # LLaVA: its own layout of projector, adapters or LLM
+        from kubetune.vision.model import load_trained
+
+        return load_trained(weights, unwrapped)
     if hasattr(unwrapped, "v_head"):  # a reward model: its head, then its language model as usual
         from .reward import load_head
 

@@ -19,7 +19,7 @@ from .model import build_model, count_parameters, resolve_precision, trainable_p
 from .sampler import ResumableBatches
 from .schedule import build_optimizer, build_scheduler
 from .steps import (build_data, collator, hooks_for, objective_for, pick_seed, plan_steps, report_throughput,
-                    save_policy, seed_everything)
+                    sampling_order, save_policy, seed_everything)
 
 
 class TrainError(Exception):
@@ -75,6 +75,10 @@ def _run(job: Any, spec: Any, dist: distributed.Dist, work_dir: str | None, resu
     zero3 = ds.zero3_init(ds_config) if ds_config else None  # partitions weights while they load
     attention = sequence_parallel.ATTENTION if sp else training_attention(spec.model.attn_implementation, device)
     model = build_model(spec, device, precision, seed, attn_implementation=attention)
+    if spec.model.vision:  # LLaVA: the image encoder and projector join the LLM, frozen as the stage says
+        from kubetune.vision.train import with_vision
+
+        model = with_vision(spec, model, device, precision, seed)
     model, objective, prepare_pairs = objective_for(spec, model, tokenizer, seed)
     del zero3
     trainable, total = count_parameters(model)
@@ -85,7 +89,8 @@ def _run(job: Any, spec: Any, dist: distributed.Dist, work_dir: str | None, resu
         + (f", sequence parallel x{sp_size}" if sp else ""))
 
     # 4. Batches, optimizer, schedule; the data-parallel wrapper or the DeepSpeed engine.
-    batches = ResumableBatches(len(data), spec.training.batch_size, seed, dp_rank, dp_world)
+    batches = ResumableBatches(len(data), spec.training.batch_size, seed, dp_rank, dp_world,
+                               order=sampling_order(spec, data, dp_world))
     total_steps = plan_steps(spec, batches)
     optimizer = build_optimizer(trainable_parameters(model), spec.training)
     scheduler = build_scheduler(optimizer, total_steps, spec.training)
@@ -107,7 +112,7 @@ def _run(job: Any, spec: Any, dist: distributed.Dist, work_dir: str | None, resu
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     keep = accepts_logits_mask(getattr(model, "module", model))
     run_ = Run(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, batches=batches, dataset=data,
-               collate=collator(tokenizer, spec), device=device, autocast=precision.autocast,
+               collate=collator(tokenizer, spec, data), device=device, autocast=precision.autocast,
                accum=spec.training.accumulative_counts, max_norm=spec.training.max_norm, total_steps=total_steps,
                rank=dist.rank, world=dist.world, step=state["step"], consumed=state["consumed"],
                all_reduce=dist.all_reduce, engine=engine,

@@ -34,6 +34,12 @@ def build_data(spec: Any, seed: int, say: Any) -> tuple[Any, Any]:
     from kubetune.model.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(spec.model)
+    if spec.model.vision:
+        from kubetune.vision.train import build_data as build_llava_data
+
+        data = build_llava_data(spec, tokenizer, seed)
+        say("LLaVA data: " + ", ".join(f"{k} {v}" for k, v in data.report.items()))
+        return tokenizer, data
     if spec.method.is_preference:
         from kubetune.data import preference
 
@@ -66,11 +72,26 @@ def save_policy(spec: Any, batches: ResumableBatches):
     return lambda step: step % every == 0
 
 
-def collator(tokenizer: Any, spec: Any):
+def collator(tokenizer: Any, spec: Any, data: Any):
     from kubetune.data.collate import collate
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if spec.model.vision:
+        from kubetune.vision.data import collate as collate_images
+
+        blank = data.processor.blank()
+        return lambda rows: collate_images(rows, pad, blank)
     return lambda rows: collate(rows, pad_token_id=pad)
+
+
+def sampling_order(spec: Any, data: Any, dp_world: int):
+    """None (the sampler's plain shuffle) unless LLaVA's modality-length grouping is asked for."""
+    if not (spec.model.vision and spec.dataset.group_by_modality_length):
+        return None
+    from kubetune.vision.train import modality_grouped_order
+
+    lengths, group = data.modality_lengths, spec.training.batch_size * dp_world
+    return lambda seed, epoch: modality_grouped_order(lengths, group, seed, epoch)
 
 
 def hooks_for(rank: int, spec: Any, tokenizer: Any, work: Path, log: TextLog | None) -> list[Any]:
