@@ -69,7 +69,9 @@ class Engine:
         self.batch: _Batch | None = None
         self.torch = torch
         # transformers 5.x renamed `past_key_values` to `cache` (the old name warns, then goes away in 5.40).
-        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        language_model = model.llm if hasattr(model, "projector") else model  # LLaVA passes the cache through
+        self.cache_arg = ("cache" if "cache" in inspect.signature(language_model.forward).parameters
+                          else "past_key_values")
         self.thread = threading.Thread(target=self._loop, name="kubetune-engine", daemon=True)
         self.thread.start()
 

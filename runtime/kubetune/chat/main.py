@@ -61,13 +61,15 @@ def chat(args: Any) -> int:
         raise UserError("--with-plugins needs --prompt-template moss_sft --system-template moss_sft (MOSS's "
                         "command format)")
     _seed(args.seed)
-    loaded = _load(args)
+    loaded = _load_llava(args) if args.llava else _load(args)
     prompter = _prompter(args, loaded)
     stops = prompter.stop_words(args.stop_words)
     sampling = Sampling(max_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                         top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed, stop=stops)
     engine = Engine(loaded.model, loaded.tokenizer, max_batch=1, eos_ids=prompter.eos_ids())
     session = Chat(engine, prompter, sampling, set(args.with_plugins), stream=not args.no_streamer)
+    if args.image:  # XTuner's LLaVA chat: the image goes before the first question (again after RESET)
+        _attach_image(loaded, args.image, session)
     try:
         if args.prompt is not None:
             return one_shot(session, args.prompt)
@@ -77,6 +79,37 @@ def chat(args: Any) -> int:
         return 130
     finally:
         engine.shutdown(drain=False, timeout=5)
+
+
+def _load_llava(args: Any) -> Any:
+    from kubetune.model.tokenizer import ModelLoadError
+    from kubetune.vision.load import load_llava
+
+    if args.adapter:
+        raise UserError("--adapter and --llava cannot be combined (the LLaVA directory holds its llm_adapter/)")
+    _log(f"loading {args.model_name_or_path} with LLaVA {args.llava}")
+    try:
+        return load_llava(args.model_name_or_path, args.llava, args.visual_encoder, args.visual_select_layer,
+                          args.bits, args.torch_dtype)
+    except ModelLoadError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _attach_image(loaded: Any, image: str, session: Any) -> None:
+    from kubetune.vision.image import ImageError, open_image
+    from kubetune.vision.tokens import IMAGE_TOKEN
+
+    if not hasattr(loaded, "processor"):
+        raise UserError("--image needs --llava (a LLaVA projector directory) and --visual-encoder")
+    try:
+        pixels = loaded.processor(open_image(image, where=f"--image {image}"))
+    except ImageError as exc:
+        raise UserError(str(exc)) from None
+    weight = next(loaded.model.encoder.parameters())
+    loaded.model.images = pixels.unsqueeze(0).to(device=weight.device, dtype=weight.dtype)
+    session.first_turn_prefix = IMAGE_TOKEN + "\n"
+    session.expand = loaded.expand
+    session.extra_tokens = loaded.model.patches - 1
 
 
 def serve(args: Any) -> int:

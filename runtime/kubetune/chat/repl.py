@@ -24,11 +24,19 @@ class Chat:
     plugins: set[str] = field(default_factory=set)
     stream: bool = True
     history: list[Message] = field(default_factory=list)
+    # LLaVA: the first turn starts with the image marker, whose token `expand` turns into `extra_tokens` more ids.
+    first_turn_prefix: str = ""
+    expand: Callable[[list[int]], list[int]] | None = None
+    extra_tokens: int = 0
 
     def ask(self, text: str, out: Callable[[str], None]) -> str:
         """Answer one user message in the context of the history, writing the answer through `out` as it comes."""
+        if not self.history:
+            text = self.first_turn_prefix + text
         messages = self.history + [{"role": "user", "content": text}]
-        ids, dropped = self.prompter.encode(messages, self.sampling.max_tokens)
+        ids, dropped = self.prompter.encode(messages, self.sampling.max_tokens + self.extra_tokens)
+        if self.expand is not None:
+            ids = self.expand(ids)
         if dropped:
             self.history = self.history[dropped:]
             print(f"\n(log: the {dropped} oldest messages no longer fit the context window and were dropped)",

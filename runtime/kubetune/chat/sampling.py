@@ -42,6 +42,7 @@ def next_tokens(logits: Any, samplings: list[Sampling], histories: list[Any], ge
     logits = logits.float()
     for row, (s, seen) in enumerate(zip(samplings, histories)):
         if s.repetition_penalty != 1.0 and len(seen):
+            seen = seen[seen >= 0]  # LLaVA's image placeholders are not vocabulary
             scores = logits[row, seen]
             logits[row, seen] = torch.where(scores < 0, scores * s.repetition_penalty, scores / s.repetition_penalty)
     chosen = logits.argmax(dim=-1).tolist()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .errors import NotAvailable
+from .errors import UserError
 
 TEMPLATES_HELP = "prompt template (XTuner's names, or auto for the tokenizer's chat_template)"
 
@@ -33,7 +33,8 @@ def add_parser(sub, mode: str, summary: str) -> None:
     if mode == "chat":
         p.add_argument("--llava", default=None, help="LLaVA directory (projector, adapters)")
         p.add_argument("--visual-encoder", default=None, help="CLIP vision encoder")
-        p.add_argument("--visual-select-layer", type=int, default=-2, help="encoder layer whose features are used")
+        p.add_argument("--visual-select-layer", type=int, default=None,
+                       help="encoder layer whose features are used (default: the trained one, else -2)")
         p.add_argument("--image", default=None, help="image for the first turn")
         p.add_argument("--bot-name", default="BOT", help="bot name in the moss_sft system prompt")
         p.add_argument("--with-plugins", nargs="+", choices=["calculate", "solve", "search"], default=[],
@@ -62,8 +63,8 @@ def add_parser(sub, mode: str, summary: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.mode == "chat" and (args.llava or args.image or args.visual_encoder):
-        raise NotAvailable("chat --llava", 10, "vision-language chat")
+    if args.mode == "chat" and (args.image or args.visual_encoder) and not args.llava:
+        raise UserError("--image and --visual-encoder need --llava (the trained LLaVA directory)")
     from kubetune.chat import main
 
     return main.chat(args) if args.mode == "chat" else main.serve(args)

@@ -22,6 +22,9 @@ def add_parser(sub, mode: str, summary: str) -> None:
     pth.add_argument("--max-shard-size", default="2GB", help="largest shard (default 2GB)")
     pth.add_argument("--safe-serialization", action=argparse.BooleanOptionalAction, default=True,
                      help="write safetensors (default) or PyTorch .bin")
+    pth.add_argument("--save-format", choices=["kubetune", "xtuner", "huggingface"], default="kubetune",
+                     help="LLaVA checkpoints: kubetune's layout (llm_adapter/, visual_encoder_adapter/, projector/; "
+                          "xtuner is the same) or one transformers LlavaForConditionalGeneration")
     add_cfg_options(pth)
 
     merge = conv.add_parser("merge", help="merge a LoRA adapter into its base model, shard by shard")
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
             job = load_config(args.config, list(args.cfg_options))
             convert(job, local_path(args.pth_model), Path(args.save_dir), fp32=args.fp32,
-                    max_shard_size=args.max_shard_size, safe=args.safe_serialization)
+                    max_shard_size=args.max_shard_size, safe=args.safe_serialization, save_format=args.save_format)
         elif args.submode == "merge":
             from kubetune.convert.merge import merge
 
@@ -66,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
                 import torch
 
                 device = "cuda" if torch.cuda.is_available() else "cpu"
+            if args.is_clip:
+                _check_clip(local_path(args.model))
             written = merge(local_path(args.model), local_path(args.adapter), Path(args.save_dir),
                             args.max_shard_size, args.safe_serialization, device)
             print(f"merged model written to {args.save_dir} ({len(written)} shard(s))")
@@ -85,3 +90,12 @@ def run(args: argparse.Namespace) -> int:
         if staging:
             staging.cleanup()
     return 0
+
+
+def _check_clip(base: Path) -> None:
+    import json
+
+    config = base / "config.json"
+    kind = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+    if kind not in ("clip_vision_model", "clip", "siglip_vision_model", "siglip"):
+        raise UserError(f"--is-clip: {base} is {kind or 'not a model directory'}, not a CLIP vision encoder")

@@ -29,6 +29,7 @@ def build_llava(llm: Any, encoder: Any, projector: Any, select_layer: int) -> An
             self.llm, self.encoder, self.projector = llm, encoder, projector
             self.select_layer = select_layer
             self.patches = patches_of(encoder.config)
+            self.images = None  # chat: the conversation's image, used where a prompt has placeholders
 
         @property
         def config(self) -> Any:
@@ -59,8 +60,13 @@ def build_llava(llm: Any, encoder: Any, projector: Any, select_layer: int) -> An
             return embeds.masked_scatter(placeholders.unsqueeze(-1), features.to(embeds.dtype))
 
         def forward(self, input_ids: Any, pixel_values: Any = None, **kwargs: Any) -> Any:
-            if pixel_values is None and not bool((input_ids == IMAGE_INDEX).any()):
+            placeholders = bool((input_ids == IMAGE_INDEX).any())
+            if pixel_values is None and not placeholders:
                 return self.llm(input_ids=input_ids, **kwargs)
+            if pixel_values is None:
+                if self.images is None:
+                    raise ValueError("the prompt has an image placeholder but no image was given")
+                pixel_values = self.images
             return self.llm(inputs_embeds=self.embed(input_ids, pixel_values), **kwargs)
 
         def generate(self, **kwargs: Any) -> Any:  # text-only prompts (the training's evaluation inputs)
