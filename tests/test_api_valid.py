@@ -33,7 +33,20 @@ def test_every_catalogue_entry_validates():
     for name, manifest in entries.items():
         job = parse_manifest(manifest, source=name)
         assert isinstance(job, FineTuneJob)
-        assert job.spec.method.type.value in name
+        # A LLaVA pretrain stage trains the projector alone: its name carries the stage, not a method.
+        assert job.spec.method.type.value in name or job.spec.method.stage == "pretrain"
+
+
+def test_catalogue_lists_the_seed_llava_configs():
+    for name in ("llava_internlm2_chat_1_8b_clip_vit_large_p14_336_e1_gpu8_pretrain",
+                 "llava_internlm2_chat_1_8b_qlora_clip_vit_large_p14_336_lora_e1_gpu8_finetune"):
+        job = parse_manifest(catalog.get(name), source=name)
+        assert job.spec.model.vision.encoder == "hf://openai/clip-vit-large-patch14-336"
+        assert job.spec.dataset.format.value == "llava" and not job.spec.dataset.pack_to_max_length
+    pretrain, finetune = (parse_manifest(catalog.get(n)).spec for n in catalog.names("llava_internlm2_chat_1_8b"))
+    assert pretrain.method.stage == "pretrain" and pretrain.method.type.value == "full"
+    assert finetune.method.stage == "finetune" and finetune.method.vision.encoder_lora.r == 64
+    assert finetune.dataset.pad_image_to_square and finetune.dataset.group_by_modality_length
 
 
 def test_catalogue_covers_the_xtuner_families_and_datasets():

@@ -36,6 +36,12 @@ CASES = [
     ("wizardlm", {"conversations": [{"from": "gpt", "value": "skip"}, {"from": "human", "value": "a"},
                                     {"from": "human", "value": "b"}, {"from": "gpt", "value": "c"}]},
      [{"input": "ab", "output": "c"}]),
+    ("llava", {"image": "a.jpg", "conversations": [{"from": "human", "value": "What is it?\n<image>"},
+                                                  {"from": "gpt", "value": "A cat."},
+                                                  {"from": "human", "value": "Colour?"}, {"from": "gpt", "value": "Grey."}]},
+     [{"input": "<image>\nWhat is it?", "output": "A cat."}, {"input": "Colour?", "output": "Grey."}]),
+    ("llava", {"conversations": [{"from": "human", "value": "<image>\nHi"}, {"from": "gpt", "value": "Hello"}]},
+     [{"input": "Hi", "output": "Hello"}]),
     ("pretrain", {"text": "  raw text \n"}, [{"input": "", "output": "raw text", "need_eos_token": False}]),
     ("openai", {"messages": [{"role": "assistant", "content": "dropped"}, {"role": "system", "content": "s"},
                              {"role": "user", "content": "u1"}, {"role": "assistant", "content": "a1", "loss": False},
@@ -80,6 +86,11 @@ def test_msagent_react():
     ("openai", {"messages": [{"role": "user", "content": "x"}]}, "messages"),
     ("wizardlm", {"conversations": [{"from": "alien", "value": "x"}]}, "conversations[0].from"),
     ("sql", {"context": "c", "answer": "a"}, "question"),
+    ("llava", {"image": "a.jpg"}, "conversations"),
+    ("llava", {"image": 3, "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+     "image"),
+    ("llava", {"conversations": [{"from": "human", "value": "q"}, {"from": "human", "value": "q2"}]},
+     "conversations[1]"),
 ])
 def test_bad_rows_name_the_field(fmt, row, field):
     with pytest.raises(RowError) as err:

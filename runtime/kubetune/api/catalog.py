@@ -238,6 +238,69 @@ def _preference_manifest(name: str, family: Family, hub_id: str, method: str, sc
     }
 
 
+# LLaVA, as XTuner's llava configs: (LLM name, family, hub id), each with a pretrain stage (projector only, lr 1e-3,
+# 32 per GPU, no square padding) and a QLoRA finetune (LLM QLoRA r=512/alpha=256, encoder LoRA r=64/alpha=16, lr 2e-4,
+# 16 per GPU, pad-to-square, modality-length grouping, projector from the pretrain stage's last checkpoint).
+LLAVA_LLMS = (
+    ("internlm2_chat_1_8b", "internlm2", "internlm/internlm2-chat-1_8b"),
+    ("internlm2_chat_7b", "internlm2", "internlm/internlm2-chat-7b"),
+    ("internlm2_chat_20b", "internlm2", "internlm/internlm2-chat-20b"),
+    ("llama3_8b_instruct", "llama3", "meta-llama/Meta-Llama-3-8B-Instruct"),
+)
+CLIP_L_336 = ("clip_vit_large_p14_336", "hf://openai/clip-vit-large-patch14-336")
+LLAVA_DATA = "pvc://llava-data"  # LLaVA-Pretrain and llava_v1_5_mix665k, images unpacked beside them
+PRETRAIN_ITERS = 2181  # 558k samples / (32 x 8 GPUs): the pretrain stage's last checkpoint
+
+
+def _llava_manifest(name: str, family: Family, hub_id: str, stage: str, pretrain_name: str) -> dict[str, Any]:
+    encoder_name, encoder_uri = CLIP_L_336
+    vision: dict[str, Any] = {"encoder": encoder_uri, "selectLayer": -2, "projectorDepth": 2}
+    # 2048 minus the 576 image tokens of a 336 px image in 14 px patches.
+    dataset: dict[str, Any] = {"format": "llava", "promptTemplate": family.prompt_template, "maxLength": 1472,
+                               "packToMaxLength": False}
+    if stage == "pretrain":
+        method: dict[str, Any] = {"type": "full", "vision": {"stage": "pretrain"}}
+        dataset.update(uri=f"{LLAVA_DATA}/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json",
+                       imageFolder=f"{LLAVA_DATA}/LLaVA-Pretrain/images")
+        batch, lr = 32, 1e-3
+    else:
+        method = {"type": "qlora", "lora": {"r": 512, "alpha": 256, "dropout": 0.05, "targetModules": []},
+                  "quantization": {"bits": 4, "type": "nf4", "doubleQuant": True},
+                  "vision": {"stage": "finetune", "encoderLora": {"r": 64, "alpha": 16, "dropout": 0.05}}}
+        vision["projector"] = f"pvc://llava-work/{pretrain_name}/iter_{PRETRAIN_ITERS}"
+        dataset.update(uri=f"{LLAVA_DATA}/LLaVA-Instruct-150K/llava_v1_5_mix665k.json",
+                       imageFolder=f"{LLAVA_DATA}/llava_images", padImageToSquare=True, groupByModalityLength=True)
+        batch, lr = 16, 2e-4
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "FineTuneJob",
+        "metadata": {"name": name.replace("_", "-")[:63].rstrip("-"), "labels": {"kubetune.io/config": name[:63]}},
+        "spec": {
+            "model": {"uri": f"hf://{hub_id}", "trustRemoteCode": family.trust_remote_code, "vision": vision},
+            "method": method,
+            "dataset": dataset,
+            "training": {
+                "batchSize": batch, "accumulativeCounts": 1, "maxEpochs": 1,
+                "optimizer": {"type": "AdamW", "lr": lr, "betas": [0.9, 0.999], "weightDecay": 0},
+                "maxNorm": 1, "warmupRatio": 0.03, "deepspeed": "zero2",
+            },
+            "checkpoints": {"everySteps": 500, "keep": 2},
+            "resources": {"nodes": 1, "gpusPerNode": 8},
+        },
+    }
+
+
+def _llava_entries() -> dict[str, dict[str, Any]]:
+    entries = {}
+    encoder_name = CLIP_L_336[0]
+    for llm_name, family, hub_id in LLAVA_LLMS:
+        pretrain = f"llava_{llm_name}_{encoder_name}_e1_gpu8_pretrain"
+        finetune = f"llava_{llm_name}_qlora_{encoder_name}_lora_e1_gpu8_finetune"
+        entries[pretrain] = _llava_manifest(pretrain, FAMILIES[family], hub_id, "pretrain", pretrain)
+        entries[finetune] = _llava_manifest(finetune, FAMILIES[family], hub_id, "finetune", pretrain)
+    return entries
+
+
 @functools.cache
 def catalog() -> dict[str, dict[str, Any]]:
     """Every predefined config by name, in a stable order."""
@@ -250,6 +313,7 @@ def catalog() -> dict[str, dict[str, Any]]:
                     entries[name] = _manifest(name, family, hub_id, method, ds_name, ds)
     for name, family, *rest in PREFERENCE:
         entries[name] = _preference_manifest(name, FAMILIES[family], *rest)
+    entries.update(_llava_entries())
     return dict(sorted(entries.items()))
 
 

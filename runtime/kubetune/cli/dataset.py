@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .common import add_cfg_options, load_config
-from .errors import NotAvailable, UserError
+from .errors import UserError
 
 
 def add_parser(sub, mode: str, summary: str) -> None:
@@ -96,7 +96,11 @@ def log(args: argparse.Namespace) -> int:
 
 def preprocess(args: argparse.Namespace) -> int:
     if args.submode == "refcoco":
-        raise NotAvailable("preprocess refcoco", 10, "RefCOCO preprocessing")
+        from kubetune.vision.refcoco import preprocess as refcoco
+
+        for name, count in refcoco(args.ann_path, args.image_path, args.save_path).items():
+            print(f"{count} rows -> {args.save_path.rstrip('/')}/{name}")
+        return 0
     from kubetune.data.arxiv import preprocess as run
     from kubetune.data.source import DataError
 

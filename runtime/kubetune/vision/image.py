@@ -3,7 +3,6 @@ shortest edge, centre crop, rescale, normalise), with LLaVA's optional pad-to-sq
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 from dataclasses import dataclass
@@ -83,14 +82,12 @@ def expand_to_square(image: Any, background: tuple[int, ...]) -> Any:
 
 
 def open_image(source: str | Path | bytes, where: str = "") -> Any:
-    """A path, raw bytes or base64 text → an RGB PIL image, or ImageError naming `where`."""
+    """A path or raw bytes → an RGB PIL image, or ImageError naming `where`."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         if isinstance(source, bytes):
             return Image.open(io.BytesIO(source)).convert("RGB")
-        if isinstance(source, str) and not Path(source).exists() and len(source) > 256:
-            return Image.open(io.BytesIO(base64.b64decode(source))).convert("RGB")
         return Image.open(source).convert("RGB")
     except FileNotFoundError:
         raise ImageError(f"{where or source}: image not found") from None
