@@ -102,6 +102,23 @@ def test_kueue_suspends_and_labels_the_job_and_pvcs_are_mounted():
     assert {s["name"] for s in children[3]["subjects"]} == {"p-runner", "s3-irsa"}
 
 
+def test_llava_catalogue_job_needs_no_special_case_but_its_sources_are_mounted():
+    from kubetune.api import catalog
+
+    manifest = catalog.get("llava_internlm2_chat_1_8b_qlora_clip_vit_large_p14_336_lora_e1_gpu8_finetune")
+    body, spec = _parent("FineTuneJob", "llava", manifest["spec"])
+    children = finetune.children(body, spec, 0, SETTINGS)
+    job = children[-1]
+    pod = job["spec"]["template"]["spec"]
+    assert job["spec"]["completions"] == 1 and pod["containers"][0]["command"][:2] == ["kubetune", "train"]
+    # The data and images on one claim, the stage-1 projector on another.
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"llava-data", "llava-work"}
+    resolved = yaml.safe_load(next(c for c in children if c["kind"] == "ConfigMap")["data"]["job.yaml"])
+    assert resolved["spec"]["model"]["vision"]["encoder"] == "hf://openai/clip-vit-large-patch14-336"
+    assert resolved["spec"]["method"]["vision"]["encoderLora"]["r"] == 64
+
+
 def test_long_names_stay_dns_labels():
     name = "a" * 60
     body, spec = _parent("FineTuneJob", name, BASE)

@@ -93,8 +93,10 @@ def job(parent: Manifest, spec: Any, attempt: int, settings: Settings, n: dict[s
            {"name": "KUBETUNE_STATUS_TARGET", "value": f"{parent['metadata']['namespace']}/{name}"},
            {"name": "KUBETUNE_ATTEMPT", "value": str(attempt)},
            {"name": "KUBETUNE_METRICS_PORT", "value": str(METRICS_PORT)}] + storage_env(spec.storage, settings)
-    volumes, mounts = pvc_volumes([spec.model.uri, spec.dataset.uri, spec.checkpoints.uri]
-                                  + [c.uri for c in spec.dataset.concat])
+    vision = spec.model.vision  # LLaVA: the encoder, a pretrain-stage projector and the images are read too
+    volumes, mounts = pvc_volumes([spec.model.uri, spec.dataset.uri, spec.checkpoints.uri, spec.dataset.image_folder]
+                                  + [c.uri for c in spec.dataset.concat]
+                                  + ([vision.encoder, vision.projector] if vision else []))
     container = {
         "name": "trainer",
         "command": ["kubetune", "train", f"{CONFIG_DIR}/job.yaml", "--work-dir", f"{WORK_DIR}/run",
