@@ -274,7 +274,8 @@ def _llava_manifest(name: str, family: Family, hub_id: str, stage: str, pretrain
     return {
         "apiVersion": API_VERSION,
         "kind": "FineTuneJob",
-        "metadata": {"name": name.replace("_", "-")[:63].rstrip("-"), "labels": {"kubetune.io/config": name[:63]}},
+        "metadata": {"name": name.replace("_", "-")[:63].rstrip("-"),
+                     "labels": {"kubetune.io/config": name[:63].rstrip("_")}},
         "spec": {
             "model": {"uri": f"hf://{hub_id}", "trustRemoteCode": family.trust_remote_code, "vision": vision},
             "method": method,
