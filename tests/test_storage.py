@@ -211,3 +211,28 @@ def test_convert_reads_a_checkpoint_from_s3_and_exports_there(s3, tmp_path, tiny
     assert conv.returncode == 0, conv.stderr[-3000:]
     listing = s3mod.list_objects(s3mod.S3Uri.parse(f"{uri}/export/adapter"))
     assert {"adapter_config.json", "adapter_model.safetensors", "kubetune_config.yaml", "manifest.json"} <= set(listing)
+
+
+def test_llava_reads_encoder_projector_data_and_images_from_s3(s3, tmp_path):
+    """Every URI a LLaVA run reads (encoder, stage-1 projector, data, image folder) may be s3://."""
+    from . import visionkit
+
+    world = visionkit.build_world(tmp_path / "world", rows=8)
+    env = {**s3["env"], "KUBETUNE_CACHE": str(tmp_path / "cache")}
+    pre = visionkit.write_job(tmp_path / "pre.yaml", world, "pre", "pretrain", 1)
+    out = kubetune("train", str(pre), "--work-dir", str(tmp_path / "pre"), env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for local, prefix in ((world["clip"], "llava/clip"), (world["images"], "llava/images"),
+                          (tmp_path / "pre" / "iter_1", "llava/pre/iter_1")):
+        upload_tree(local, prefix)
+    from kubetune.storage import s3 as s3mod
+
+    s3mod.put_file(world["data"], s3mod.S3Uri(BUCKET, "llava/data.json"))
+    base = f"s3://{BUCKET}/llava"
+    ft = visionkit.write_job(tmp_path / "ft.yaml", world, "ft", "finetune", 1,
+                             model={"uri": str(world["llm"]), "vision": {"encoder": f"{base}/clip",
+                                                                         "projector": f"{base}/pre/iter_1"}},
+                             dataset={"uri": f"{base}/data.json", "imageFolder": f"{base}/images"})
+    out = kubetune("train", str(ft), "--work-dir", str(tmp_path / "ft"), env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "with_image 8" in out.stdout and (tmp_path / "ft" / "iter_1" / "model" / "llm_adapter").is_dir()
