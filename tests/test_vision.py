@@ -291,3 +291,11 @@ def test_zero2_with_two_processes_matches_the_plain_run(world, tmp_path):
         assert wa.keys() == wb.keys()
         for key in wa:  # gloo's reduction order moves the last digits; Adam's update is ~lr whatever the gradient
             assert torch.allclose(wa[key], wb[key], atol=2e-6, rtol=0), (part, key)
+
+
+def test_dataset_tools_understand_llava(world, tmp_path):
+    cfg = visionkit.write_job(tmp_path / "d.yaml", world, "d", "pretrain", 1)
+    check = _ok(kubetune("check-custom-dataset", str(cfg)))
+    assert "samples 25, with_image 24" in check.stdout
+    log = _ok(kubetune("log-dataset", str(cfg), "--show", "all"))
+    assert "4 tokens per <image>" in log.stdout and "USER: <image>\nWhat colour is this image?" in log.stdout

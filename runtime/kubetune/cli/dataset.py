@@ -53,8 +53,24 @@ def _data_errors():
     return DataError, TemplateMismatch, ModelLoadError
 
 
+def _llava_data(job):
+    """LLaVA data through its own builder: every row's conversation and image path checked, `<image>` expanded."""
+    from kubetune.model.tokenizer import load_tokenizer
+    from kubetune.vision.train import build_data
+
+    tokenizer = load_tokenizer(job.spec.model)
+    return tokenizer, build_data(job.spec, tokenizer, job.spec.training.seed or 0)
+
+
 def check(args: argparse.Namespace) -> int:
     job = load_config(args.config, args.cfg_options)
+    if job.spec.model.vision:
+        try:
+            _, data = _llava_data(job)
+        except _data_errors() as exc:
+            raise UserError(str(exc)) from None
+        print("LLaVA data: " + ", ".join(f"{k} {v}" for k, v in data.report.items()))
+        return 0
     from kubetune.data.inspect import check_custom_dataset
     from kubetune.model.tokenizer import load_tokenizer
 
@@ -74,8 +90,17 @@ def log(args: argparse.Namespace) -> int:
     from kubetune.model.tokenizer import load_tokenizer
 
     try:
-        tokenizer = load_tokenizer(job.spec.model)
-        if job.spec.method.is_preference:  # packed chosen/rejected pairs, built in memory (no cache)
+        if job.spec.model.vision:
+            from kubetune.vision.tokens import IMAGE_TOKEN, collapse
+
+            tokenizer, data = _llava_data(job)
+            image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+            sequences = [dict(zip(("input_ids", "labels"), collapse(r["input_ids"], r["labels"], image_id)))
+                         for r in data.rows]
+            where = f"LLaVA rows ({data.report['image_tokens']} tokens per <image>), images in " \
+                    f"{data.report['image_folder']}"
+        elif job.spec.method.is_preference:
+            tokenizer = load_tokenizer(job.spec.model)  # packed chosen/rejected pairs, built in memory (no cache)
             from kubetune.data import preference
 
             sequences, _ = preference.build(job.spec.dataset, tokenizer, seed=job.spec.training.seed or 0,
@@ -83,6 +108,7 @@ def log(args: argparse.Namespace) -> int:
                                             log=print)
             where = "packed chosen/rejected pairs"
         else:
+            tokenizer = load_tokenizer(job.spec.model)
             built = build(job.spec.dataset, tokenizer, seed=job.spec.training.seed or 0)
             sequences, where = built.dataset, f"cache: {built.path}"
     except _data_errors() as exc:

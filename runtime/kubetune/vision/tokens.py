@@ -33,3 +33,19 @@ def expand(ids: list[int], image_id: int, patches: int, labels: list[int] | None
             if out_labels is not None:
                 out_labels.append(labels[k])
     return out_ids, out_labels
+
+
+def collapse(ids: list[int], labels: list[int], image_id: int) -> tuple[list[int], list[int]]:
+    """The inverse of `expand` for display: each run of placeholders back to one `<image>` token."""
+    out_ids: list[int] = []
+    out_labels: list[int] = []
+    for k, token in enumerate(ids):
+        if token == IMAGE_INDEX:
+            if k and ids[k - 1] == IMAGE_INDEX:
+                continue
+            out_ids.append(image_id)
+            out_labels.append(IGNORE_INDEX)
+        else:
+            out_ids.append(token)
+            out_labels.append(labels[k])
+    return out_ids, out_labels
