@@ -120,7 +120,8 @@ class MethodSpec(KubeModel):
              "full (only the projector trains, over the unquantized frozen LLM)",
              "!has(self.vision) || (has(self.type) && (self.type in ['full', 'lora', 'qlora']) && "
              "(!has(self.vision.stage) || self.vision.stage == 'finetune' || self.type == 'full'))",
-             lambda stage, t: stage is None or (t in ("full", "lora", "qlora") and (stage == "finetune" or t == "full"))),
+             lambda stage, t: stage is None or (t in ("full", "lora", "qlora")
+                                                and (stage == "finetune" or t == "full"))),
     )
 
     type: MethodType = MethodType.LORA
