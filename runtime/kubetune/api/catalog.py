@@ -158,6 +158,33 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 
+def _job(name: str, model: dict[str, Any], method: dict[str, Any], dataset: dict[str, Any], *, batch: int,
+         accum: int, epochs: int, lr: float, deepspeed: str, gpus: int,
+         evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest every predefined config shares; the callers differ in model, method and data."""
+    spec: dict[str, Any] = {
+        "model": model,
+        "method": method,
+        "dataset": dataset,
+        "training": {
+            "batchSize": batch, "accumulativeCounts": accum, "maxEpochs": epochs,
+            "optimizer": {"type": "AdamW", "lr": lr, "betas": [0.9, 0.999], "weightDecay": 0},
+            "maxNorm": 1, "warmupRatio": 0.03, "deepspeed": deepspeed,
+        },
+        "checkpoints": {"everySteps": 500, "keep": 2},
+    }
+    if evaluation is not None:
+        spec["evaluation"] = evaluation
+    spec["resources"] = {"nodes": 1, "gpusPerNode": gpus}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "FineTuneJob",
+        "metadata": {"name": name.replace("_", "-")[:63].rstrip("-"),
+                     "labels": {"kubetune.io/config": name[:63].rstrip("_")}},
+        "spec": spec,
+    }
+
+
 def _manifest(name: str, family: Family, hub_id: str, method: str, ds_name: str, ds: Dataset) -> dict[str, Any]:
     settings = METHODS[method]
     method_spec: dict[str, Any] = {"type": method}
@@ -171,25 +198,9 @@ def _manifest(name: str, family: Family, hub_id: str, method: str, ds_name: str,
     dataset.update({"maxLength": 2048, "packToMaxLength": True, "shuffleBeforePack": True})
     if ds.concat:
         dataset["concat"] = [dict(c) for c in ds.concat]
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "FineTuneJob",
-        "metadata": {"name": name.replace("_", "-")[:63].rstrip("-"),
-                     "labels": {"kubetune.io/config": name[:63].rstrip("_")}},
-        "spec": {
-            "model": {"uri": f"hf://{hub_id}", "trustRemoteCode": family.trust_remote_code},
-            "method": method_spec,
-            "dataset": dataset,
-            "training": {
-                "batchSize": 1, "accumulativeCounts": 16, "maxEpochs": ds.epochs,
-                "optimizer": {"type": "AdamW", "lr": settings["lr"], "betas": [0.9, 0.999], "weightDecay": 0},
-                "maxNorm": 1, "warmupRatio": 0.03, "deepspeed": settings["deepspeed"],
-            },
-            "checkpoints": {"everySteps": 500, "keep": 2},
-            "evaluation": {"everySteps": 500, "inputs": list(ds.inputs)},
-            "resources": {"nodes": 1, "gpusPerNode": settings["gpus"]},
-        },
-    }
+    return _job(name, {"uri": f"hf://{hub_id}", "trustRemoteCode": family.trust_remote_code}, method_spec, dataset,
+                batch=1, accum=16, epochs=ds.epochs, lr=settings["lr"], deepspeed=settings["deepspeed"],
+                gpus=settings["gpus"], evaluation={"everySteps": 500, "inputs": list(ds.inputs)})
 
 
 # Preference training, as XTuner's dpo/orpo/reward configs: (name, family, hub id, method, scheme, lr, dataset uri,
@@ -217,25 +228,11 @@ def _preference_manifest(name: str, family: Family, hub_id: str, method: str, sc
         method_spec["quantization"] = {"bits": 4, "type": "nf4", "doubleQuant": True}
     method_spec[method] = {"dpo": {"beta": 0.1, "lossType": "sigmoid", "labelSmoothing": 0.0}, "orpo": {"beta": 0.1},
                            "reward": {"lossType": "ranking", "penalty": "log_barrier", "penaltyWeight": 0.01}}[method]
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "FineTuneJob",
-        "metadata": {"name": name.replace("_", "-")[:63].rstrip("-"), "labels": {"kubetune.io/config": name[:63]}},
-        "spec": {
-            "model": {"uri": f"hf://{hub_id}", "trustRemoteCode": family.trust_remote_code},
-            "method": method_spec,
-            # Pairs are packed whole, up to 2 x maxLength per sequence.
-            "dataset": {"uri": uri, "format": fmt, "promptTemplate": family.prompt_template, "maxLength": 2048,
-                        "maxResponseLength": 1024, "packToMaxLength": True, "shuffleBeforePack": True},
-            "training": {
-                "batchSize": 1, "accumulativeCounts": 16, "maxEpochs": epochs,
-                "optimizer": {"type": "AdamW", "lr": lr, "betas": [0.9, 0.999], "weightDecay": 0},
-                "maxNorm": 1, "warmupRatio": 0.03, "deepspeed": deepspeed,
-            },
-            "checkpoints": {"everySteps": 500, "keep": 2},
-            "resources": {"nodes": 1, "gpusPerNode": gpus},
-        },
-    }
+    # Pairs are packed whole, up to 2 x maxLength per sequence.
+    dataset = {"uri": uri, "format": fmt, "promptTemplate": family.prompt_template, "maxLength": 2048,
+               "maxResponseLength": 1024, "packToMaxLength": True, "shuffleBeforePack": True}
+    return _job(name, {"uri": f"hf://{hub_id}", "trustRemoteCode": family.trust_remote_code}, method_spec, dataset,
+                batch=1, accum=16, epochs=epochs, lr=lr, deepspeed=deepspeed, gpus=gpus)
 
 
 # LLaVA, as XTuner's llava configs: (LLM name, family, hub id), each with a pretrain stage (projector only, lr 1e-3,
@@ -271,24 +268,8 @@ def _llava_manifest(name: str, family: Family, hub_id: str, stage: str, pretrain
         dataset.update(uri=f"{LLAVA_DATA}/LLaVA-Instruct-150K/llava_v1_5_mix665k.json",
                        imageFolder=f"{LLAVA_DATA}/llava_images", padImageToSquare=True, groupByModalityLength=True)
         batch, lr = 16, 2e-4
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "FineTuneJob",
-        "metadata": {"name": name.replace("_", "-")[:63].rstrip("-"),
-                     "labels": {"kubetune.io/config": name[:63].rstrip("_")}},
-        "spec": {
-            "model": {"uri": f"hf://{hub_id}", "trustRemoteCode": family.trust_remote_code, "vision": vision},
-            "method": method,
-            "dataset": dataset,
-            "training": {
-                "batchSize": batch, "accumulativeCounts": 1, "maxEpochs": 1,
-                "optimizer": {"type": "AdamW", "lr": lr, "betas": [0.9, 0.999], "weightDecay": 0},
-                "maxNorm": 1, "warmupRatio": 0.03, "deepspeed": "zero2",
-            },
-            "checkpoints": {"everySteps": 500, "keep": 2},
-            "resources": {"nodes": 1, "gpusPerNode": 8},
-        },
-    }
+    model = {"uri": f"hf://{hub_id}", "trustRemoteCode": family.trust_remote_code, "vision": vision}
+    return _job(name, model, method, dataset, batch=batch, accum=1, epochs=1, lr=lr, deepspeed="zero2", gpus=8)
 
 
 def _llava_entries() -> dict[str, dict[str, Any]]:
