@@ -145,6 +145,12 @@ def test_convert_and_chat_golden():
     assert "replicas" not in manifests[0]["spec"]  # the HPA owns it
     _check_golden("convert-merge", [cvj])
     _check_golden("chat-hpa", manifests)
+    body, spec = _parent("ConvertJob", "llava-hf", {"operation": "pth_to_hf", "source": {"checkpointUri": "s3://c/i"},
+                                                    "output": {"uri": "s3://m/llava-hf"},
+                                                    "saveFormat": "huggingface"})
+    argv = convert.command(spec, "s3://c/i", None, "/etc/kubetune/job.yaml")
+    assert argv[:6] == ["kubetune", "convert", "pth_to_hf", "/etc/kubetune/job.yaml", "s3://c/i", "s3://m/llava-hf"]
+    assert argv[argv.index("--save-format") + 1] == "huggingface"
 
 
 def test_status_logic():

@@ -19,6 +19,7 @@ def command(spec: Any, source_uri: str, base_uri: str | None, config_path: str |
     if op == "pth_to_hf":
         argv = ["kubetune", "convert", "pth_to_hf", config_path or "", source_uri, out]
         argv += ["--fp32"] if spec.fp32 else []
+        argv += ["--save-format", spec.save_format] if spec.save_format != "kubetune" else []
     elif op == "merge":
         argv = ["kubetune", "convert", "merge", base_uri or "", source_uri, out, "--device", spec.device]
         argv += ["--is-clip"] if spec.is_clip else []

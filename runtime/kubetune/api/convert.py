@@ -58,6 +58,9 @@ class ConvertJobSpec(KubeModel):
         Rule(("fp32", "operation"), "fp32 is only valid with operation pth_to_hf",
              "!has(self.fp32) || !self.fp32 || self.operation == 'pth_to_hf'",
              lambda fp32, op: not fp32 or op == "pth_to_hf"),
+        Rule(("saveFormat", "operation"), "saveFormat is only valid with operation pth_to_hf",
+             "!has(self.saveFormat) || self.saveFormat == 'kubetune' || self.operation == 'pth_to_hf'",
+             lambda fmt, op: fmt == "kubetune" or op == "pth_to_hf"),
     )
 
     operation: ConvertOperation
@@ -74,6 +77,9 @@ class ConvertJobSpec(KubeModel):
     """Keep fp32 weights (pth_to_hf writes fp16 otherwise)."""
     safe_serialization: bool = True
     """Write safetensors (otherwise PyTorch .bin)."""
+    save_format: Literal["kubetune", "xtuner", "huggingface"] = "kubetune"
+    """LLaVA checkpoints (pth_to_hf): kubetune's layout (`llm_adapter/`, `visual_encoder_adapter/`, `projector/`;
+    `xtuner` is the same) or one transformers `LlavaForConditionalGeneration` with the adapters merged."""
     is_clip: bool = False
     """The adapter belongs to a CLIP vision encoder (LLaVA)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -309,6 +309,11 @@ class FineTuneJobSpec(KubeModel):
         Rule(("method.vision", "model.vision"), "method.vision needs model.vision",
              "!has(self.method) || !has(self.method.vision) || (has(self.model) && has(self.model.vision))",
              lambda m, v: m is None or v is not None),
+        Rule(("export.merge", "model.vision"),
+             "export.merge is not available for LLaVA: export the adapters (or a ConvertJob with saveFormat "
+             "huggingface, which merges them)",
+             "!has(self.export) || !has(self.export.merge) || !self.export.merge || !has(self.model) || "
+             "!has(self.model.vision)", lambda merge, v: not merge or v is None),
         Rule(("training.sequenceParallelSize", "model.vision"), "sequence parallelism is not available for LLaVA",
              "!has(self.training) || !has(self.training.sequenceParallelSize) || "
              "self.training.sequenceParallelSize == 1 || !has(self.model) || !has(self.model.vision)",
