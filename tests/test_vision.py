@@ -12,6 +12,18 @@ from . import visionkit
 from .test_train import kubetune, losses
 
 
+def _main(capsys, *argv):
+    """A non-training mode in this process: no interpreter and torch start-up per call."""
+    from types import SimpleNamespace
+
+    from kubetune.cli.main import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+
 def _ok(out):
     assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-3000:])
     return out
@@ -58,19 +70,22 @@ def test_stage1_trains_the_projector_alone_and_stage2_the_rest(stages):
 
 
 def test_stage2_starts_from_the_stage1_projector(stages, world):
-    from kubetune.vision import projector
+    """The module `train` builds for stage 2 (with_vision, in this process) holds stage 1's trained projector."""
+    from transformers import AutoModelForCausalLM
 
+    from kubetune.api.loader import load_manifest
+    from kubetune.train.model import resolve_precision
+    from kubetune.vision import projector
+    from kubetune.vision.train import with_vision
+
+    spec = load_manifest(stages["ft_cfg"]).spec
+    llm = AutoModelForCausalLM.from_pretrained(str(world["llm"]))
+    model = with_vision(spec, llm, torch.device("cpu"), resolve_precision(spec, torch.device("cpu")), 0)
     trained = projector.load(stages["pre"] / "iter_16" / "model" / "projector")
-    fresh_run = stages["root"] / "fresh.yaml"
-    cfg = visionkit.write_job(fresh_run, world, "fresh", "finetune", 1,
-                              model={"uri": str(world["llm"]), "vision": {
-                                  "encoder": str(world["clip"]), "projector": str(stages["pre"] / "iter_16")}},
-                              training={"optimizer": {"lr": 1e-12}})
-    out = stages["root"] / "fresh"
-    _ok(kubetune("train", str(cfg), "--work-dir", str(out), env=stages["env"]))
-    after = projector.load(out / "iter_1" / "model" / "projector")
-    for a, b in zip(trained.parameters(), after.parameters()):
-        assert torch.allclose(a, b, atol=1e-6)
+    for a, b in zip(trained.parameters(), model.projector.parameters()):
+        assert torch.equal(a, b)
+    # Stage 2: the encoder's own weights stay frozen, its LoRA adapters train.
+    assert all(p.requires_grad == ("lora_" in n) for n, p in model.encoder.named_parameters())
 
 
 def test_interrupted_stage2_resumes_exactly(stages):
@@ -97,7 +112,7 @@ def _llava_logits(loaded, ids, pixels):
         return loaded.model(input_ids=torch.tensor([ids]), pixel_values=pixels).logits
 
 
-def test_convert_both_formats_round_trip(stages, world):
+def test_convert_both_formats_round_trip(stages, world, capsys):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     from kubetune.vision.load import load_llava
@@ -105,11 +120,11 @@ def test_convert_both_formats_round_trip(stages, world):
 
     config = next(stages["ft"].glob("*/config.json"))
     ours = stages["root"] / "export-kubetune"
-    _ok(kubetune("convert", "pth_to_hf", str(config), str(stages["ft"] / "iter_8"), str(ours), "--fp32"))
+    _ok(_main(capsys, "convert", "pth_to_hf", str(config), str(stages["ft"] / "iter_8"), str(ours), "--fp32"))
     assert sorted(p.name for p in ours.iterdir()) == ["kubetune_config.yaml", "llava.json", "llm_adapter",
                                                       "projector", "visual_encoder_adapter"]
     hf_dir = stages["root"] / "export-hf"
-    _ok(kubetune("convert", "pth_to_hf", str(config), str(stages["ft"] / "iter_8"), str(hf_dir), "--fp32",
+    _ok(_main(capsys, "convert", "pth_to_hf", str(config), str(stages["ft"] / "iter_8"), str(hf_dir), "--fp32",
                  "--save-format", "huggingface"))
 
     from_ckpt = load_llava(str(world["llm"]), str(stages["ft"] / "iter_8"), str(world["clip"]), None, dtype="fp32")
@@ -132,14 +147,14 @@ def test_convert_both_formats_round_trip(stages, world):
     assert torch.allclose(logits[..., :reference.shape[-1]], reference, atol=1e-4)
 
 
-def test_merge_is_clip_equals_peft(stages, world, tmp_path):
+def test_merge_is_clip_equals_peft(stages, world, tmp_path, capsys):
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import CLIPVisionModel
 
     adapter = stages["ft"] / "iter_8" / "model" / "visual_encoder_adapter"
     out = tmp_path / "merged-clip"
-    _ok(kubetune("convert", "merge", str(world["clip"]), str(adapter), str(out), "--is-clip"))
+    _ok(_main(capsys, "convert", "merge", str(world["clip"]), str(adapter), str(out), "--is-clip"))
     assert (out / "preprocessor_config.json").is_file()
     base = CLIPVisionModel.from_pretrained(str(world["clip"]), dtype=torch.float32)
     expected = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().state_dict()
@@ -147,25 +162,25 @@ def test_merge_is_clip_equals_peft(stages, world, tmp_path):
     assert merged.keys() == expected.keys()
     for key, value in expected.items():
         assert torch.allclose(merged[key].float(), value, atol=1e-6), key
-    wrong = kubetune("convert", "merge", str(world["llm"]), str(adapter), str(tmp_path / "x"), "--is-clip")
+    wrong = _main(capsys, "convert", "merge", str(world["llm"]), str(adapter), str(tmp_path / "x"), "--is-clip")
     assert wrong.returncode == 1 and "not a CLIP vision encoder" in wrong.stderr
 
 
-def test_chat_llava_answers_about_the_image(stages, world):
-    out = _ok(kubetune("chat", str(world["llm"]), "--llava", str(stages["ft"] / "iter_8"), "--visual-encoder",
+def test_chat_llava_answers_about_the_image(stages, world, capsys):
+    out = _ok(_main(capsys, "chat", str(world["llm"]), "--llava", str(stages["ft"] / "iter_8"), "--visual-encoder",
                        str(world["clip"]), "--image", str(world["images"] / "0.png"), "--prompt-template", "vicuna",
                        "--prompt", "What colour is this image?", "--max-new-tokens", "6", "--temperature", "0"))
     assert out.stdout.strip()
-    missing = kubetune("chat", str(world["llm"]), "--llava", str(stages["ft"] / "iter_8"), "--visual-encoder",
+    missing = _main(capsys, "chat", str(world["llm"]), "--llava", str(stages["ft"] / "iter_8"), "--visual-encoder",
                        str(world["clip"]), "--image", "nope.png", "--prompt", "hi")
     assert missing.returncode == 1 and "--image nope.png: image not found" in missing.stderr
 
 
-def test_mmbench_accuracy_is_what_its_predictions_imply(stages, world, tmp_path):
+def test_mmbench_accuracy_is_what_its_predictions_imply(stages, world, tmp_path, capsys):
     from openpyxl import load_workbook
 
     tsv = visionkit.mmbench_tsv(tmp_path / "mmbench_dev.tsv")
-    out = _ok(kubetune("mmbench", str(world["llm"]), "--llava", str(stages["ft"] / "iter_8"), "--visual-encoder",
+    out = _ok(_main(capsys, "mmbench", str(world["llm"]), "--llava", str(stages["ft"] / "iter_8"), "--visual-encoder",
                        str(world["clip"]), "--prompt-template", "vicuna", "--data-path", str(tsv), "--work-dir",
                        str(tmp_path / "mm"), "--max-new-tokens", "4"))
     assert "Overall accuracy" in out.stdout
@@ -204,12 +219,12 @@ def test_mmbench_reads_the_option_letter():
     assert accuracy(rows)["Overall"] == 0.5 and accuracy(rows)["category"] == {"x": 0.0, "y": 1.0}
 
 
-def test_preprocess_refcoco_then_evaluate(stages, world, tmp_path):
+def test_preprocess_refcoco_then_evaluate(stages, world, tmp_path, capsys):
     from kubetune.vision.refcoco import iou
 
     root = visionkit.refcoco_annotations(tmp_path / "refer")
     save = tmp_path / "refcoco_llava"
-    out = _ok(kubetune("preprocess", "refcoco", "--ann-path", str(root), "--image-path", str(root / "images"),
+    out = _ok(_main(capsys, "preprocess", "refcoco", "--ann-path", str(root), "--image-path", str(root / "images"),
                        "--save-path", str(save)))
     assert "2 rows" in out.stdout
     assert sorted(p.name for p in save.iterdir()) == ["refcoco_testA.json", "refcoco_train.json",
@@ -220,7 +235,7 @@ def test_preprocess_refcoco_then_evaluate(stages, world, tmp_path):
     assert train[0]["image"] == "COCO_train2014_000000000001.jpg"
     assert iou([0, 0, 2, 2], [1, 1, 3, 3]) == pytest.approx(1 / 7)
 
-    result = _ok(kubetune("eval_refcoco", str(world["llm"]), "--llava", str(stages["ft"] / "iter_8"),
+    result = _ok(_main(capsys, "eval_refcoco", str(world["llm"]), "--llava", str(stages["ft"] / "iter_8"),
                           "--visual-encoder", str(world["clip"]), "--prompt-template", "vicuna", "--data-path",
                           str(save / "train.json"), "--image-folder", str(root / "images"), "--work-dir",
                           str(tmp_path / "ev"), "--max-new-tokens", "4"))
@@ -232,7 +247,7 @@ def test_preprocess_refcoco_then_evaluate(stages, world, tmp_path):
     evil.mkdir(parents=True)
     (evil / "instances.json").write_text("{}")
     (evil / "refs(unc).p").write_bytes(pickle.dumps(print))  # a reference to code, not data
-    refused = kubetune("preprocess", "refcoco", "--ann-path", str(evil.parent), "--save-path", str(tmp_path / "o"))
+    refused = _main(capsys, "preprocess", "refcoco", "--ann-path", str(evil.parent), "--save-path", str(tmp_path / "o"))
     assert refused.returncode == 1 and "refusing to load" in refused.stderr
 
 
@@ -293,9 +308,9 @@ def test_zero2_with_two_processes_matches_the_plain_run(world, tmp_path):
             assert torch.allclose(wa[key], wb[key], atol=2e-6, rtol=0), (part, key)
 
 
-def test_dataset_tools_understand_llava(world, tmp_path):
+def test_dataset_tools_understand_llava(world, tmp_path, capsys):
     cfg = visionkit.write_job(tmp_path / "d.yaml", world, "d", "pretrain", 1)
-    check = _ok(kubetune("check-custom-dataset", str(cfg)))
+    check = _ok(_main(capsys, "check-custom-dataset", str(cfg)))
     assert "samples 25, with_image 24" in check.stdout
-    log = _ok(kubetune("log-dataset", str(cfg), "--show", "all"))
+    log = _ok(_main(capsys, "log-dataset", str(cfg), "--show", "all"))
     assert "4 tokens per <image>" in log.stdout and "USER: <image>\nWhat colour is this image?" in log.stdout
