@@ -90,7 +90,10 @@ def read_message(stdin: TextIO, prompt_out: TextIO) -> str | None:
             lines.append(line)
 
 
-def interactive(chat: Chat, bot_name: str, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
+def interactive(chat: Chat, bot_name: str, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    # The streams are looked up per call, not bound at import: a caller may have replaced sys.stdout since.
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+
     def out(text: str) -> None:
         stdout.write(text)
         stdout.flush()
@@ -113,7 +116,9 @@ def interactive(chat: Chat, bot_name: str, stdin: TextIO = sys.stdin, stdout: Te
         out("\n")
 
 
-def one_shot(chat: Chat, prompt: str, stdout: Any = sys.stdout) -> int:
+def one_shot(chat: Chat, prompt: str, stdout: Any = None) -> int:
+    stdout = stdout or sys.stdout
+
     def out(text: str) -> None:
         stdout.write(text)
         stdout.flush()
