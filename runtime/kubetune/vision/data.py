@@ -13,7 +13,7 @@ from kubetune.data.formats import RowError, llava
 from kubetune.data.source import DataError, files_of, load_rows
 from kubetune.storage import StorageError, local_path
 
-from .image import ImageError, ImageProcessor
+from .image import ImageError, ImageProcessor, open_image
 from .tokens import IMAGE_INDEX, expand
 
 
@@ -31,8 +31,6 @@ class LlavaData:
         row = self.rows[i]
         out = {"input_ids": row["input_ids"], "labels": row["labels"], "pixel_values": None}
         if row["image"] is not None:
-            from .image import open_image
-
             try:
                 out["pixel_values"] = self.processor(open_image(row["image"], where=row["where"]), self.pad_to_square)
             except ImageError as exc:

@@ -13,7 +13,7 @@ from kubetune.storage import StorageError, local_path
 
 from . import projector as projector_io
 from .image import ImageProcessor
-from .model import ENCODER_ADAPTER, LAYOUT, LLM_ADAPTER, LLM_FULL, PROJECTOR, build_llava, patches_of
+from .model import ENCODER_ADAPTER, LAYOUT, LLM_ADAPTER, LLM_FULL, PROJECTOR, build_llava
 from .tokens import add_image_token, expand
 
 
@@ -109,5 +109,4 @@ def load_llava(llm_uri: str, llava_uri: str, visual_encoder: str | None, select_
     template, system = _trained_defaults(llava)
     if template is None:
         template, system = _trained_defaults(llava.parent)
-    assert patches_of(encoder.config) == model.patches
     return LoadedLlava(model, tokenizer, processor, image_id, template, system)
