@@ -160,6 +160,14 @@ def test_ttl_deletes_a_finished_job(cluster, operator):
                      "the FineTuneJob to be deleted after its TTL", 120)
 
 
+def test_a_run_past_its_deadline_fails_without_restarting(cluster, operator):
+    _create(cluster, "deadline", runPolicy={"maxRestarts": 2, "activeDeadlineSeconds": 3})  # its pods never finish
+    status = _wait_phase(cluster, "ftj", "deadline", ("Succeeded", "Failed"), timeout=90)
+    assert status["phase"] == "Failed" and status["restarts"] == 0
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "DeadlineExceeded" and "activeDeadlineSeconds (3 s)" in failed["message"]
+
+
 def test_delete_garbage_collects_the_children(cluster, operator):
     _create(cluster, "holds")
     _wait_phase(cluster, "ftj", "holds", ("Running",))

@@ -170,6 +170,27 @@ def test_status_logic():
     assert st.set_condition(conditions, "Ready", False, "Down", "no", "t9")[0]["lastTransitionTime"] == "t9"
 
 
+def test_active_deadline_spans_every_attempt():
+    """A run past runPolicy.activeDeadlineSeconds fails without a restart; a restart gets only what is left."""
+    body, spec = _parent("FineTuneJob", "d", {**BASE, "runPolicy": {"maxRestarts": 3, "activeDeadlineSeconds": 600}})
+
+    def failed(reason: str) -> dict:
+        return {"metadata": {"name": "d-a0"}, "status": {"startTime": "2026-01-01T00:00:00Z", "conditions": [
+            {"type": "Failed", "status": "True", "reason": reason, "message": "it stopped"}]}}
+
+    running = {"phase": "Running", "restarts": 0, "startTime": "2026-01-01T00:00:00Z"}
+    out = st.finetune(failed("PodFailurePolicy"), running, spec, 1, "2026-01-01T00:04:00Z")
+    assert out.restart and out.patch["attemptDeadlineSeconds"] == 360
+    job = finetune.children({**body, "status": {**running, **out.patch}}, spec, 1, SETTINGS)[-1]
+    assert job["spec"]["activeDeadlineSeconds"] == 360
+    assert finetune.children(body, spec, 0, SETTINGS)[-1]["spec"]["activeDeadlineSeconds"] == 600
+    for reason, now in (("DeadlineExceeded", "2026-01-01T00:10:00Z"), ("PodFailurePolicy", "2026-01-01T00:10:01Z")):
+        out = st.finetune(failed(reason), running, spec, 1, now)
+        assert not out.restart and out.patch["phase"] == "Failed" and "restarts" not in out.patch
+        condition = next(c for c in out.patch["conditions"] if c["type"] == "Failed")
+        assert condition["reason"] == "DeadlineExceeded" and "activeDeadlineSeconds (600 s)" in condition["message"]
+
+
 def test_cluster_storage_defaults_fill_only_what_the_spec_leaves_empty():
     defaults = Settings(storage_secret="cluster-s3", storage_endpoint="http://minio.storage:9000",
                         storage_region="eu-west-1", storage_path_style=True)

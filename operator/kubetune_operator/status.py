@@ -33,6 +33,19 @@ def set_condition(conditions: list[dict], type_: str, status: bool, reason: str,
     return out
 
 
+def deadline_left(deadline: int | None, started: str | None, now: str) -> int | None:
+    """Seconds of runPolicy.activeDeadlineSeconds left at `now` when the run first started at `started`."""
+    if not deadline:
+        return None
+    if not started:
+        return deadline
+    return deadline - int((_parse(now) - _parse(started)).total_seconds())
+
+
+def _parse(timestamp: str) -> datetime:
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+
+
 def job_condition(job: dict | None, type_: str) -> dict | None:
     for c in (job or {}).get("status", {}).get("conditions", []) or []:
         if c.get("type") == type_ and c.get("status") == "True":
@@ -79,9 +92,16 @@ def finetune(job: dict | None, status: dict, spec: Any, generation: int, now: st
         conditions = set_condition(conditions, "Succeeded", True, "Succeeded", patch["message"], now, generation)
     elif (failed := job_condition(job, "Failed")) is not None:
         why = f"{failed.get('reason', 'Failed')}: {failed.get('message', 'a pod failed')}"
-        if restarts < spec.run_policy.max_restarts:
+        deadline = spec.run_policy.active_deadline_seconds
+        left = deadline_left(deadline, status.get("startTime") or job.get("status", {}).get("startTime"), now)
+        if failed.get("reason") == "DeadlineExceeded" or (left is not None and left <= 0):
+            failed = {**failed, "reason": "DeadlineExceeded"}  # a restart would only run past it again
+            why = f"runPolicy.activeDeadlineSeconds ({deadline} s) passed: {why}"
+        elif restarts < spec.run_policy.max_restarts:
             restarts += 1
             patch["restarts"] = restarts
+            if left is not None:
+                patch["attemptDeadlineSeconds"] = left
             message = (f"restart {restarts}/{spec.run_policy.max_restarts} after {job['metadata']['name']} failed "
                        f"({why}); the new gang resumes from the latest checkpoint")
             moved("Restarting", "Restarting", message, "Warning")

@@ -118,8 +118,9 @@ def job(parent: Manifest, spec: Any, attempt: int, settings: Settings, n: dict[s
         "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {"operator": "NotIn", "values": [0]}}]},
         "template": {"metadata": template_meta, "spec": pod},
     }
-    if policy.active_deadline_seconds:
-        job_spec["activeDeadlineSeconds"] = policy.active_deadline_seconds
+    if policy.active_deadline_seconds:  # a restarted gang gets what the earlier attempts left (status logic)
+        job_spec["activeDeadlineSeconds"] = (parent.get("status") or {}).get("attemptDeadlineSeconds") \
+            or policy.active_deadline_seconds
     if policy.queue_name:  # Kueue admits (unsuspends) the Job when its quota allows
         job_spec["suspend"] = True
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata(parent, jname, "trainer", extra),

@@ -225,7 +225,7 @@ class RunPolicy(KubeModel):
     max_restarts: int = Field(default=3, ge=0, le=100)
     """Whole-gang restarts after a failure, each resuming from the latest complete checkpoint."""
     active_deadline_seconds: int | None = Field(default=None, ge=1)
-    """Fail the run after this many seconds of running."""
+    """Fail the run (no restart) after this many seconds, counted from its first start; restarts do not extend it."""
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     """Delete the finished Job and its pods after this many seconds (the FineTuneJob stays)."""
     queue_name: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)] | None = None
@@ -421,6 +421,8 @@ class FineTuneJobStatus(KubeModel):
     """When the run succeeded or finally failed."""
     restarts: int = 0
     """Whole-gang restarts so far."""
+    attempt_deadline_seconds: int | None = None
+    """The current attempt's share of runPolicy.activeDeadlineSeconds: what the earlier attempts left of it."""
     message: str | None = None
     """Why the job is in its phase, in one line."""
     progress: Progress | None = None
