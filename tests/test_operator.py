@@ -160,6 +160,22 @@ def test_ttl_deletes_a_finished_job(cluster, operator):
                      "the FineTuneJob to be deleted after its TTL", 120)
 
 
+def test_ttl_waits_for_the_exports(cluster, operator):
+    """The export ConvertJobs are the job's children: the TTL deletes the job only once they are done."""
+    _create(cluster, "ttl-export", runPolicy={"ttlSecondsAfterFinished": 0}, export={"adapter": True})
+    _wait_phase(cluster, "ftj", "ttl-export", ("Succeeded",))
+    token = cluster.kubectl("create", "token", "ttl-export-runner", "-n", NS).stdout.strip()
+    assert _patch_status_as(cluster, token, "ttl-export", {"latestCheckpoint": {"step": 2,
+                                                                               "uri": "s3://ckpt/run/iter_2"}}) == 200
+    _wait_phase(cluster, "cvj", "ttl-export-export-adapter", ("Running",))  # its pod never finishes
+    time.sleep(12)  # the TTL timer (every 5 s) has looked at least twice
+    assert cluster.kubectl("get", "-n", NS, "ftj", "ttl-export", check=False).returncode == 0
+    cluster.kubectl("patch", "-n", NS, "cvj", "ttl-export-export-adapter", "--subresource=status", "--type=merge",
+                    "-p", '{"status":{"phase":"Succeeded"}}')
+    cluster.wait_for(lambda: cluster.kubectl("get", "-n", NS, "ftj", "ttl-export", check=False).returncode != 0,
+                     "the FineTuneJob to be deleted once its export is done", 60)
+
+
 def test_a_run_past_its_deadline_fails_without_restarting(cluster, operator):
     _create(cluster, "deadline", runPolicy={"maxRestarts": 2, "activeDeadlineSeconds": 3})  # its pods never finish
     status = _wait_phase(cluster, "ftj", "deadline", ("Succeeded", "Failed"), timeout=90)

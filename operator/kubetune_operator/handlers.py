@@ -107,9 +107,11 @@ def finetunejob_deleted(body: kopf.Body, **_: Any) -> None:
                                                 and status.get("phase") in ("Succeeded", "Failed")))
 async def finetunejob_ttl(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
     done = reconcile._ts(status.get("completionTime"))
-    if done is not None and time.time() >= done + spec["runPolicy"]["ttlSecondsAfterFinished"]:
-        meta = body["metadata"]
-        await _kube(memo).delete(body["apiVersion"], "FineTuneJob", meta["namespace"], meta["name"])
+    if done is None or time.time() < done + spec["runPolicy"]["ttlSecondsAfterFinished"]:
+        return
+    kube, meta = _kube(memo), body["metadata"]
+    if not await reconcile.exports_running(kube, dict(body)):  # deleting the job would collect its exports
+        await kube.delete(body["apiVersion"], "FineTuneJob", meta["namespace"], meta["name"])
 
 
 # --- ConvertJob and ChatEndpoint --------------------------------------------------------------------------------

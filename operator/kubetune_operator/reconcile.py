@@ -122,6 +122,16 @@ async def export(kube: Kube, parent: dict, spec: Any, settings: Settings) -> lis
     return [("Normal", "Exporting", f"ConvertJob {name} created")]
 
 
+async def exports_running(kube: Kube, parent: dict) -> bool:
+    """Whether one of the job's export ConvertJobs is still converting (they are its children)."""
+    meta = parent["metadata"]
+    for which in ("adapter", "merged"):
+        export_job = await kube.get(API_VERSION, "ConvertJob", meta["namespace"], f"{meta['name']}-export-{which}")
+        if export_job and (export_job.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+            return True
+    return False
+
+
 async def _export_job(kube: Kube, parent: dict, spec: Any, which: str) -> str:
     from .builders.common import metadata
 

@@ -227,7 +227,8 @@ class RunPolicy(KubeModel):
     active_deadline_seconds: int | None = Field(default=None, ge=1)
     """Fail the run (no restart) after this many seconds, counted from its first start; restarts do not extend it."""
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
-    """Delete the finished Job and its pods after this many seconds (the FineTuneJob stays)."""
+    """Delete the FineTuneJob, and with it its Job and pods, this long after it finished and its exports are done
+    (checkpoints and exported artifacts in storage stay)."""
     queue_name: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)] | None = None
     """Kueue LocalQueue; the Job is created suspended with `kueue.x-k8s.io/queue-name` and Kueue admits it."""
 
