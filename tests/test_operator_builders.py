@@ -174,18 +174,25 @@ def test_active_deadline_spans_every_attempt():
     """A run past runPolicy.activeDeadlineSeconds fails without a restart; a restart gets only what is left."""
     body, spec = _parent("FineTuneJob", "d", {**BASE, "runPolicy": {"maxRestarts": 3, "activeDeadlineSeconds": 600}})
 
-    def failed(reason: str) -> dict:
-        return {"metadata": {"name": "d-a0"}, "status": {"startTime": "2026-01-01T00:00:00Z", "conditions": [
-            {"type": "Failed", "status": "True", "reason": reason, "message": "it stopped"}]}}
+    def failed(reason: str, started: str, ended: str) -> dict:
+        return {"metadata": {"name": "d-a0"}, "status": {"startTime": started, "conditions": [
+            {"type": "Failed", "status": "True", "reason": reason, "message": "it stopped",
+             "lastTransitionTime": ended}]}}
 
     running = {"phase": "Running", "restarts": 0, "startTime": "2026-01-01T00:00:00Z"}
-    out = st.finetune(failed("PodFailurePolicy"), running, spec, 1, "2026-01-01T00:04:00Z")
+    out = st.finetune(failed("PodFailurePolicy", "2026-01-01T00:00:00Z", "2026-01-01T00:04:00Z"), running, spec, 1,
+                      "2026-01-01T00:04:05Z")
     assert out.restart and out.patch["attemptDeadlineSeconds"] == 360
     job = finetune.children({**body, "status": {**running, **out.patch}}, spec, 1, SETTINGS)[-1]
     assert job["spec"]["activeDeadlineSeconds"] == 360
     assert finetune.children(body, spec, 0, SETTINGS)[-1]["spec"]["activeDeadlineSeconds"] == 600
-    for reason, now in (("DeadlineExceeded", "2026-01-01T00:10:00Z"), ("PodFailurePolicy", "2026-01-01T00:10:01Z")):
-        out = st.finetune(failed(reason), running, spec, 1, now)
+    # The second attempt waited an hour in Kueue's queue (its Job's startTime is when it was admitted): not counted.
+    second = {**running, "restarts": 1, "attemptDeadlineSeconds": 360}
+    out = st.finetune(failed("PodFailurePolicy", "2026-01-01T01:00:00Z", "2026-01-01T01:05:00Z"), second, spec, 1,
+                      "2026-01-01T01:05:00Z")
+    assert out.restart and out.patch["attemptDeadlineSeconds"] == 60
+    for reason, ended in (("DeadlineExceeded", "2026-01-01T01:06:00Z"), ("PodFailurePolicy", "2026-01-01T01:06:01Z")):
+        out = st.finetune(failed(reason, "2026-01-01T01:00:00Z", ended), second, spec, 1, ended)
         assert not out.restart and out.patch["phase"] == "Failed" and "restarts" not in out.patch
         condition = next(c for c in out.patch["conditions"] if c["type"] == "Failed")
         assert condition["reason"] == "DeadlineExceeded" and "activeDeadlineSeconds (600 s)" in condition["message"]

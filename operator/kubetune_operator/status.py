@@ -33,13 +33,19 @@ def set_condition(conditions: list[dict], type_: str, status: bool, reason: str,
     return out
 
 
-def deadline_left(deadline: int | None, started: str | None, now: str) -> int | None:
-    """Seconds of runPolicy.activeDeadlineSeconds left at `now` when the run first started at `started`."""
+def deadline_left(spec: Any, status: dict, job: dict, now: str) -> int | None:
+    """What runPolicy.activeDeadlineSeconds leaves after this attempt: its share minus the time its Job was active
+    (a Job's startTime restarts when it is unsuspended, as its own deadline does, so queueing after a Kueue
+    preemption is not counted)."""
+    deadline = spec.run_policy.active_deadline_seconds
     if not deadline:
         return None
+    share = int(status.get("attemptDeadlineSeconds") or deadline)
+    started = job.get("status", {}).get("startTime")
     if not started:
-        return deadline
-    return deadline - int((_parse(now) - _parse(started)).total_seconds())
+        return share
+    ended = (job_condition(job, "Failed") or {}).get("lastTransitionTime") or now
+    return share - int((_parse(ended) - _parse(started)).total_seconds())
 
 
 def _parse(timestamp: str) -> datetime:
@@ -92,11 +98,10 @@ def finetune(job: dict | None, status: dict, spec: Any, generation: int, now: st
         conditions = set_condition(conditions, "Succeeded", True, "Succeeded", patch["message"], now, generation)
     elif (failed := job_condition(job, "Failed")) is not None:
         why = f"{failed.get('reason', 'Failed')}: {failed.get('message', 'a pod failed')}"
-        deadline = spec.run_policy.active_deadline_seconds
-        left = deadline_left(deadline, status.get("startTime") or job.get("status", {}).get("startTime"), now)
+        left = deadline_left(spec, status, job, now)
         if failed.get("reason") == "DeadlineExceeded" or (left is not None and left <= 0):
             failed = {**failed, "reason": "DeadlineExceeded"}  # a restart would only run past it again
-            why = f"runPolicy.activeDeadlineSeconds ({deadline} s) passed: {why}"
+            why = f"runPolicy.activeDeadlineSeconds ({spec.run_policy.active_deadline_seconds} s) passed: {why}"
         elif restarts < spec.run_policy.max_restarts:
             restarts += 1
             patch["restarts"] = restarts

@@ -225,7 +225,8 @@ class RunPolicy(KubeModel):
     max_restarts: int = Field(default=3, ge=0, le=100)
     """Whole-gang restarts after a failure, each resuming from the latest complete checkpoint."""
     active_deadline_seconds: int | None = Field(default=None, ge=1)
-    """Fail the run (no restart) after this many seconds, counted from its first start; restarts do not extend it."""
+    """Fail the run (no restart) after this many seconds of running; a restarted gang gets only what the failed
+    attempts left of it."""
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     """Delete the FineTuneJob, and with it its Job and pods, this long after it finished and its exports are done
     (checkpoints and exported artifacts in storage stay)."""
