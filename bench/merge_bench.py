@@ -74,6 +74,10 @@ def main() -> None:
     shards = sorted((work / "base").glob("*.safetensors"))
     size = sum(p.stat().st_size for p in shards)
     print(f"base: {len(shards)} shards, {size / 1e9:.2f} GB; adapter r=16 on every linear layer")
+    for shard in shards:  # both sides start with the base in the page cache, or the first one pays for the disk
+        with shard.open("rb") as f:
+            while f.read(1 << 24):
+                pass
     results = {}
     for name, code in (("kubetune streaming merge", KUBETUNE), ("PEFT merge_and_unload + save_pretrained", PEFT)):
         out = work / "out"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from datetime import datetime
 from enum import StrEnum
@@ -85,6 +86,7 @@ def get_path(obj: Any, path: str) -> Any:
     return obj
 
 
+@functools.cache  # on the operator's hot path: every parse checks each cross-field rule's paths
 def field_name(model: type[BaseModel], alias: str) -> str:
     for name, info in model.model_fields.items():
         if alias in (name, info.alias):

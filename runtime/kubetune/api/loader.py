@@ -123,28 +123,23 @@ def parse_manifest(data: Any, source: str = "<manifest>", kind: str | None = Non
 
     model = KINDS[doc_kind]
     spec_model = submodel(model.model_fields["spec"].annotation)
-    errors = rule_errors(spec_model, doc["spec"], "spec.")
-    obj = None
     try:
-        obj = model.model_validate(doc)
+        return model.model_validate(doc)  # the models' own validators enforce every rule
     except ValidationError as exc:
+        # Rules again on the raw data, so they surface together with field errors that stopped the validators.
+        errors = rule_errors(spec_model, doc["spec"], "spec.")
         errors += [e for e in _pydantic_errors(exc) if e not in errors]
-    if errors:
-        raise ManifestError(source, _strip(errors, prefix))
-    return obj
+        raise ManifestError(source, _strip(errors, prefix)) from None
 
 
 def validate_spec(model: type[T], data: dict[str, Any], source: str = "<spec>") -> T:
     """Validate a spec-level dict against one of the spec models, with the same error reporting."""
-    errors = rule_errors(model, data, "")
     try:
-        obj = model.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
+        errors = rule_errors(model, data, "")
         errors += [e for e in _pydantic_errors(exc) if e not in errors]
         raise ManifestError(source, errors) from None
-    if errors:
-        raise ManifestError(source, errors)
-    return obj
 
 
 def merge_base_config(spec: dict[str, Any]) -> dict[str, Any]:
