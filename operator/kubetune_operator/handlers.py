@@ -11,7 +11,7 @@ import kopf
 
 from kubetune.api import GROUP, VERSION
 
-from . import metrics, reconcile
+from . import metrics, reconcile, status as st
 from .client import ApiError, Kube
 from .settings import Settings
 
@@ -106,7 +106,7 @@ def finetunejob_deleted(body: kopf.Body, **_: Any) -> None:
             when=lambda spec, status, **_: bool((spec.get("runPolicy") or {}).get("ttlSecondsAfterFinished") is not None
                                                 and status.get("phase") in ("Succeeded", "Failed")))
 async def finetunejob_ttl(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
-    done = reconcile._ts(status.get("completionTime"))
+    done = st.timestamp(status.get("completionTime"))
     if done is None or time.time() < done + spec["runPolicy"]["ttlSecondsAfterFinished"]:
         return
     kube, meta = _kube(memo), body["metadata"]

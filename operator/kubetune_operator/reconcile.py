@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime
 from typing import Any
 
 from kubetune.api import API_VERSION, ManifestError, parse_manifest
@@ -99,11 +98,11 @@ async def finetune_job_event(kube: Kube, job: dict, settings: Settings) -> tuple
         await kube.apply(job_manifest)
     phase = outcome.patch.get("phase")
     if phase == "Running" and status.get("phase") != "Running":
-        created = _ts(parent["metadata"].get("creationTimestamp"))
+        created = st.timestamp(parent["metadata"].get("creationTimestamp"))
         if created:
             metrics.QUEUE_SECONDS.observe(max(0.0, time.time() - created))
     if phase in ("Succeeded", "Failed") and status.get("phase") != phase:
-        started = _ts(status.get("startTime") or job.get("status", {}).get("startTime"))
+        started = st.timestamp(status.get("startTime") or job.get("status", {}).get("startTime"))
         if started:
             metrics.DURATION_SECONDS.observe(max(0.0, time.time() - started))
         if phase == "Succeeded":
@@ -237,9 +236,3 @@ async def chat_deployment_event(kube: Kube, deployment: dict) -> tuple[dict | No
     outcome = st.chat(deployment, status, url, ",".join(adapters) or name, parent["metadata"].get("generation", 1),
                       st.now_iso())
     return parent, outcome.patch, outcome.events
-
-
-def _ts(value: str | None) -> float | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()

@@ -45,11 +45,14 @@ def deadline_left(spec: Any, status: dict, job: dict, now: str) -> int | None:
     if not started:
         return share
     ended = (job_condition(job, "Failed") or {}).get("lastTransitionTime") or now
-    return share - int((_parse(ended) - _parse(started)).total_seconds())
+    return int(share - (timestamp(ended) - timestamp(started)))
 
 
-def _parse(timestamp: str) -> datetime:
-    return datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+def timestamp(value: str | None) -> float | None:
+    """Seconds since the epoch of a Kubernetes RFC 3339 time."""
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 def job_condition(job: dict | None, type_: str) -> dict | None:
