@@ -42,8 +42,12 @@ def trl_loss_and_batch(models, loss_type: str, beta: float, label_smoothing: flo
     from trl import DPOConfig, DPOTrainer
 
     tokenizer, policy, ref = models
+    # bf16=False: TRL's configs default to bf16 mixed precision, under which accelerate wraps the *reference* model's
+    # forward in bf16 autocast at construction (the policy is wrapped only by train()), so TRL's reference log-probs
+    # carry bf16 rounding (~3e-3 nats a sequence) and its loss moves by ~4e-4. Both sides in float32 here.
     args = DPOConfig(output_dir=tempfile.mkdtemp(), report_to=[], per_device_train_batch_size=len(PAIRS),
-                     loss_type=[loss_type], beta=beta, label_smoothing=label_smoothing, use_cpu=True)
+                     loss_type=[loss_type], beta=beta, label_smoothing=label_smoothing, use_cpu=True,
+                     bf16=False)
     trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_list(PAIRS),
                          processing_class=tokenizer)
     batch = next(iter(trainer.get_train_dataloader()))
