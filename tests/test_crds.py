@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -114,7 +115,7 @@ def test_recipe_sections_carry_no_defaults_or_required():
 
 
 def test_kubernetes_validate_accepts_the_crds():
-    exe = REPO / ".venv" / "bin" / "kubernetes-validate"
+    exe = Path(sys.executable).parent / "kubernetes-validate"  # this venv's: .venv, or .venv-newest
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "kubernetes_validate"]
     out = subprocess.run([*cmd, "--strict", "-k", "1.35.0", *map(str, KIND_FILES.values())], capture_output=True,
                          text=True)

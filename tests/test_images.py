@@ -4,6 +4,7 @@ runtime-only). No Docker engine here: the build commands are in the README and t
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -40,24 +41,56 @@ def test_hadolint(name):
 def test_pinned_base_and_non_root_user(name):
     text = (IMAGES / f"{name}.Dockerfile").read_text()
     bases = re.findall(r"^ARG \w+_IMAGE=(\S+)$", text, re.M)
-    assert bases and all(re.search(r":\d+\.\d+\.\d+-", b) for b in bases), bases  # full version tags, never latest
+    assert bases and all(re.search(r":\d+\.\d+\.\d+(-|$)", b) for b in bases), bases  # full version tags, never latest
     user = re.findall(r"^USER (\S+)$", text, re.M)[-1]
     assert user.split(":")[0] not in ("0", "root") and user.split(":")[0].isdigit()
 
 
-def test_each_image_installs_its_extras():
+def _uv_installs(text: str) -> list[tuple[str, frozenset[str]]]:
+    """Every `uv sync`/`uv pip install`/`pip install` command in a Dockerfile: (command, its --extra set)."""
+    runs = re.findall(r"\b((?:uv sync|uv pip install|pip install|pip wheel)\b[^&\n]*)", text)
+    return [(r.split(" --")[0].split(" \"")[0].strip(), frozenset(re.findall(r"--extra (\w+)", r))) for r in runs]
+
+
+def test_each_image_installs_its_extras_from_the_lock():
     operator = (IMAGES / "operator.Dockerfile").read_text()
-    assert re.findall(r'"(?:\.|kubetune)\[([\w,]+)\]', operator) == ["operator", "operator"]
+    assert _uv_installs(operator) == [("uv sync", frozenset({"operator"}))]
     version = re.search(r"^ARG KUBETUNE_VERSION=(\S+)$", operator, re.M).group(1)
     assert version == PYPROJECT["project"]["version"]
     runtime = (IMAGES / "runtime.Dockerfile").read_text()
-    assert re.findall(r'"\.\[([\w,]+)\]"', runtime) == ["train,serve,s3"]
-    assert "flash-attn" in runtime and 'if [ "$FLASH_ATTN" = "1" ]' in runtime
+    # The dependencies' layer, then the project; flash-attn (outside the lock: it compiles against torch) pinned.
+    assert _uv_installs(runtime) == [("uv sync", frozenset({"train", "serve", "s3"}))] * 2 + [
+        ("uv pip install", frozenset())]
+    assert 'if [ "$FLASH_ATTN" = "1" ]; then uv pip install --no-build-isolation "flash-attn==' in runtime
+    for text in (operator, runtime):
+        syncs = re.findall(r"uv sync[^\n]*", text)
+        assert syncs and all("--locked" in s and "--no-editable" in s for s in syncs), syncs
+        assert re.search(r"^COPY pyproject.toml uv.lock README.md ./$", text, re.M)
+        assert "UV_PYTHON_DOWNLOADS=never" in text  # the image's Python, never one uv downloads
+
+
+def test_images_use_the_uv_that_ci_pins():
+    pinned = re.search(r"^version=(\S+)$", (ROOT / ".ci" / "uv").read_text(), re.M).group(1)
+    for name in ("operator", "runtime"):
+        text = (IMAGES / f"{name}.Dockerfile").read_text()
+        assert re.findall(r"^ARG UV_IMAGE=ghcr.io/astral-sh/uv:(\S+)$", text, re.M) == [pinned], name
+
+
+def test_the_lock_matches_pyproject():
+    """uv.lock covers every extra the commands install; `uv lock --check` fails when pyproject.toml moved on."""
+    uv = subprocess.run([str(ROOT / ".ci" / "uv")], capture_output=True, text=True, check=True).stdout.strip()
+    proc = subprocess.run([uv, "lock", "--check", "--offline"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "UV_PYTHON_DOWNLOADS": "never"})
+    assert proc.returncode == 0, proc.stderr
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    project = next(p for p in lock["package"] if p["name"] == "kubetune")
+    assert set(project["optional-dependencies"]) == set(PYPROJECT["project"]["optional-dependencies"])
+    assert all("hash" in w for p in lock["package"] for w in p.get("wheels", [])), "every wheel hashed"
 
 
 def test_dockerignore_sends_only_the_sources():
     lines = [l for l in (ROOT / ".dockerignore").read_text().splitlines() if l and not l.startswith("#")]
-    assert lines[0] == "*" and {"!pyproject.toml", "!runtime/", "!operator/"} <= set(lines)
+    assert lines[0] == "*" and {"!pyproject.toml", "!uv.lock", "!runtime/", "!operator/"} <= set(lines)
 
 
 def _requires(dist: str, seen: set[str]) -> set[str]:
