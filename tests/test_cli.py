@@ -217,3 +217,30 @@ def test_fast_paths_do_not_import_heavy_libraries(argv):
     out = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True)
     assert "HEAVY []" in out.stdout
     assert " torch" not in out.stderr  # -X importtime lists every module imported
+
+
+@pytest.mark.parametrize("mode", ["chat", "serve"])
+def test_chat_help_lists_every_template_and_refuses_a_bad_one_before_loading(mode, cli, tmp_path):
+    from kubetune.data.templates import PROMPT_TEMPLATES, SYSTEM_TEMPLATES
+
+    out = cli(mode, "--help")
+    assert out.returncode == 0
+    for name in [*PROMPT_TEMPLATES, *SYSTEM_TEMPLATES]:
+        assert name in out.stdout, name
+    missing = str(tmp_path / "no-such-model")  # would fail to load: the template is refused first
+    for flag in ("--prompt-template", "--system-template"):
+        bad = cli(mode, missing, flag, "nope")
+        assert bad.returncode == 2 and f"argument {flag}: invalid choice: 'nope'" in bad.stderr
+        assert bad.stderr.endswith("\n") and "no-such-model" not in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_third_party_notices_are_silenced_unless_verbose():
+    code = ("import logging, warnings; from kubetune.cli.quiet import silence_third_party; silence_third_party(); "
+            "logging.getLogger('bitsandbytes.backends.cpu.ops').warning('bnb-notice'); "
+            "logging.getLogger('DeepSpeed').warning('ds-notice'); logging.getLogger('kubetune').warning('ours'); "
+            "warnings.warn_explicit('hf-notice', FutureWarning, 'x.py', 1, module='transformers.modeling_utils')")
+    for env, shown in (({}, {"ours"}), ({"KUBETUNE_VERBOSE": "1"}, {"ours", "bnb-notice", "ds-notice", "hf-notice"})):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={**__import__("os").environ, **env})
+        assert proc.returncode == 0, proc.stderr
+        assert {w for w in ("ours", "bnb-notice", "ds-notice", "hf-notice") if w in proc.stderr} == shown, env

@@ -194,6 +194,8 @@ def test_a_tiny_model_learns_a_task(tmp_path):
     work = tmp_path / "work"
     out = kubetune("train", str(cfg), "--work-dir", str(work), env={"KUBETUNE_CACHE": str(tmp_path / "c")})
     assert out.returncode == 0, out.stderr[-3000:]
+    for noise in ("Warning", "kernels-community", "Setting accelerator", "deprecated"):  # kubetune.cli.quiet
+        assert noise not in out.stderr + out.stdout, noise
 
     tok = AutoTokenizer.from_pretrained(str(tiny))
 
@@ -233,3 +235,16 @@ def test_two_process_data_parallel_resumes_exactly(tmp_path, tiny_dir):
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-6, rtol=0), key
     assert sorted(p.name for p in broken.glob("iter_3/rng_rank*.pt")) == ["rng_rank0.pt", "rng_rank1.pt"]
+
+
+def test_the_demo_task_data_is_what_its_generator_writes(tmp_path):
+    """examples/data/next_letter_*.jsonl (the demo's fine-tune) are reproducible, and no held-out prompt is trained."""
+    gen = subprocess.run([sys.executable, str(REPO / "examples" / "next_letter.py"), "data", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert gen.returncode == 0, gen.stderr
+    for name in ("train", "heldout"):
+        shipped = (REPO / "examples" / "data" / f"next_letter_{name}.jsonl").read_text()
+        assert (tmp_path / f"next_letter_{name}.jsonl").read_text() == shipped, name
+    rows = {n: [json.loads(l)["conversation"][0]["input"] for l in (tmp_path / f"next_letter_{n}.jsonl").open()]
+            for n in ("train", "heldout")}
+    assert len(rows["heldout"]) == 50 and not set(rows["heldout"]) & set(rows["train"])

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import argparse
 
+from kubetune.data.templates import PROMPT_TEMPLATES, SYSTEM_TEMPLATES
+
 from .errors import UserError
 
-TEMPLATES_HELP = "prompt template (XTuner's names, or auto for the tokenizer's chat_template)"
+# argparse refuses an unknown name before anything loads, and the help lists every name, as XTuner's does.
+PROMPT_NAMES = ["auto", *PROMPT_TEMPLATES]
+TEMPLATES_HELP = ("prompt template: auto (the tokenizer's chat_template, or the one the adapter was trained with) "
+                  f"or one of XTuner's: {', '.join(PROMPT_TEMPLATES)}")
 
 
 def _generation(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", default=None, help="LoRA adapter directory")
-    p.add_argument("--prompt-template", default="auto", help=TEMPLATES_HELP)
+    p.add_argument("--prompt-template", default="auto", choices=PROMPT_NAMES, metavar="NAME", help=TEMPLATES_HELP)
     system = p.add_mutually_exclusive_group()
     system.add_argument("--system", default=None, help="system prompt")
-    system.add_argument("--system-template", default=None, help="predefined system prompt (alpaca, coder, lawyer...)")
+    system.add_argument("--system-template", default=None, choices=list(SYSTEM_TEMPLATES), metavar="NAME",
+                        help=f"predefined system prompt: one of {', '.join(SYSTEM_TEMPLATES)}")
     p.add_argument("--bits", type=int, choices=[4, 8], default=None, help="load the model in 4 or 8 bits")
     p.add_argument("--torch-dtype", choices=["fp16", "bf16", "fp32", "auto"], default="auto", help="weight dtype")
     p.add_argument("--stop-words", nargs="+", default=[], help="extra stop words")

@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from .errors import UserError
+from .quiet import silence_third_party
 
 BANNER = """\
 kubetune commands use the following syntax:
@@ -94,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kubetune", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=BANNER.format(modes=tuple(MODES)), add_help=True)
     parser.add_argument("-v", "--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show third-party warnings kubetune silences (or KUBETUNE_VERBOSE=1)")
     sub = parser.add_subparsers(dest="mode", metavar="MODE")
     sub.add_parser("help", help="show this help")
     for mode, (module, summary) in MODES.items():
@@ -107,8 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("help", "-h", "--help"):
         parser.print_help()
         return 0 if argv else 2
+    verbose = argv[0] == "--verbose"
+    argv = argv[1:] if verbose else argv
+    if not argv:
+        parser.print_help()
+        return 2
     if argv[0] in ("-v", "--version"):
         argv = ["version"]
+    silence_third_party(verbose)
     args = parser.parse_args(argv)
     args.argv = argv  # the torchrun re-launch repeats the exact command
     try:
