@@ -47,7 +47,8 @@ def start_versitygw(root: Path) -> tuple[subprocess.Popen, str]:
 
 class Faults:
     """What the proxy does to the next requests that match: `plan` is a list of (predicate, action) consumed in
-    order; action 503 answers SlowDown, "drop" closes the connection without an answer. `always` applies forever."""
+    order; action 503 answers SlowDown, "drop" closes the connection without an answer, a function rewrites the
+    upstream answer's body. `always` applies forever."""
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -113,6 +114,8 @@ def start_proxy(upstream: str, faults: Faults) -> tuple[ThreadingHTTPServer, str
             conn.request(self.command, self.path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
+            if callable(action):  # a rewrite of the answer: what a bucket someone else writes can hold
+                data = action(data)
             self.send_response(resp.status, resp.reason)
             for k, v in resp.getheaders():
                 if k.lower() not in ("transfer-encoding", "connection", "content-length"):

@@ -46,15 +46,22 @@ def add_parser(sub, mode: str, summary: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from kubetune.convert.shards import ConvertError
     from kubetune.model.tokenizer import ModelLoadError
-    from kubetune.storage import StorageError, local_path
+    from kubetune.storage import StorageError, local_destination, local_path
 
     import tempfile
 
     remote = args.save_dir if args.submode != "split" and args.save_dir.startswith("s3://") else None
     staging = tempfile.TemporaryDirectory(prefix="kubetune-export-") if remote else None
-    if staging:
-        args.save_dir = staging.name
     try:
+        if staging:
+            args.save_dir = staging.name
+        elif args.submode == "split":
+            dst = local_destination(args.dst_dir)
+            if dst is None:
+                raise UserError(f"{args.dst_dir}: split writes a local, pvc:// or file:// directory, not s3://")
+            args.dst_dir = str(dst)
+        else:  # pvc:// and file:// name a mounted directory, never a local folder called "pvc:"
+            args.save_dir = str(local_destination(args.save_dir))
         if args.submode == "pth_to_hf":
             from kubetune.convert.pth_to_hf import convert
 

@@ -89,8 +89,9 @@ def build(spec: Any, tokenizer: Any, *, seed: int = 0, cache_root: Path | None =
     with _build_lock(root / f"{key}.lock", log):
         if (final / "report.json").exists():
             return _load(final, from_cache=True)
+        for stale in root.glob(f"{key}.tmp-*"):  # a killed build's leftovers: under the lock, nobody else writes them
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = root / f"{key}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         try:
             report = _build(spec, tokenizer, template_name, sources, seed,
                             num_proc or spec.num_proc or default_num_proc(), tmp, log)
@@ -114,7 +115,11 @@ def _cache_key(spec: Any, sources: list[Source], tokenizer: Any, seed: int) -> s
 
 
 class _build_lock:
-    """An exclusive file lock: the first process builds; the others wait (with a deadline) and then read the cache."""
+    """An exclusive file lock: the first process builds; the others wait (with a deadline) and then read the cache.
+
+    A POSIX record lock (lockf), not flock: a flock belongs to the open file, which the tokenizing workers forked by
+    `datasets` inherit, so after a kill -9 of the builder its orphaned workers held the lock and the next run waited
+    an hour. A record lock belongs to the process and dies with it (and works on NFS too)."""
 
     def __init__(self, path: Path, log: Callable[[str], None]):
         self.path, self.log = path, log
@@ -126,9 +131,9 @@ class _build_lock:
         told = False
         while True:
             try:
-                fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.lockf(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return self
-            except BlockingIOError:
+            except (BlockingIOError, PermissionError):  # EAGAIN or EACCES, as the platform reports a held lock
                 if not told:
                     self.log(f"waiting for another process to build the dataset cache ({self.path.with_suffix('')})")
                     told = True
@@ -139,7 +144,7 @@ class _build_lock:
                 time.sleep(0.5)
 
     def __exit__(self, *exc):
-        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        fcntl.lockf(self.fh, fcntl.LOCK_UN)
         self.fh.close()
 
 

@@ -7,12 +7,22 @@ import codecs
 import hashlib
 import json
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from kubetune.storage import StorageError, local_path
 
 SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow"}
+# A row is materialised whole several times over (Python objects, Arrow, token ids per worker): one 100 MB row took
+# a 24 GB machine down. Rows are measured while streaming, before anything is parsed.
+MAX_ROW_BYTES = 16 << 20
+
+
+def max_row_bytes() -> int:
+    import os
+
+    return int(os.environ.get("KUBETUNE_MAX_ROW_BYTES") or MAX_ROW_BYTES)
 
 
 class DataError(Exception):
@@ -75,15 +85,42 @@ def load_rows(files: list[Path], file_type: str = "auto", cache_dir: str | None 
     try:
         if kind == "arrow":
             return datasets.concatenate_datasets([datasets.Dataset.from_file(str(p)) for p in files])
-        inputs = files
-        if kind == "json" and cache_dir is not None:
-            inputs = [_as_json_lines(p, Path(cache_dir)) if _is_json_array(p) else p for p in files]
-        return datasets.load_dataset(kind, data_files=[str(p) for p in inputs], split="train", cache_dir=cache_dir)
+        if kind != "json":
+            return datasets.load_dataset(kind, data_files=[str(p) for p in files], split="train", cache_dir=cache_dir)
+        with tempfile.TemporaryDirectory(prefix="kubetune-rows-") as scratch:
+            work = Path(cache_dir) if cache_dir is not None else Path(scratch)
+            inputs = [_as_json_lines(p, work) if _is_json_array(p) else _bounded_lines(p) for p in files]
+            return datasets.load_dataset(kind, data_files=[str(p) for p in inputs], split="train",
+                                         cache_dir=cache_dir)
+    except DataError:
+        raise
     except Exception as exc:  # datasets wraps parse errors in its own types; find the line ourselves
         if kind == "json":
             for path in files:
                 _diagnose_json(path)
         raise DataError(f"{', '.join(map(str, files))}: cannot read as {kind}: {_short(exc)}") from None
+
+
+def _too_big(path: Path, where: str, size: int, limit: int) -> DataError:
+    return DataError(f"{path}: {where} is over {size / 2**20:.1f} MiB; rows over {limit / 2**20:g} MiB are refused "
+                     "before loading (each would be held in memory whole, several times): split it into smaller "
+                     "rows, or raise KUBETUNE_MAX_ROW_BYTES")
+
+
+def _bounded_lines(path: Path, block: int = 1 << 20) -> Path:
+    """`path`, once every line is known to be under the row limit (streamed: never more than a block in memory)."""
+    limit, line, current = max_row_bytes(), 1, 0
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(block), b""):
+            start = 0
+            while (newline := chunk.find(b"\n", start)) >= 0:
+                if current + newline - start > limit:
+                    raise _too_big(path, f"line {line}", current + newline - start, limit)
+                line, current, start = line + 1, 0, newline + 1
+            current += len(chunk) - start
+            if current > limit:
+                raise _too_big(path, f"line {line}", current, limit)
+    return path
 
 
 def _is_json_array(path: Path) -> bool:
@@ -101,7 +138,7 @@ def _as_json_lines(path: Path, work: Path, block: int = 1 << 22) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     target = work / f"{path.stem}-{abs(hash(str(path)))}.jsonl"
     decoder = json.JSONDecoder()
-    line, index = 1, 0
+    line, index, limit = 1, 0, max_row_bytes()
     with path.open("r", encoding="utf-8") as fin, target.open("w", encoding="utf-8") as fout:
         buf = fin.read(block)
         pos = _SKIP.match(buf, 0).end()
@@ -127,6 +164,8 @@ def _as_json_lines(path: Path, work: Path, block: int = 1 << 22) -> Path:
             try:
                 row, end = decoder.raw_decode(buf, pos)
             except json.JSONDecodeError as exc:
+                if len(buf) - pos > limit:  # the row is still open past the limit: never read the rest of it
+                    raise _too_big(path, f"row {index} (from line {line})", len(buf) - pos, limit) from None
                 if not eof:
                     more = fin.read(block)
                     buf, pos, eof = buf[pos:] + more, 0, not more
@@ -139,6 +178,8 @@ def _as_json_lines(path: Path, work: Path, block: int = 1 << 22) -> Path:
                 continue
             if not isinstance(row, dict):
                 raise DataError(f"{path}: row {index}: expected an object, got {type(row).__name__}")
+            if end - pos > limit:
+                raise _too_big(path, f"row {index} (from line {line})", end - pos, limit)
             fout.write(json.dumps(row, ensure_ascii=False))
             fout.write("\n")
             line += buf.count("\n", pos, end)

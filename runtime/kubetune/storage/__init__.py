@@ -10,20 +10,17 @@ import os
 from pathlib import Path
 
 from .errors import StorageError
+from .paths import claim_path, inside
 
-__all__ = ["StorageError", "local_path", "is_remote", "PVC_ROOT_ENV"]
+__all__ = ["StorageError", "local_path", "local_destination", "is_remote", "PVC_ROOT_ENV"]
 
 PVC_ROOT_ENV = "KUBETUNE_PVC_ROOT"
 
 
 def local_path(uri: str, repo_type: str = "model") -> Path:
     """A local file or directory holding what `uri` names (downloading hf:// into the HF cache)."""
-    if uri.startswith("file://"):
-        return _existing(Path(uri[len("file://"):]), uri)
-    if uri.startswith("pvc://"):
-        claim_and_path = uri[len("pvc://"):]
-        # The operator mounts each claim at <root>/<claim>; outside a pod the root can point anywhere.
-        return _existing(Path(os.environ.get(PVC_ROOT_ENV, "/mnt/pvc")) / claim_and_path, uri)
+    if uri.startswith(("file://", "pvc://")):
+        return _existing(_mounted(uri), uri)
     if uri.startswith("hf://"):
         return _hf(uri[len("hf://"):], repo_type)
     if uri.startswith("s3://"):
@@ -31,6 +28,28 @@ def local_path(uri: str, repo_type: str = "model") -> Path:
     if "://" in uri:
         raise StorageError(f"{uri}: unknown scheme; use hf://, s3://, pvc://, file:// or a local path")
     return _existing(Path(uri), uri)
+
+
+def local_destination(uri: str) -> Path | None:
+    """Where an output URI is written on this machine; None for s3:// (written locally first, then published)."""
+    if uri.startswith("s3://"):
+        return None
+    if uri.startswith(("file://", "pvc://")):
+        return _mounted(uri)
+    if "://" in uri:
+        raise StorageError(f"{uri}: unknown scheme for an output; use s3://, pvc://, file:// or a local path")
+    return Path(uri)
+
+
+def _mounted(uri: str) -> Path:
+    if uri.startswith("file://"):
+        path = uri[len("file://"):]
+        if not path.startswith("/"):
+            raise StorageError(f"{uri}: a file:// URI names an absolute path (file:///abs/path); write a relative "
+                               "path without the scheme")
+        return Path(path)
+    # The operator mounts each claim at <root>/<claim>; outside a pod the root can point anywhere.
+    return claim_path(Path(os.environ.get(PVC_ROOT_ENV, "/mnt/pvc")), uri[len("pvc://"):], uri)
 
 
 def _existing(path: Path, uri: str) -> Path:
@@ -70,8 +89,8 @@ def _s3(uri: str) -> Path:
     from . import s3
 
     where = s3.S3Uri.parse(uri)
-    target = cache_root() / "s3" / where.bucket / where.key
-    listing = s3.list_objects(where)
+    target = inside(cache_root() / "s3", f"{where.bucket}/{where.key}".rstrip("/"), uri)
+    listing = {key: size for key, size in s3.list_objects(where).items() if not key.endswith("/")}  # not folders
     if not listing:  # not a prefix: maybe one object
         size = s3.list_objects(s3.S3Uri(where.bucket, where.key.rpartition("/")[0])).get(where.key.rpartition("/")[2])
         if size is None:
@@ -85,6 +104,7 @@ def _s3(uri: str) -> Path:
         return target
     total = sum(listing.values())
     print(f"kubetune: downloading {len(listing)} files ({total / 2**20:.1f} MiB) from {uri}", flush=True)
-    s3.parallel([lambda k=key: s3.get_file(where.join(k), target / k) for key in listing])
+    paths = {key: inside(target, key, f"{uri}: object {key!r}") for key in listing}  # every key, before any transfer
+    s3.parallel([lambda k=key: s3.get_file(where.join(k), paths[k]) for key in listing])
     index.write_text(json.dumps(listing))
     return target

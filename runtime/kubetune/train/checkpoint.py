@@ -1,6 +1,10 @@
 """Checkpoints: `work_dir/iter_N/` with the weights (the adapter only, for LoRA), optimizer, scheduler, scaler, every
 rank's RNG state and the data position. Written to a temporary directory and renamed, so a half-written checkpoint
-is never picked up; `last_checkpoint` names the newest; only the newest `keep` stay."""
+is never picked up; `last_checkpoint` names the newest; only the newest `keep` stay.
+
+A checkpoint may come from a bucket or volume that someone else can write, so reading one runs no code: state is
+read with `torch.load(weights_only=True)` (tensors and plain containers only), DeepSpeed's own files are scanned
+against an allow-list before DeepSpeed reads them, and the manifest's sizes and sha256 are checked first."""
 
 from __future__ import annotations
 
@@ -11,14 +15,24 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from kubetune.storage import sync
+
+from .errors import TrainError
+
 STATE = "trainer_state.json"
 
 
 def rng_state() -> dict[str, Any]:
+    """Every generator's state as tensors and plain numbers, so that it loads with weights_only=True."""
     import numpy as np
     import torch
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    version, keys, gauss = random.getstate()
+    kind, np_keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": {"version": version, "state": torch.tensor(keys, dtype=torch.int64), "gauss": gauss},
+             "numpy": {"kind": kind, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached": float(cached)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -28,8 +42,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
     import numpy as np
     import torch
 
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -69,6 +85,8 @@ def save(work_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any, 
         (tmp / STATE).write_text(json.dumps({**state, "step": step, "world_size": world}, indent=2))
     barrier()
     if rank == 0:
+        # Last, after every rank's files: what resume and the uploads check (on a per-node disk it lists this node's).
+        (tmp / sync.MANIFEST).write_text(json.dumps(sync.manifest(tmp), indent=1))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         (work_dir / "last_checkpoint").write_text(str(final) + "\n")
@@ -110,11 +128,17 @@ def find_resume(work_dir: Path, resume: str | None, remote: str | None = None, f
         if resume.startswith("s3://"):
             resume = str(work_dir / resume.rstrip("/").rpartition("/")[2])
     if resume == "auto":
-        found = checkpoints(work_dir)
-        return found[-1] if found else None
+        for path in reversed(checkpoints(work_dir)):
+            if sync.verify(path):
+                return path
+            print(f"kubetune: {path} does not match its manifest (damaged); trying an older checkpoint", flush=True)
+        return None
     path = Path(resume)
     if not complete(path):
         raise FileNotFoundError(f"--resume {resume}: not a complete kubetune checkpoint (no {STATE} or model/)")
+    if not sync.verify(path):
+        raise TrainError(f"--resume {resume}: files differ from its {sync.MANIFEST} (sizes or sha256): the "
+                         "checkpoint is damaged or was altered; resume from another one")
     return path
 
 
@@ -128,14 +152,39 @@ def load(path: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any, ra
         ds.load(engine, path / "deepspeed")  # trainable weights and optimizer partitions
     else:
         load_weights(path, getattr(model, "module", model))
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+        optimizer.load_state_dict(read_state(path / "optimizer.pt"))
+    scheduler.load_state_dict(read_state(path / "scheduler.pt"))
     if scaler is not None and (path / "scaler.pt").exists():
-        scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=False))
+        scaler.load_state_dict(read_state(path / "scaler.pt"))
     rng = path / f"rng_rank{rank}.pt"
     if rng.exists():
-        set_rng_state(torch.load(rng, weights_only=False))
-    return json.loads((path / STATE).read_text())
+        set_rng_state(read_state(rng))
+    return read_trainer_state(path)
+
+
+def read_state(path: Path) -> Any:
+    """Tensors and plain containers only: a pickle that names any other global is refused, not run."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise TrainError(f"{path}: not loadable as plain tensors ({first}); refusing to resume from it (a "
+                         "checkpoint from an older kubetune, a damaged file, or one that tries to run code)") from None
+
+
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((path / STATE).read_text())
+    except ValueError as exc:
+        raise TrainError(f"{path / STATE}: not JSON ({exc})") from None
+    for key in ("step", "consumed"):
+        if not isinstance(state.get(key), int) or isinstance(state.get(key), bool) or state[key] < 0:
+            raise TrainError(f"{path / STATE}: {key} must be a non-negative integer, got {state.get(key)!r}")
+    return state
 
 
 def load_weights(path: Path, unwrapped: Any) -> None:
@@ -153,7 +202,12 @@ def load_weights(path: Path, unwrapped: Any) -> None:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        set_peft_model_state_dict(unwrapped, load_file(str(weights / "adapter_model.safetensors")))
+        adapter = finite(load_file(str(weights / "adapter_model.safetensors")), weights)
+        result = set_peft_model_state_dict(unwrapped, adapter)
+        unexpected = getattr(result, "unexpected_keys", None) or []
+        if unexpected:
+            raise TrainError(f"{weights}: the adapter has weights this model's adapter does not ({unexpected[:3]}): "
+                             "it was trained with another base model or other lora.targetModules")
     else:
         from safetensors.torch import load_file
 
@@ -161,13 +215,22 @@ def load_weights(path: Path, unwrapped: Any) -> None:
         for shard in sorted(weights.glob("*.safetensors")):
             if shard.name != "reward_head.safetensors":
                 state.update(load_file(str(shard)))
-        missing, unexpected = unwrapped.load_state_dict(state, strict=False)
+        missing, unexpected = unwrapped.load_state_dict(finite(state, weights), strict=False)
         if unexpected:
-            raise RuntimeError(f"{path}: unexpected weights {unexpected[:5]}")
+            raise TrainError(f"{path}: unexpected weights {unexpected[:5]}")
+
+
+def finite(state: dict[str, Any], where: Path) -> dict[str, Any]:
+    import torch
+
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise TrainError(f"{where}: weight {name} holds NaN or inf; refusing to resume from it")
+    return state
 
 
 def _fetch_remote(work_dir: Path, resume: str, remote: str | None) -> None:
-    from kubetune.storage import s3, sync
+    from kubetune.storage import s3
 
     if resume.startswith("s3://"):
         base, _, name = resume.rstrip("/").rpartition("/")
@@ -177,8 +240,9 @@ def _fetch_remote(work_dir: Path, resume: str, remote: str | None) -> None:
             raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint (no matching manifest)")
         sync.download_checkpoint(s3.S3Uri.parse(base), int(name[5:]), work_dir)
         return
-    steps = sync.remote_checkpoints(s3.S3Uri.parse(remote))
+    store = sync.store(remote)
+    steps = store.steps()
     local = checkpoints(work_dir)
     if steps and (not local or int(local[-1].name[5:]) < steps[-1]):
-        print(f"kubetune: downloading checkpoint iter_{steps[-1]} from {remote}", flush=True)
-        sync.download_checkpoint(s3.S3Uri.parse(remote), steps[-1], work_dir)
+        print(f"kubetune: fetching checkpoint iter_{steps[-1]} from {remote}", flush=True)
+        store.fetch(steps[-1], work_dir)

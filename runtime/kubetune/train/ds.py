@@ -15,6 +15,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 TAG = "state"  # DeepSpeed's own sub-directory inside iter_N/deepspeed
+# What DeepSpeed's own checkpoint files may name besides tensors and plain containers (DeepSpeed reads them with
+# weights_only=False, so anything else would run as code): its enums and config records, seen in its ZeRO 1-3 files.
+ALLOWED_GLOBALS = frozenset({"deepspeed.runtime.zero.config.ZeroStageEnum",
+                             "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+                             "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler"})
 
 
 def load_config(preset: str, path: str | None) -> dict[str, Any]:
@@ -87,7 +92,24 @@ def save(engine: Any, directory: Path) -> None:
 
 
 def load(engine: Any, directory: Path) -> None:
+    scan(directory)
     path, _ = engine.load_checkpoint(str(directory), tag=TAG, load_module_strict=False, load_optimizer_states=True,
                                      load_lr_scheduler_states=False)
     if path is None:
         raise FileNotFoundError(f"{directory}: no DeepSpeed state to resume from")
+
+
+def scan(directory: Path) -> None:
+    """Refuse DeepSpeed files whose pickles name globals outside the allow-list, before DeepSpeed unpickles them."""
+    from torch.serialization import get_unsafe_globals_in_checkpoint
+
+    from .errors import TrainError
+
+    for path in sorted(directory.rglob("*.pt")):
+        try:
+            found = sorted(set(get_unsafe_globals_in_checkpoint(str(path))) - ALLOWED_GLOBALS)
+        except Exception as exc:  # a damaged archive: zipfile, pickle and torch raise their own types
+            raise TrainError(f"{path}: not a readable DeepSpeed checkpoint file ({type(exc).__name__})") from None
+        if found:
+            raise TrainError(f"{path}: names {', '.join(found[:5])}, which a DeepSpeed checkpoint does not hold; "
+                             "refusing to load it (it could run code)")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from .errors import TrainError
 
 IGNORE_INDEX = -100
 STOP_AFTER = os.environ.get("KUBETUNE_STOP_AFTER_STEP")
@@ -157,6 +160,10 @@ def train(run: Run, forward: Callable[[Any, dict], Any]) -> None:
         run.scheduler.step()
         run.step += 1
         loss_value = float(run.all_reduce(total_loss) / run.world)
+        if not math.isfinite(loss_value):  # before any save: a diverged model must never become a checkpoint
+            raise TrainError(f"step {run.step}: the loss is {loss_value}; training stopped without saving. Lower "
+                             "training.optimizer.lr, keep training.maxNorm, or use precision bf16 instead of fp16; "
+                             "resume from the last checkpoint with --resume auto")
         if run.should_save(run.step):
             run.save(run.step)
         elapsed = time.perf_counter() - t0

@@ -9,10 +9,11 @@ from typing import Any
 
 from kubetune.model.attention import training_attention
 from kubetune.model.packed import accepts_logits_mask, packed_forward
-from kubetune.storage import is_remote
+from kubetune.storage import local_destination
 from kubetune.storage.sync import CheckpointSync
 
 from . import checkpoint, distributed, ds, sequence_parallel
+from .errors import TrainError
 from .hooks import TextLog
 from .loop import Run, train, with_targets
 from .model import build_model, count_parameters, resolve_precision, trainable_parameters
@@ -21,9 +22,7 @@ from .schedule import build_optimizer, build_scheduler
 from .steps import (build_data, collator, hooks_for, objective_for, pick_seed, plan_steps, report_throughput,
                     sampling_order, save_policy, seed_everything)
 
-
-class TrainError(Exception):
-    """A configuration this engine cannot run, explained in one line."""
+__all__ = ["run", "TrainError"]
 
 
 def run(job: Any, work_dir: str | None, resume: str | None, config_name: str,
@@ -47,7 +46,7 @@ def _run(job: Any, spec: Any, dist: distributed.Dist, work_dir: str | None, resu
     stamp = time.strftime("%Y%m%d_%H%M%S")
     log = TextLog(work, stamp, spec.training.log_every_steps) if dist.rank == 0 else None
     say = log.write if log else (lambda line: None)
-    remote = spec.checkpoints.uri if is_remote(spec.checkpoints.uri) else None
+    remote = checkpoint_destination(spec.checkpoints.uri, work)
     resume_from = checkpoint.find_resume(work, resume, remote, fetch=dist.local_rank == 0, barrier=dist.barrier)
     seed = pick_seed(spec, resume_from)
     seed_everything(seed)
@@ -106,6 +105,9 @@ def _run(job: Any, spec: Any, dist: distributed.Dist, work_dir: str | None, resu
     state = {"step": 0, "consumed": 0}
     if resume_from is not None:
         state = checkpoint.load(resume_from, model, optimizer, scheduler, scaler, dist.rank, engine)
+        if not 0 <= state["step"] <= total_steps:
+            raise TrainError(f"{resume_from}: its step {state['step']} is outside this run's 0..{total_steps} "
+                             "steps (raise training.maxSteps/epochs to train on, or resume another checkpoint)")
         say(f"resumed from {resume_from} at step {state['step']}")
 
     # 6. The loop, its checkpoints and hooks.
@@ -141,10 +143,19 @@ def _run(job: Any, spec: Any, dist: distributed.Dist, work_dir: str | None, resu
 
     # 7. Finish uploads, report, point at the next step.
     if uploads:
-        uploads.wait()
+        uploads.finish()
     if dist.rank == 0:
         report_throughput(model, spec, log, work)
         say(f"done: checkpoints in {work}; next: kubetune convert pth_to_hf "
             f"{work / stamp / 'config.json'} {checkpoint.checkpoints(work)[-1]} ./hf_out")
         log.close()
     return 0
+
+
+def checkpoint_destination(uri: str | None, work: Path) -> str | None:
+    """Where checkpoints are copied besides the work dir: s3://, or a mounted directory (pvc://, file://, a path);
+    None when that is the work dir itself."""
+    if not uri:
+        return None
+    local = local_destination(uri)
+    return None if local is not None and local.resolve() == work else uri
