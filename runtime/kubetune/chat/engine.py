@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .sampling import Sampling, generator, next_tokens
+from .sampling import Sampling, SamplingFailed, generator, next_tokens
 from .text import Detokenizer
 
 
@@ -40,6 +40,7 @@ class Request:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     arrival: float = field(default_factory=time.monotonic)
     cancelled: bool = False
+    done: bool = False
     generated: list[int] = field(default_factory=list)
     scheduled_at: float | None = None
     first_token_at: float | None = None
@@ -123,7 +124,7 @@ class Engine:
                     if self.running:
                         self._decode()
             except Exception as exc:  # a failing forward must fail its requests, not hang their clients
-                for r in self.running + joining:
+                for r in self.running + joining:  # a joining request may be running already: _finish runs once
                     self._finish(r, "error", error=f"{type(exc).__name__}: {exc}")
                 self.running, self.batch = [], None
 
@@ -138,6 +139,8 @@ class Engine:
         cache = DynamicCache()
         out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self.cache_arg: cache})
         token = next_tokens(out.logits[:, -1], [r.sampling], [r.prompt], [r.rng])[0]
+        if isinstance(token, SamplingFailed):
+            return self._finish(r, "error", error=str(token))
         if self._accept(r, token):
             return
         self.running.append(r)
@@ -152,11 +155,17 @@ class Engine:
                      else [] for r in self.running]
         tokens = next_tokens(out.logits[:, -1], [r.sampling for r in self.running], histories,
                              [r.rng for r in self.running])
-        keep = [i for i, (r, t) in enumerate(zip(self.running, tokens)) if not self._accept(r, t)]
-        b.last = self.torch.tensor(tokens, device=self.device)
+        keep = [i for i, (r, t) in enumerate(zip(self.running, tokens)) if not self._take(r, t)]
+        b.last = self.torch.tensor([t if isinstance(t, int) else 0 for t in tokens], device=self.device)
         if len(keep) < len(self.running):
             self.running = [self.running[i] for i in keep]
             self.batch = b.select(keep) if keep else None
+
+    def _take(self, r: Request, token: int | SamplingFailed) -> bool:
+        if isinstance(token, SamplingFailed):
+            self._finish(r, "error", error=str(token))
+            return True
+        return self._accept(r, token)
 
     def _accept(self, r: Request, token: int) -> bool:
         """Record one generated token; return True when the request is finished (and has been told)."""
@@ -168,7 +177,7 @@ class Engine:
         if r.cancelled:
             self._finish(r, "abort")
             return True
-        if token in self.eos_ids:
+        if token in self.eos_ids and not r.sampling.ignore_eos:
             self._finish(r, "stop")
             return True
         r.generated.append(token)
@@ -184,6 +193,9 @@ class Engine:
         return False
 
     def _finish(self, r: Request, reason: str, text: str = "", error: str | None = None) -> None:
+        if r.done:  # counted once, or the running gauge and stats() drift below zero
+            return
+        r.done = True
         if reason == "stop" and not r.detok.stopped:
             text += r.detok.flush()
         self.finished += 1

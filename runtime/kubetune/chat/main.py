@@ -126,13 +126,16 @@ def serve(args: Any) -> int:
                     max_tokens=args.max_tokens_limit or prompter.context,
                     default_max_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                     top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-                    stop_words=prompter.stop_words(args.stop_words), api_keys=keys)
+                    stop_words=prompter.stop_words(args.stop_words), api_keys=keys, body_timeout=args.body_timeout)
     metrics = ServingMetrics(name)
     engine = Engine(loaded.model, loaded.tokenizer, max_batch=args.max_batch, max_waiting=args.max_waiting,
                     eos_ids=prompter.eos_ids(), observer=metrics)
     app = build_app(engine, prompter, limits, metrics, name)
     _log(f"model {name}: template {prompter.template}, context {prompter.context} tokens, batch up to "
          f"{args.max_batch}, queue up to {args.max_waiting}" + (", API key required" if keys else ""))
+    if not keys and args.host not in ("127.0.0.1", "localhost", "::1"):
+        _log(f"warning: listening on {args.host} with no API key: anyone who can reach the port can use the model "
+             "(--api-key-file or KUBETUNE_API_KEYS)")
     return run_server(app, engine, args.host, args.port, args.drain_timeout, _log)
 
 
@@ -143,7 +146,7 @@ def _api_keys(path: str | None) -> frozenset[str]:
             text = Path(path).read_text()
         except OSError as exc:
             raise UserError(f"--api-key-file {path}: {exc.strerror}") from None
-        keys = frozenset(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+        keys = frozenset(line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#"))
         if not keys:
             raise UserError(f"--api-key-file {path}: no keys in the file (one per line)")
         return keys

@@ -1,6 +1,6 @@
 """OpenAI request bodies and response objects (chat completions, completions, models), kept free of the web framework
 so the shapes are easy to read and test. Extensions beyond OpenAI's fields follow vLLM: `top_k`,
-`repetition_penalty`."""
+`repetition_penalty`, `ignore_eos`."""
 
 from __future__ import annotations
 
@@ -24,14 +24,20 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")  # image_url and other parts carry their own fields
+    type: str
+    text: str | None = None
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):  # content parts: only text parts carry meaning for a text model
-            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+            return "".join(p.text or "" for p in self.content if p.type == "text")
         return self.content or ""
 
 
@@ -47,8 +53,9 @@ class _Sampling(BaseModel):
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=0)
     repetition_penalty: float | None = Field(default=None, gt=0)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # OpenAI's int64; torch takes all of it
     stop: str | list[str] | None = None
+    ignore_eos: bool = False
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -67,6 +74,16 @@ class _Sampling(BaseModel):
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    tools: list[Any] | None = None
+    functions: list[Any] | None = None
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _no_tools(cls, v: Any) -> Any:
+        # Refused rather than ignored: a client that sends tools expects tool calls back, not plain text.
+        if v:
+            raise ValueError("this server does not support tool or function calls")
+        return v
 
     def conversation(self) -> list[dict[str, str]]:
         return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
@@ -87,6 +104,13 @@ class CompletionRequest(_Sampling):
 
     def text(self) -> str:
         return self.prompt[0] if isinstance(self.prompt, list) else self.prompt
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_empty(cls, v: Any) -> Any:
+        if not (v[0] if isinstance(v, list) else v):
+            raise ValueError("the prompt is empty")
+        return v
 
     def requested_tokens(self) -> int | None:
         return self.max_tokens

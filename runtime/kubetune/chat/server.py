@@ -1,6 +1,7 @@
 """`kubetune serve`: an OpenAI-compatible HTTP server over the continuous-batching engine.
 
-Requests are validated and tokenized on the event loop, generated on the engine thread, and streamed back as SSE.
+Requests are read (bounded in size and time), validated on the event loop, tokenized on one worker thread (so a long
+prompt never stalls /health), generated on the engine thread, and streamed back as SSE.
 Overload answers 429 with Retry-After (the bounded queue), SIGTERM drains: /health turns 503 so the pod leaves the
 Service, in-flight answers finish (up to the drain timeout), then the engine stops.
 """
@@ -8,6 +9,8 @@ Service, in-flight answers finish (up to the drain timeout), then the engine sto
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import hmac
 import json
 import time
 from dataclasses import dataclass, field
@@ -35,6 +38,12 @@ class Limits:
     repetition_penalty: float = 1.0
     stop_words: tuple[str, ...] = ()
     api_keys: frozenset[str] = field(default_factory=frozenset)
+    body_timeout: float = 30.0  # seconds for the whole body to arrive; a trickling client holds no worker longer
+
+    @property
+    def max_body_bytes(self) -> int:
+        # Room for the longest accepted prompt even when every character is JSON-escaped, and never below 1 MiB.
+        return (1 << 20) + 32 * self.max_prompt_tokens
 
 
 def build_app(engine: Engine, prompter: Prompter, limits: Limits, metrics: ServingMetrics, name: str) -> Any:
@@ -46,6 +55,11 @@ def build_app(engine: Engine, prompter: Prompter, limits: Limits, metrics: Servi
     app = FastAPI(title="kubetune", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.draining = False
     created = int(time.time())
+    # One thread: tokenizers are not safe to share across threads, and one huge prompt must not take every core.
+    tokenize = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kubetune-tokenize")
+
+    async def off_loop(fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(tokenize, fn, *args)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Any, exc: ApiError) -> Any:
@@ -63,11 +77,9 @@ def build_app(engine: Engine, prompter: Prompter, limits: Limits, metrics: Servi
     async def count_and_authorize(request: HttpRequest, call_next: Any) -> Any:
         route = request.url.path
         try:
-            if route.startswith("/v1/") and limits.api_keys:
-                header = request.headers.get("authorization", "")
-                if not header.startswith("Bearer ") or header[7:].strip() not in limits.api_keys:
-                    raise ApiError(401, "invalid or missing API key (send Authorization: Bearer <key>)",
-                                   code="invalid_api_key")
+            if route.startswith("/v1/") and limits.api_keys and not _authorized(request, limits.api_keys):
+                raise ApiError(401, "invalid or missing API key (send Authorization: Bearer <key>)",
+                               code="invalid_api_key")
             response = await call_next(request)
         except ApiError as exc:
             response = await api_error(request, exc)
@@ -93,30 +105,66 @@ def build_app(engine: Engine, prompter: Prompter, limits: Limits, metrics: Servi
 
     @app.post("/v1/chat/completions")
     async def chat(request: HttpRequest) -> Any:
-        body = _parse(await request.body(), ChatCompletionRequest, name)
+        body = _parse(await _read_body(request, limits), ChatCompletionRequest, name)
         try:
-            ids = prompter.render(body.conversation())
+            ids = await off_loop(prompter.render, body.conversation())
         except ValueError as exc:
             raise ApiError(400, str(exc), param="messages") from None
-        return await _answer(body, ids, "messages", "chatcmpl", _chat_stream, chat_response)
+        return await _answer(request, body, ids, "messages", "chatcmpl", _chat_stream, chat_response)
 
     @app.post("/v1/completions")
     async def complete(request: HttpRequest) -> Any:
-        body = _parse(await request.body(), CompletionRequest, name)
-        ids = prompter.tokenizer.encode(body.text())
-        return await _answer(body, ids, "prompt", "cmpl", _completion_stream, completion_response)
+        body = _parse(await _read_body(request, limits), CompletionRequest, name)
+        ids = await off_loop(prompter.tokenizer.encode, body.text())
+        return await _answer(request, body, ids, "prompt", "cmpl", _completion_stream, completion_response)
 
-    async def _answer(body: Any, ids: list[int], prompt_field: str, prefix: str, stream: Any, respond: Any) -> Any:
+    async def _answer(request: HttpRequest, body: Any, ids: list[int], prompt_field: str, prefix: str, stream: Any,
+                      respond: Any) -> Any:
         rid = new_id(prefix)
+        if not ids:
+            raise ApiError(400, "the prompt is empty", param=prompt_field)
         job, events = _submit(engine, ids, _sampling(body, len(ids), prompt_field, limits))
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(stream(rid, name, job, events, include_usage), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
-        text, reason = await _collect(job, events)
+        text, reason = await _collect_while_connected(request, job, events)
         return respond(rid, name, text, reason, len(ids), len(job.generated))
 
     return app
+
+
+def _authorized(request: HttpRequest, keys: frozenset[str]) -> bool:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    # The scheme is case-insensitive (RFC 9110); compare_digest so timing says nothing about how much matched.
+    return scheme.lower() == "bearer" and any(hmac.compare_digest(token.encode(), k.encode()) for k in keys)
+
+
+async def _read_body(request: HttpRequest, limits: Limits) -> bytes:
+    """The body, refused with 413 past the limit (before reading it when Content-Length says so) and 408 when it
+    does not arrive in time: a 20 MB prompt is never held in memory, a trickling client never holds a worker."""
+    limit = limits.max_body_bytes
+    too_big = ApiError(413, f"the request body is over this server's limit of {limit} bytes", code="body_too_large")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_big
+    chunks: list[bytes] = []
+
+    async def read() -> None:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(read(), limits.body_timeout)
+    except asyncio.TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {limits.body_timeout:g} s",
+                       code="request_timeout") from None
+    return b"".join(chunks)
 
 
 def _parse(raw: bytes, model: Any, name: str) -> Any:
@@ -124,8 +172,13 @@ def _parse(raw: bytes, model: Any, name: str) -> Any:
 
     try:
         data = json.loads(raw)
+        json.dumps(data, ensure_ascii=False).encode()  # a lone surrogate ("\ud800") cannot be tokenized
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+    except UnicodeEncodeError:
+        raise ApiError(400, "the request body holds a lone UTF-16 surrogate, which is not text") from None
+    except RecursionError:
+        raise ApiError(400, "the request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object")
     try:
@@ -159,7 +212,7 @@ def _sampling(body: Any, prompt_len: int, prompt_field: str, limits: Limits) -> 
                     temperature=pick(body.temperature, limits.temperature),
                     top_k=pick(body.top_k, limits.top_k), top_p=pick(body.top_p, limits.top_p),
                     repetition_penalty=pick(body.repetition_penalty, limits.repetition_penalty), seed=body.seed,
-                    stop=tuple(dict.fromkeys(limits.stop_words + body.stops())))
+                    stop=tuple(dict.fromkeys(limits.stop_words + body.stops())), ignore_eos=body.ignore_eos)
 
 
 def _submit(engine: Engine, ids: list[int], sampling: Sampling) -> tuple[Request, asyncio.Queue[Event]]:
@@ -188,6 +241,24 @@ async def _events(job: Request, events: asyncio.Queue[Event]) -> AsyncIterator[E
     finally:
         if not finished:  # the client went away: free the batch slot
             job.cancel()
+
+
+async def _collect_while_connected(request: HttpRequest, job: Request,
+                                   events: asyncio.Queue[Event]) -> tuple[str, str]:
+    """A non-streaming answer, cancelled (its batch slot freed) as soon as the client hangs up."""
+    collect = asyncio.ensure_future(_collect(job, events))
+
+    async def watch() -> None:
+        # The body is read, so the next ASGI message is the disconnect (what StreamingResponse listens for).
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        job.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await collect
+    finally:
+        watcher.cancel()
 
 
 async def _collect(job: Request, events: asyncio.Queue[Event]) -> tuple[str, str]:

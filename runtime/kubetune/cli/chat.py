@@ -49,7 +49,8 @@ def add_parser(sub, mode: str, summary: str) -> None:
         p.add_argument("--offload-folder", default=None, help="where to offload weights that do not fit")
         p.add_argument("--prompt", default=None, help="answer one prompt and exit (non-interactive)")
     else:
-        p.add_argument("--host", default="0.0.0.0", help="listen address")
+        p.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0: every interface; the "
+                       "operator's pods do that behind a Service)")
         p.add_argument("--port", type=int, default=8000, help="listen port")
         p.add_argument("--api-key-file", default=None,
                        help="file with accepted API keys, one per line (else $KUBETUNE_API_KEYS, comma-separated; "
@@ -62,6 +63,8 @@ def add_parser(sub, mode: str, summary: str) -> None:
                        "context window)")
         p.add_argument("--max-tokens-limit", type=int, default=None, help="largest max_tokens a request may ask for "
                        "(default: the context window)")
+        p.add_argument("--body-timeout", type=float, default=30.0, help="seconds a request body may take to "
+                       "arrive (else 408)")
         p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds in-flight requests get to finish "
                        "after SIGTERM")
         p.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
