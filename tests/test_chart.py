@@ -52,7 +52,7 @@ def test_helm_lint(name):
 def test_default_render():
     docs = render()
     assert kinds(docs) == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
-                           "Deployment", "Service"}
+                           "Deployment", "Service", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
     deploy = next(d for d in docs if d["kind"] == "Deployment")
     assert deploy["spec"]["replicas"] == 1 and deploy["spec"]["strategy"] == {"type": "Recreate"}
     pod = deploy["spec"]["template"]["spec"]
@@ -188,3 +188,62 @@ def test_installed_roles_let_editors_create_jobs_and_viewers_only_read(cluster, 
     assert can("alice", "get", "finetunejobs.kubetune.io", "--subresource=status")
     assert can("bob", "list", "finetunejobs.kubetune.io") and can("bob", "get", "convertjobs.kubetune.io")
     assert not can("bob", "create", "finetunejobs.kubetune.io")
+
+
+def test_the_admission_policy_keeps_pod_powers_with_who_has_them(cluster, monitoring_api):
+    """Issue 26 H5: with only the chart's kubetune-edit role (no pod creation), a FineTuneJob ran as a namespace
+    admin's service account with an image of the user's choice. The chart's ValidatingAdmissionPolicy refuses it,
+    and lets through whoever could have made that pod anyway."""
+    ns, plane = "team-c", monitoring_api
+    policy = helm("template", "ktadm", str(CHART), "-n", "kubetune-system", "--set", "crds.install=false",
+                  "--set", "admission.allowedImages={registry.example.com/ml/}",
+                  "--show-only", "templates/admission-policy.yaml",
+                  "--show-only", "templates/rbac-aggregate.yaml").stdout
+    plane.kubectl("apply", "-f", "-", input=policy)
+    plane.kubectl("create", "namespace", ns, check=False)
+    plane.kubectl("create", "rolebinding", "alice-kt", "--clusterrole=ktadm-kubetune-edit", "--user=alice", "-n", ns)
+    plane.kubectl("create", "rolebinding", "bob-kt", "--clusterrole=ktadm-kubetune-edit", "--user=bob", "-n", ns)
+    plane.kubectl("create", "role", "pods", "--verb=create", "--resource=pods", "-n", ns)
+    plane.kubectl("create", "rolebinding", "bob-pods", "--role=pods", "--user=bob", "-n", ns)
+    plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(  # kubectl create role refuses verbs it does not know
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "use-irsa", "namespace": ns},
+         "rules": [{"apiGroups": [""], "resources": ["serviceaccounts"], "resourceNames": ["s3-irsa"],
+                    "verbs": ["use"]}]}))
+    plane.kubectl("create", "rolebinding", "alice-irsa", "--role=use-irsa", "--user=alice", "-n", ns)
+
+    def create(user: str, name: str, **resources: object) -> subprocess.CompletedProcess:
+        doc = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name, "namespace": ns},
+               "spec": {"model": {"uri": "hf://org/model"}, "dataset": {"uri": "s3://data/train.jsonl"},
+                        "resources": resources}}
+        return plane.kubectl("create", "--dry-run=server", "--as", user, "-f", "-", input=yaml.safe_dump(doc),
+                             check=False)
+
+    try:
+        plane.wait_for(lambda: "may not run pods as service account admin" in
+                       create("alice", "j", serviceAccountName="admin").stderr, "the policy to take effect", 60)
+        assert "spec.resources.serviceAccountName: alice" in create("alice", "j", serviceAccountName="admin").stderr
+        refused = create("alice", "j", image="evil.example.com/miner:1")
+        assert refused.returncode != 0 and "spec.resources.image: alice may not run the image" in refused.stderr
+        refused = create("alice", "j", volumes=[{"name": "host", "hostPath": {"path": "/"}}])
+        assert refused.returncode != 0 and "spec.resources.volumes" in refused.stderr
+        for allowed in ({}, {"serviceAccountName": "s3-irsa"}, {"image": "registry.example.com/ml/kubetune:1"}):
+            proc = create("alice", "j", **allowed)
+            assert proc.returncode == 0, (allowed, proc.stderr)
+        for allowed in ({"serviceAccountName": "admin"}, {"image": "evil.example.com/miner:1"},
+                        {"volumes": [{"name": "scratch", "emptyDir": {}}]}):
+            proc = create("bob", "j", **allowed)  # bob may create pods: kubetune gives him nothing new
+            assert proc.returncode == 0, (allowed, proc.stderr)
+        # An update that leaves them unchanged passes for anyone who may edit (the operator's metadata writes too).
+        plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(
+            {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "bobs", "namespace": ns},
+             "spec": {"model": {"uri": "hf://org/model"}, "dataset": {"uri": "s3://data/train.jsonl"},
+                      "resources": {"serviceAccountName": "admin"}}}))
+        relabel = plane.kubectl("label", "--as", "alice", "-n", ns, "ftj", "bobs", "team=a", check=False)
+        assert relabel.returncode == 0, relabel.stderr
+        change = plane.kubectl("patch", "--as", "alice", "-n", ns, "ftj", "bobs", "--type=merge", "-p",
+                               '{"spec": {"resources": {"serviceAccountName": "other"}}}', check=False)
+        assert change.returncode != 0 and "may not run pods as service account other" in change.stderr
+    finally:
+        plane.kubectl("delete", "-n", ns, "ftj", "bobs", "--ignore-not-found", check=False)
+        plane.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", "ktadm-kubetune-pod-powers",
+                      "--ignore-not-found", check=False)

@@ -242,6 +242,38 @@ def test_invalid_spec_fails_with_a_condition(cluster, operator):
     assert next(c for c in status["conditions"] if c["type"] == "Failed")["reason"] == "InvalidSpec"
 
 
+def test_children_names_that_are_taken_are_never_overwritten_or_adopted(cluster, operator):
+    """Issue 26 H6: a FineTuneJob named so that its children match an existing ConfigMap, Role and RoleBinding made
+    the operator's forced apply rewrite all three, and deleting the job garbage-collected them."""
+    theirs = [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "squat-config", "namespace": NS},
+         "data": {"app.yaml": "mine"}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": "squat-runner", "namespace": NS},
+         "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": "squat-runner", "namespace": NS},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "squat-runner"},
+         "subjects": [{"kind": "User", "name": "alice"}]},
+    ]
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": theirs}))
+    before = {d["kind"]: cluster.get_json("-n", NS, d["kind"].lower(), d["metadata"]["name"]) for d in theirs}
+    _create(cluster, "squat")
+    status = _wait_phase(cluster, "ftj", "squat", ("Failed",))
+    condition = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert condition["reason"] == "NotOwned" and "is not owned by this resource" in condition["message"]
+    assert "NotOwned" in _events(cluster, "squat")
+    assert not cluster.get_json("-n", NS, "jobs", "-l", "kubetune.io/finetunejob=squat")["items"]
+    cluster.kubectl("delete", "-n", NS, "ftj", "squat")
+    time.sleep(5)  # what the garbage collector would have taken by now
+    for doc in theirs:
+        now = cluster.get_json("-n", NS, doc["kind"].lower(), doc["metadata"]["name"])
+        assert "ownerReferences" not in now["metadata"], now["metadata"]
+        for field in ("data", "rules", "subjects", "roleRef"):
+            assert now.get(field) == before[doc["kind"]].get(field)
+    cluster.kubectl("delete", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": theirs}))
+
+
 def test_convertjob_runs_to_succeeded(cluster, operator):
     doc = {"apiVersion": "kubetune.io/v1alpha1", "kind": "ConvertJob",
            "spec": {"operation": "merge", "source": {"checkpointUri": "s3://ckpt/run/export/hf"},

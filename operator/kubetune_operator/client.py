@@ -22,6 +22,15 @@ class ApiError(Exception):
         self.status = status
 
 
+class NotOwned(Exception):
+    """A child's name is taken by an object this resource does not own."""
+
+    def __init__(self, kind: str, name: str):
+        super().__init__(f"{kind} {name} already exists and is not owned by this resource; the operator will not "
+                         f"overwrite or adopt it (rename the resource, or delete that {kind} if it is stale)")
+        self.kind, self.name = kind, name
+
+
 def path(api_version: str, kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
     base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
     out = f"{base}/namespaces/{namespace}/{PLURALS[kind]}"
@@ -61,7 +70,16 @@ class Kube:
             return json.loads(text) if text else None
 
     async def apply(self, manifest: dict) -> dict:
+        """Server-side apply, forced (the operator owns its children's fields), but never onto an object that exists
+        without this manifest's owner: a child name matching a user's Role or ConfigMap must not rewrite it, nor
+        adopt it for the garbage collector (a confused deputy)."""
         m = manifest["metadata"]
+        owners = {o["uid"] for o in m.get("ownerReferences", ())}
+        if owners:
+            current = await self.get(manifest["apiVersion"], manifest["kind"], m["namespace"], m["name"])
+            theirs = {o.get("uid") for o in ((current or {}).get("metadata") or {}).get("ownerReferences", ())}
+            if current is not None and not owners & theirs:
+                raise NotOwned(manifest["kind"], m["name"])
         return await self._request("PATCH", path(manifest["apiVersion"], manifest["kind"], m["namespace"], m["name"]),
                                    manifest, "application/apply-patch+yaml",
                                    {"fieldManager": self.field_manager, "force": "true"})

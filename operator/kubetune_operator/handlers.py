@@ -12,7 +12,7 @@ import kopf
 from kubetune.api import GROUP, VERSION
 
 from . import metrics, reconcile, status as st
-from .client import ApiError, Kube
+from .client import ApiError, Kube, NotOwned
 from .settings import Settings
 
 MANAGED = {"app.kubernetes.io/managed-by": "kubetune-operator"}
@@ -71,10 +71,15 @@ def _post(body: dict, events: list) -> None:
         kopf.event(body, type=type_, reason=reason, message=message[:1000])
 
 
-async def _run(kind: str, work: Any) -> Any:
+async def _run(kind: str, work: Any, body: dict | None = None) -> Any:
     started = time.monotonic()
     try:
         result = await work
+    except NotOwned as exc:
+        metrics.RECONCILES.labels(kind, "not_owned").inc()
+        if body is None:  # a child's event: nothing of the parent's to fail here, so the error is logged, once
+            raise kopf.PermanentError(str(exc)) from None
+        return reconcile.not_owned(body, exc)
     except reconcile.Waiting as exc:
         metrics.RECONCILES.labels(kind, "waiting").inc()
         raise kopf.TemporaryError(str(exc), delay=15) from None
@@ -91,7 +96,8 @@ async def _run(kind: str, work: Any) -> Any:
 @kopf.on.create(GROUP, VERSION, "finetunejobs")
 @kopf.on.update(GROUP, VERSION, "finetunejobs", field="spec")
 async def finetunejob(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    status, events = await _run("FineTuneJob", reconcile.finetune(_kube(memo), dict(body), memo.settings))
+    status, events = await _run("FineTuneJob", reconcile.finetune(_kube(memo), dict(body), memo.settings),
+                                dict(body))
     patch.status.update(status)
     metrics.track_phase(body["metadata"], status.get("phase") or (body.get("status") or {}).get("phase"))
     _post(dict(body), events)
@@ -119,7 +125,7 @@ def _reconciler(kind: str, plural: str, work: Any) -> None:
     """Create/resume/spec-update handlers for a kind whose reconcile needs nothing beyond (client, body, settings)."""
 
     async def handler(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-        status, events = await _run(kind, work(_kube(memo), dict(body), memo.settings))
+        status, events = await _run(kind, work(_kube(memo), dict(body), memo.settings), dict(body))
         patch.status.update(status)
         _post(dict(body), events)
 
@@ -146,7 +152,7 @@ async def adapter_exported(body: kopf.Body, new: Any, memo: kopf.Memo, **_: Any)
     kube, meta = _kube(memo), body["metadata"]
     for endpoint in await kube.list(body["apiVersion"], "ChatEndpoint", meta["namespace"]):
         if any(a.get("fineTuneJobRef") == meta["name"] for a in endpoint["spec"].get("adapters", [])):
-            status, events = await _run("ChatEndpoint", reconcile.chat(kube, endpoint, memo.settings))
+            status, events = await _run("ChatEndpoint", reconcile.chat(kube, endpoint, memo.settings), endpoint)
             await kube.patch_status(endpoint["apiVersion"], "ChatEndpoint", meta["namespace"],
                                     endpoint["metadata"]["name"], status)
             _post(endpoint, events + [("Normal", "AdapterUpdated", f"serving {new}")])

@@ -10,7 +10,7 @@ from kubetune.api import API_VERSION, ManifestError, parse_manifest
 
 from . import metrics, status as st
 from .builders import chat as chat_b, convert as convert_b, finetune as ftj_b
-from .client import ApiError, Kube
+from .client import ApiError, Kube, NotOwned
 from .settings import Settings
 
 
@@ -29,12 +29,20 @@ def parse_or_reject(body: dict, kind: str) -> tuple[Any, tuple[dict, list] | Non
     try:
         return parse(body, kind), None
     except ManifestError as error:
-        generation = body["metadata"].get("generation", 1)
         message = "; ".join(f"{p}: {m}" for p, m in error.errors) or str(error)
-        status = {"phase": "Failed", "message": message, "observedGeneration": generation,
-                  "conditions": st.set_condition([], "Failed", True, "InvalidSpec", message, st.now_iso(),
-                                                 generation)}
-        return None, (status, [("Warning", "InvalidSpec", str(error))])
+        return None, fail(body, "InvalidSpec", message, str(error))
+
+
+def fail(body: dict, reason: str, message: str, event: str | None = None) -> tuple[dict, list]:
+    """The status patch and Warning event that fail a resource for a reason its owner must fix."""
+    generation = body["metadata"].get("generation", 1)
+    conditions = st.set_condition([], "Failed", True, reason, message, st.now_iso(), generation)
+    status = {"phase": "Failed", "message": message, "observedGeneration": generation, "conditions": conditions}
+    return status, [("Warning", reason, event or message)]
+
+
+def not_owned(body: dict, exc: NotOwned) -> tuple[dict, list]:
+    return fail(body, "NotOwned", str(exc))
 
 
 # --- FineTuneJob ------------------------------------------------------------------------------------------------
