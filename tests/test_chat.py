@@ -147,6 +147,29 @@ def test_plugins_calculate_and_solve_without_eval(monkeypatch):
     assert plugins.run_commands("no commands here", {"calculate"}) is None
 
 
+def test_plugin_commands_from_the_model_are_bounded_and_normalised(monkeypatch):
+    """Issue 26 M4/M5: model output crashed the session (`exp(1000)`, a 5 000-digit product, `1\\x`), hung it
+    (`round(1, -10**9)`, `solve("x=9^9^9")`) or ate 1.2 GB (`x^1000000000-1`); full-width letters slipped past the
+    solver's attribute filter. Each command now runs in a budgeted process and always gives a result line."""
+    import time
+
+    monkeypatch.setattr(plugins, "BUDGET_SECONDS", 4.0)
+    commands = {'Calculate("exp(1000)")': "error: OverflowError",
+                'Calculate("factorial(1000)*factorial(1000)")': "error: ValueError: Exceeds the limit",
+                'Calculate("1\\x")': "error: not an arithmetic expression",
+                'Calculate("round(1,-10**9)")': "error: took longer than 4 s",
+                'Solve("x=9^9^9")': "error: took longer than 4 s",
+                'Solve("x^1000000000-1")': "error: ",
+                'Solve("\uff59.\uff4e\uff41\uff4d\uff45")': "error: not an equation: 'y.name'"}
+    started = time.monotonic()
+    results = plugins.run_commands("<|Commands|>: " + ", ".join(commands) + "<eoc>", {"calculate", "solve"})
+    assert time.monotonic() - started < 4 * 4 + 20
+    lines = results.splitlines()[1:-1]
+    assert len(lines) == len(commands)
+    for line, want in zip(lines, commands.values()):
+        assert line.split(" => ", 1)[1].startswith(want), line
+
+
 def _repl(tiny_dir, *flags: str) -> pexpect.spawn:
     return pexpect.spawn(sys.executable, ["-m", "kubetune", "chat", str(tiny_dir), *flags], encoding="utf-8",
                          timeout=120, dimensions=(50, 400), env={"PYTHONUNBUFFERED": "1", "PATH": "/usr/bin:/bin",

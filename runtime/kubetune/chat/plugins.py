@@ -1,5 +1,9 @@
 """MOSS plugins for `chat --with-plugins`: the model writes `<|Commands|>: Calculate("2*(3+4)")<eoc>`, the REPL runs
-the commands and feeds `<|Results|>: ...<eor>` back before the model answers. Nothing here calls `eval`."""
+the commands and feeds `<|Results|>: ...<eor>` back before the model answers. Nothing here calls `eval`.
+
+The model's output is untrusted input: each command runs in its own process with a time and memory budget
+(`exp(1000)`, `x^1000000000-1` or `round(1, -10**9)` must cost an error line, never the session), and its
+argument is NFKC-normalised before any filter looks at it (full-width `ｙ.ｎａｍｅ` is `y.name`)."""
 
 from __future__ import annotations
 
@@ -9,12 +13,19 @@ import math
 import operator
 import os
 import re
+import resource
+import subprocess
+import sys
+import unicodedata
 import urllib.request
 
 COMMAND = re.compile(r'(Calculate|Solve|Search)\("((?:[^"\\]|\\.)*)"\)')
 COMMANDS_BLOCK = re.compile(r"<\|Commands\|>:(.*?)(?:<eoc>|$)", re.S)
 SEARCH_KEY_ENV = "SERPER_API_KEY"
-_EQUATION = re.compile(r"[\w\s+\-*/^().=,;]*")
+_EQUATION = re.compile(r"[\w\s+\-*/^().=,;]*", re.ASCII)
+BUDGET_SECONDS = 10.0
+BUDGET_BYTES = 1 << 30  # address space of the plugin process
+MAX_RESULT = 2000
 
 
 class PluginError(ValueError):
@@ -124,6 +135,45 @@ def search(query: str) -> str:
 PLUGINS = {"Calculate": ("calculate", calculate), "Solve": ("solve", solve), "Search": ("search", search)}
 
 
+def run_isolated(name: str, argument: str) -> str:
+    """`name(argument)` in a child process under the budget; the result line, or `error: ...` whatever happens."""
+    try:
+        proc = subprocess.run([sys.executable, "-m", "kubetune.chat.plugins", name], input=argument, text=True,
+                              capture_output=True, timeout=BUDGET_SECONDS)
+    except subprocess.TimeoutExpired:
+        return f"error: took longer than {BUDGET_SECONDS:g} s"
+    try:
+        answer = json.loads(proc.stdout)
+    except ValueError:
+        return "error: ran out of its memory budget" if "MemoryError" in proc.stderr else "error: the plugin failed"
+    text = answer["result"] if "result" in answer else f"error: {answer['error']}"
+    return text if len(text) <= MAX_RESULT else text[:MAX_RESULT] + "... (cut)"
+
+
+def _child(name: str) -> None:
+    """The plugin process: one command from stdin, one JSON object on stdout."""
+    # Set here rather than in a preexec_fn, which is unsafe in the chat's threaded process.
+    resource.setrlimit(resource.RLIMIT_AS, (BUDGET_BYTES, BUDGET_BYTES))
+    try:
+        out = {"result": PLUGINS[name][1](sys.stdin.read())}
+    except PluginError as exc:
+        out = {"error": str(exc)}
+    except MemoryError:
+        out = {"error": "ran out of its memory budget"}
+    except Exception as exc:  # OverflowError, a too-long int to print...: an answer for the model, not a crash
+        out = {"error": f"{type(exc).__name__}: {exc}"}
+    sys.stdout.write(json.dumps(out))
+
+
+def _argument(raw: str) -> str:
+    if "\\" in raw:
+        try:
+            raw = raw.encode().decode("unicode_escape")
+        except UnicodeDecodeError:
+            pass  # `1\x`: not an escape, so the text stands as written
+    return unicodedata.normalize("NFKC", raw)
+
+
 def run_commands(generated: str, enabled: set[str]) -> str | None:
     """The `<|Results|>` block for the commands in a MOSS answer, or None when it asked for none."""
     block = COMMANDS_BLOCK.search(generated)
@@ -131,16 +181,17 @@ def run_commands(generated: str, enabled: set[str]) -> str | None:
         return None
     lines = []
     for name, argument in COMMAND.findall(block.group(1)):
-        flag, function = PLUGINS[name]
-        argument = argument.encode().decode("unicode_escape") if "\\" in argument else argument
+        flag, _ = PLUGINS[name]
+        argument = _argument(argument)
         if flag not in enabled:
             result = f"{name} is disabled (start chat with --with-plugins {flag})"
         else:
-            try:
-                result = function(argument)
-            except PluginError as exc:
-                result = f"error: {exc}"
+            result = run_isolated(name, argument)
         lines.append(f'{name}("{argument}") => {result}')
     if not lines:
         return None
     return "<|Results|>:\n" + "\n".join(lines) + "\n<eor>\n"
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1])
