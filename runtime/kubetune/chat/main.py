@@ -107,7 +107,7 @@ def _attach_image(loaded: Any, image: str, session: Any) -> None:
         raise UserError(str(exc)) from None
     weight = next(loaded.model.encoder.parameters())
     loaded.model.images = pixels.unsqueeze(0).to(device=weight.device, dtype=weight.dtype)
-    session.first_turn_prefix = IMAGE_TOKEN + "\n"
+    session.first_turn_prefix = session.prompter.trusted_prefix = IMAGE_TOKEN + "\n"
     session.expand = loaded.expand
     session.extra_tokens = loaded.model.patches - 1
 

@@ -21,6 +21,7 @@ class Prompter:
     template: str = "auto"
     system: str | None = None
     context: int = 4096
+    trusted_prefix: str = ""  # LLaVA's image marker, which the REPL (not the person typing) puts before a message
 
     @property
     def spec(self) -> Template | None:
@@ -57,11 +58,34 @@ class Prompter:
         return ids, dropped
 
     def _split(self, messages: list[Message]) -> tuple[str | None, list[Message]]:
+        messages = [{**m, "content": self._neutral(m["content"])} for m in messages]
+        if self.trusted_prefix:
+            spoofed = self._neutral(self.trusted_prefix)
+            messages = [{**m, "content": self.trusted_prefix + m["content"][len(spoofed):]}
+                        if m["content"].startswith(spoofed) else m for m in messages]
         system = next((m["content"] for m in messages if m["role"] == "system"), self.system)
         turns = [m for m in messages if m["role"] != "system"]
         if not turns or turns[-1]["role"] != "user":
             raise ValueError("the conversation must end with a user message")
         return system, turns
+
+    def _neutral(self, text: str) -> str:
+        """`text` with every control token spelled so that it encodes as plain text: a `<|im_end|>` typed into a
+        message must not close the turn and open a system one (role spoofing). A zero-width space after the first
+        character keeps it readable to the model and to people."""
+        for token in self._controls():
+            if token in text:
+                text = text.replace(token, token[0] + "\u200b" + token[1:])
+        return text
+
+    def _controls(self) -> list[str]:
+        if not hasattr(self, "_control_tokens"):
+            tok = self.tokenizer
+            added = getattr(tok, "added_tokens_decoder", {}) or {}
+            names = {t.content for t in added.values() if getattr(t, "special", False)}
+            names |= set(getattr(tok, "all_special_tokens", ()))
+            self._control_tokens = sorted((n for n in names if len(n) > 1), key=len, reverse=True)
+        return self._control_tokens
 
     def _render(self, system: str | None, turns: list[Message]) -> list[int]:
         tok = self.tokenizer
