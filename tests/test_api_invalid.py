@@ -29,6 +29,7 @@ SPECS = {"ftj": (FineTuneJob, FineTuneJobSpec), "cvj": (ConvertJob, ConvertJobSp
 # (id, base, patch merged into the manifest, paths that must be named, is it a cross-field rule?)
 CASES = [
     ("method-type-enum", "ftj", {"spec": {"method": {"type": "prefix"}}}, ["spec.method.type"], False),
+    ("seed-past-32-bits", "ftj", {"spec": {"training": {"seed": 2**32}}}, ["spec.training.seed"], False),
     ("quantization-without-qlora", "ftj", {"spec": {"method": {"type": "lora", "quantization": {"bits": 4}}}},
      ["spec.method.quantization"], True),
     ("lora-block-with-full", "ftj", {"spec": {"method": {"type": "full", "lora": {"r": 8}}}}, ["spec.method.lora"], True),

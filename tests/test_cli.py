@@ -74,7 +74,13 @@ def test_copy_cfg_seed_example(tmp_path, cli):
     job = load_manifest(path)
     assert job.spec.method.type == "qlora"
     assert "# Rank of the update matrices." in path.read_text()  # field docs travel with the copy
-    assert cli("validate", str(path)).returncode == 0
+    # InternLM2 ships its own modelling code: the copy turns trustRemoteCode on, and says so (issue 26).
+    assert doc["spec"]["model"]["trustRemoteCode"] is True
+    assert "note: model.trustRemoteCode is true" in out.stderr
+    checked = cli("validate", str(path))
+    assert checked.returncode == 0 and "note: model.trustRemoteCode is true" in checked.stderr
+    plain = cli("copy-cfg", "llama2_7b_qlora_alpaca_e3", "./", cwd=tmp_path)
+    assert plain.returncode == 0 and "trustRemoteCode" not in plain.stderr
 
 
 def test_copy_cfg_unknown_name(tmp_path, cli):

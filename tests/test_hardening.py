@@ -153,6 +153,18 @@ def test_m6_a_damaged_checkpoint_is_refused_and_auto_falls_back(trained):
     assert out.returncode == 0 and "iter_2 at step 2" in out.stdout, out.stdout[-2000:]
 
 
+def test_a_corrupt_checkpoint_with_a_matching_manifest_is_an_error_not_a_traceback(trained):
+    job, work, env = trained
+    ckpt = work / "iter_4"
+    weights = ckpt / "model" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # cut: the header promises more than the file holds
+    (ckpt / "scheduler.pt").write_bytes(b"not a torch file")
+    rewrite_manifest(ckpt)
+    out = resume(job, work, env, which=str(ckpt))
+    assert out.returncode == 1 and f"{ckpt}: cannot resume from it" in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+
+
 def test_m6_nan_weights_unrelated_adapters_and_bogus_steps_are_refused(trained):
     import torch
     from safetensors.torch import load_file, save_file
@@ -274,3 +286,24 @@ def test_killed_builds_leave_no_temp_dirs_behind(tmp_path, tiny_dir):
     assert kubetune("train", str(job), "--work-dir", str(tmp_path / "w2"), "--cfg-options", "training.maxSteps=1",
                     env=env).returncode == 0
     assert not list(datasets_dir.glob("*.tmp-*"))
+
+
+def test_credentials_in_an_endpoint_url_never_reach_errors(tmp_path):
+    env = {**os.environ, "AWS_ENDPOINT_URL": "http://AKIAEXAMPLE:endpoint-secret-31f@127.0.0.1:9",
+           "AWS_ACCESS_KEY_ID": "id-unused", "AWS_SECRET_ACCESS_KEY": "key-unused", "KUBETUNE_S3_ATTEMPTS": "1",
+           "KUBETUNE_CACHE": str(tmp_path / "cache")}
+    out = kubetune("convert", "pth_to_hf", "examples/local-next-letter.yaml", "s3://bucket/run/iter_1",
+                   str(tmp_path / "out"), env=env)
+    assert out.returncode == 1 and "Could not connect" in out.stderr, out.stderr[-2000:]
+    assert "endpoint-secret-31f" not in out.stderr + out.stdout and "AKIAEXAMPLE" not in out.stderr + out.stdout
+    assert "Traceback" not in out.stderr
+
+
+def test_deeply_nested_manifests_are_a_clear_error(tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("apiVersion: kubetune.io/v1alpha1\nkind: FineTuneJob\nmetadata: {name: x}\n"
+                    "spec: {model: {uri: hf://a/b}, dataset: {uri: x.jsonl}, x: " + "[" * 100000 + "]" * 100000 + "}\n")
+    for command in (["validate", str(deep)], ["train", str(deep)]):
+        out = kubetune(*command)
+        assert out.returncode == 1 and f"{deep}: nested too deeply to be a manifest" in out.stderr + out.stdout
+        assert "Traceback" not in out.stderr

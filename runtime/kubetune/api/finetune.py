@@ -156,7 +156,7 @@ class TrainingSpec(KubeModel):
     """Split each sequence over this many GPUs (DeepSpeed-Ulysses); must divide dataset.maxLength."""
     deepspeed: DeepSpeedPreset = DeepSpeedPreset.NONE
     """DeepSpeed ZeRO preset (XTuner's JSON files); `none` uses plain data parallel."""
-    seed: int | None = Field(default=None, ge=0)
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)  # numpy and the samplers take 32-bit seeds
     """Random seed; unset picks one and records it in the work dir, so resumes stay exact."""
     dataloader_num_workers: int = Field(default=0, ge=0, le=64)
     """Dataloader worker processes."""

@@ -76,6 +76,8 @@ def read_document(path: str | Path) -> Any:
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         raise ManifestError(source, [("", f"not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
                                           f"{' '.join(str(exc).split())}")]) from None
+    except RecursionError:
+        raise ManifestError(source, [("", "nested too deeply to be a manifest")]) from None
     if len(docs) != 1:
         raise ManifestError(source, [("", f"expected exactly one document, found {len(docs)}")])
     return docs[0]

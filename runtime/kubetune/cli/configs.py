@@ -74,7 +74,13 @@ def copy_cfg(args: argparse.Namespace) -> int:
                                                 "or in a cluster with `kubectl apply -f`.")
     Path(save_path).write_text(text, encoding="utf-8")
     print(f"Copy to {save_path}")
+    if manifest.get("spec", {}).get("model", {}).get("trustRemoteCode"):
+        print(TRUSTS_REMOTE_CODE, file=sys.stderr)  # stdout stays XTuner's one line
     return 0
+
+
+TRUSTS_REMOTE_CODE = ("note: model.trustRemoteCode is true in this config: the model repository's own Python code "
+                      "runs when the model loads (its architecture is not in transformers); set it to false to refuse")
 
 
 def validate(args: argparse.Namespace) -> int:
@@ -92,6 +98,8 @@ def validate(args: argparse.Namespace) -> int:
             continue
         name = obj.metadata.name or "(unnamed)"
         print(f"{file}: valid {obj.kind} {name}")
+        if getattr(getattr(getattr(obj, "spec", None), "model", None), "trust_remote_code", False):
+            print(TRUSTS_REMOTE_CODE, file=sys.stderr)
         if args.show:
             print(yaml.safe_dump(obj.to_dict(), sort_keys=False, allow_unicode=True), end="")
     if failed:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -126,7 +127,8 @@ def _scrub(text: str) -> str:
         value = os.environ.get(name)
         if value:
             text = text.replace(value, "***")
-    return text
+    # An endpoint written as https://KEY:SECRET@host carries credentials in every connection error botocore prints.
+    return re.sub(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]+@", r"\1***@", text)
 
 
 def retry(op: str, where: S3Uri, fn: Callable[[], Any], log: Callable[[str], None] = lambda s: None) -> Any:

@@ -145,17 +145,25 @@ def find_resume(work_dir: Path, resume: str | None, remote: str | None = None, f
 def load(path: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any, rank: int,
          engine: Any = None) -> dict[str, Any]:
     import torch
+    from safetensors import SafetensorError
 
     from . import ds
 
-    if engine is not None:
-        ds.load(engine, path / "deepspeed")  # trainable weights and optimizer partitions
-    else:
-        load_weights(path, getattr(model, "module", model))
-        optimizer.load_state_dict(read_state(path / "optimizer.pt"))
-    scheduler.load_state_dict(read_state(path / "scheduler.pt"))
-    if scaler is not None and (path / "scaler.pt").exists():
-        scaler.load_state_dict(read_state(path / "scaler.pt"))
+    try:
+        if engine is not None:
+            ds.load(engine, path / "deepspeed")  # trainable weights and optimizer partitions
+        else:
+            load_weights(path, getattr(model, "module", model))
+            optimizer.load_state_dict(read_state(path / "optimizer.pt"))
+        scheduler.load_state_dict(read_state(path / "scheduler.pt"))
+        if scaler is not None and (path / "scaler.pt").exists():
+            scaler.load_state_dict(read_state(path / "scaler.pt"))
+    except TrainError:
+        raise
+    except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as exc:
+        # A manifest vouches for bytes, not for what they mean: a well-formed but wrong file still stops here.
+        raise TrainError(f"{path}: cannot resume from it: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+                         ) from None
     rng = path / f"rng_rank{rank}.pt"
     if rng.exists():
         set_rng_state(read_state(rng))
