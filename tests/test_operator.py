@@ -274,6 +274,44 @@ def test_children_names_that_are_taken_are_never_overwritten_or_adopted(cluster,
     cluster.kubectl("delete", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": theirs}))
 
 
+def test_pods_refused_by_pod_security_are_reported(cluster, operator):
+    """Issue 26 M9: a job whose pods Pod Security refuses stayed "Initializing" with no reason."""
+    cluster.kubectl("label", "namespace", NS, "pod-security.kubernetes.io/enforce=baseline", "--overwrite")
+    try:
+        _create(cluster, "refused", resources={"nodes": 1, "gpusPerNode": 1,
+                                               "volumes": [{"name": "host", "hostPath": {"path": "/var/log"}}],
+                                               "volumeMounts": [{"name": "host", "mountPath": "/host"}]})
+
+        def refused() -> dict | None:
+            return next((c for c in _status(cluster, "ftj", "refused").get("conditions", [])
+                         if c["type"] == "PodsCreated"), None)
+
+        cluster.wait_for(lambda: refused() is not None, "the refusal to be reported", 90)
+        condition = refused()
+        assert condition["status"] == "False" and condition["reason"] == "FailedCreate"
+        assert "violates PodSecurity" in condition["message"] and "hostPath" in condition["message"]
+        assert _status(cluster, "ftj", "refused")["phase"] in ("Pending", "Initializing")
+        assert "PodsRefused" in _events(cluster, "refused")
+    finally:
+        cluster.kubectl("label", "namespace", NS, "pod-security.kubernetes.io/enforce-")
+        cluster.kubectl("delete", "-n", NS, "ftj", "refused", "--ignore-not-found", check=False)
+
+
+def test_a_spec_too_large_to_store_fails_with_a_reason(cluster, operator):
+    """Issue 26 M9: a 1.1 MB spec was accepted by the apiserver, then the operator retried forever with no phase
+    or event (kopf's annotation and the spec ConfigMap cannot hold it)."""
+    doc = json.loads(json.dumps(FTJ))
+    doc["metadata"] = {"name": "huge", "namespace": NS}
+    doc["spec"]["dataset"]["system"] = "x" * (1100 << 10)
+    cluster.kubectl("create", "-f", "-", input=json.dumps(doc))  # apply would store it again in an annotation
+    status = _wait_phase(cluster, "ftj", "huge", ("Failed",), timeout=60)
+    condition = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert condition["reason"] == "SpecTooLarge" and "at most 128 KiB" in condition["message"]
+    assert "SpecTooLarge" in _events(cluster, "huge")
+    assert not cluster.get_json("-n", NS, "configmaps,jobs", "-l", "kubetune.io/finetunejob=huge")["items"]
+    cluster.kubectl("delete", "-n", NS, "ftj", "huge")
+
+
 def test_convertjob_runs_to_succeeded(cluster, operator):
     doc = {"apiVersion": "kubetune.io/v1alpha1", "kind": "ConvertJob",
            "spec": {"operation": "merge", "source": {"checkpointUri": "s3://ckpt/run/export/hf"},

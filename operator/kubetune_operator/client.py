@@ -13,7 +13,8 @@ import aiohttp
 PLURALS = {"ConfigMap": "configmaps", "ServiceAccount": "serviceaccounts", "Service": "services", "Secret": "secrets",
            "Role": "roles", "RoleBinding": "rolebindings", "Job": "jobs", "Deployment": "deployments",
            "HorizontalPodAutoscaler": "horizontalpodautoscalers", "PodDisruptionBudget": "poddisruptionbudgets",
-           "Pod": "pods", "FineTuneJob": "finetunejobs", "ConvertJob": "convertjobs", "ChatEndpoint": "chatendpoints"}
+           "Pod": "pods", "Event": "events", "FineTuneJob": "finetunejobs", "ConvertJob": "convertjobs",
+           "ChatEndpoint": "chatendpoints"}
 
 
 class ApiError(Exception):
@@ -87,9 +88,10 @@ class Kube:
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict | None:
         return await self._request("GET", path(api_version, kind, namespace, name))
 
-    async def list(self, api_version: str, kind: str, namespace: str, selector: str | None = None) -> list[dict]:
-        got = await self._request("GET", path(api_version, kind, namespace),
-                                  params={"labelSelector": selector} if selector else None)
+    async def list(self, api_version: str, kind: str, namespace: str, selector: str | None = None,
+                   fields: str | None = None) -> list[dict]:
+        params = {k: v for k, v in (("labelSelector", selector), ("fieldSelector", fields)) if v}
+        got = await self._request("GET", path(api_version, kind, namespace), params=params or None)
         return (got or {}).get("items", [])
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:

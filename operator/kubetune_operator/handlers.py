@@ -18,12 +18,22 @@ from .settings import Settings
 MANAGED = {"app.kubernetes.io/managed-by": "kubetune-operator"}
 
 
+class BoundedDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """kopf's last-handled copy of a resource, kept only when it fits an annotation: for a spec over the limit the
+    patch carrying it (and the status with it) would be refused forever, so such a resource is failed as
+    SpecTooLarge (reconcile.parse_or_reject) with nothing stored."""
+
+    def store(self, *, body: Any, patch: Any, essence: Any) -> None:
+        if reconcile.spec_bytes(dict(essence)) <= reconcile.MAX_SPEC_BYTES:
+            super().store(body=body, patch=patch, essence=essence)
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Handler progress and the last-handled spec go to annotations under our own prefix, not into `status`, which
     # belongs to our status model (the CRD would prune kopf's fields anyway).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = BoundedDiffBase(prefix=GROUP)
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     # Watches that go quiet are re-established: the apiserver sends bookmarks every minute, so 5 min of silence
     # means a dead connection (kopf#585: handlers silently stop without timeouts).
@@ -40,6 +50,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = 30  # WARNING
     # One operator per cluster under a Deployment with one replica and Recreate: peering adds a CRD and API calls.
     settings.peering.standalone = True
+    # The TTL timer deletes its own FineTuneJob; the deletion then waits for that timer to exit, and a timer still in
+    # its handler is re-checked only every `cancellation_polling` seconds (default 60: the job outlived its TTL by a
+    # minute, seen in test_ttl_waits_for_the_exports). Timers here return in milliseconds: check every second.
+    settings.background.cancellation_polling = 1.0
     memo.settings = Settings.from_env()
     port = int(os.environ.get("KUBETUNE_OPERATOR_METRICS_PORT", "8080"))
     if port:
@@ -118,6 +132,18 @@ async def finetunejob_ttl(body: kopf.Body, spec: kopf.Spec, status: kopf.Status,
     kube, meta = _kube(memo), body["metadata"]
     if not await reconcile.exports_running(kube, dict(body)):  # deleting the job would collect its exports
         await kube.delete(body["apiVersion"], "FineTuneJob", meta["namespace"], meta["name"])
+
+
+@kopf.timer(GROUP, VERSION, "finetunejobs", interval=10, initial_delay=5, idle=None,
+            when=lambda spec, status, **_: status.get("phase") in ("Pending", "Initializing")
+            and not (spec.get("runPolicy") or {}).get("suspend"))
+async def finetunejob_pods_refused(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """A Job whose pods are refused (Pod Security, quota) changes nothing the Job watch sees: look for the refusal."""
+    found = await _run("FineTuneJob", reconcile.pods_refused(_kube(memo), dict(body)), dict(body))
+    if found:
+        status, events = found
+        patch.status.update(status)
+        _post(dict(body), events)
 
 
 # --- ConvertJob and ChatEndpoint --------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import json
 import time
 from typing import Any
 
@@ -24,8 +24,22 @@ def parse(body: dict, kind: str) -> Any:
     return parse_manifest(raw, f"{kind}/{body['metadata']['name']}", kind=kind).spec
 
 
+# The resolved spec goes into a ConfigMap (1 MiB) and kopf's last-handled copy into an annotation (all annotations:
+# 256 KiB); a spec near those limits can never be applied, so it fails at once instead of retrying forever. Real
+# specs are a few KiB.
+MAX_SPEC_BYTES = 128 << 10
+
+
+def spec_bytes(body: dict) -> int:
+    return len(json.dumps(body.get("spec") or {}, separators=(",", ":")))
+
+
 def parse_or_reject(body: dict, kind: str) -> tuple[Any, tuple[dict, list] | None]:
     """(spec, None), or (None, (status patch, events)) that fail the resource and name every bad field."""
+    size = spec_bytes(body)
+    if size > MAX_SPEC_BYTES:
+        return None, fail(body, "SpecTooLarge", f"spec is {size / 1024:.0f} KiB; at most {MAX_SPEC_BYTES >> 10} KiB "
+                                                "fits what the operator must store (a ConfigMap, annotations)")
     try:
         return parse(body, kind), None
     except ManifestError as error:
@@ -62,7 +76,7 @@ async def finetune(kube: Kube, body: dict, settings: Settings) -> tuple[dict, li
         outcome = st.finetune(None, status, spec, generation, st.now_iso())
         return outcome.patch, outcome.events
     *supporting, job_manifest = ftj_b.children(body, spec, attempt, settings)
-    await asyncio.gather(*(kube.apply(child) for child in supporting))
+    await apply_in_order(kube, supporting)
     try:
         await kube.apply(job_manifest)  # last, once what it mounts exists
     except ApiError as exc:
@@ -78,6 +92,13 @@ async def finetune(kube: Kube, body: dict, settings: Settings) -> tuple[dict, li
         return outcome.patch, outcome.events + [("Warning", "RunningWithPreviousSpec", message)]
     # The phase is the Job watch's to write (finetune_job_event): a phase computed here could land after a newer one.
     return {"observedGeneration": generation}, []
+
+
+async def apply_in_order(kube: Kube, children: list[dict]) -> None:
+    """One after another, in the builders' order: a RoleBinding applied while its Role is still being created is
+    answered 404 by the RBAC escalation check, which a concurrent apply (now one read slower) ran into."""
+    for child in children:
+        await kube.apply(child)
 
 
 async def finetune_job_event(kube: Kube, job: dict, settings: Settings) -> tuple[dict | None, dict, list]:
@@ -102,7 +123,7 @@ async def finetune_job_event(kube: Kube, job: dict, settings: Settings) -> tuple
         await kube.delete("batch/v1", "Job", ns, job["metadata"]["name"])
         parent_next = {**parent, "status": {**status, **outcome.patch}}
         *supporting, job_manifest = ftj_b.children(parent_next, spec, int(outcome.patch["restarts"]), settings)
-        await asyncio.gather(*(kube.apply(child) for child in supporting))
+        await apply_in_order(kube, supporting)
         await kube.apply(job_manifest)
     phase = outcome.patch.get("phase")
     if phase == "Running" and status.get("phase") != "Running":
@@ -116,6 +137,27 @@ async def finetune_job_event(kube: Kube, job: dict, settings: Settings) -> tuple
         if phase == "Succeeded":
             outcome.events.extend(await export(kube, parent, spec, settings))
     return parent, outcome.patch, outcome.events
+
+
+async def pods_refused(kube: Kube, body: dict) -> tuple[dict, list] | None:
+    """Why the current attempt's Job cannot create its pods (Pod Security, a quota, a webhook), as a condition and a
+    Warning event on the FineTuneJob; None when nothing is refused or it is already reported. The Job controller
+    keeps retrying, so the phase stays and the condition clears when pods appear."""
+    meta, status = body["metadata"], dict(body.get("status") or {})
+    jname = ftj_b.job_name(meta["name"], int(status.get("restarts", 0)))
+    refused = await kube.list("v1", "Event", meta["namespace"],
+                              fields=f"involvedObject.kind=Job,involvedObject.name={jname},reason=FailedCreate")
+    if not refused:
+        return None
+    latest = max(refused, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    message = f"the Job {jname} cannot create its pods: {latest.get('message', 'FailedCreate')}"
+    current = next((c for c in status.get("conditions", []) if c["type"] == "PodsCreated"), None)
+    if current and current.get("status") == "False" and current.get("message") == message:
+        return None
+    generation = meta.get("generation", 1)
+    conditions = st.set_condition(list(status.get("conditions", [])), "PodsCreated", False, "FailedCreate", message,
+                                  st.now_iso(), generation)
+    return {"message": message, "conditions": conditions}, [("Warning", "PodsRefused", message)]
 
 
 async def export(kube: Kube, parent: dict, spec: Any, settings: Settings) -> list:

@@ -132,6 +132,9 @@ def finetune(job: dict | None, status: dict, spec: Any, generation: int, now: st
         if ready >= nodes or int(st.get("succeeded", 0) or 0) > 0:
             moved("Running", "Running", f"{nodes} pod(s) running")
             conditions = set_condition(conditions, "Running", True, "Running", patch["message"], now, generation)
+            if any(c["type"] == "PodsCreated" for c in conditions):  # a refusal reported earlier is over
+                conditions = set_condition(conditions, "PodsCreated", True, "Created", "pods created", now,
+                                           generation)
         else:
             moved("Initializing", "Initializing", f"{ready}/{nodes} pod(s) ready")
         if not status.get("startTime") and st.get("startTime"):
