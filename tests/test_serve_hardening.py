@@ -30,7 +30,7 @@ def server(tiny_dir, tmp_path_factory):
     # H1: a server-wide repetition penalty answered 500 to every request.
     s = Server(tiny_dir, log, "--prompt-template", "internlm2_chat", "--served-model-name", "tiny",
                "--api-key-file", str(keys), "--max-batch", "4", "--max-waiting", "16", "--max-prompt-tokens", "256",
-               "--temperature", "0", "--repetition-penalty", "1.1", "--body-timeout", "2")
+               "--temperature", "0", "--repetition-penalty", "1.1", "--read-timeout", "2")
     yield s
     assert s.stop() == 0, log.read_text()[-3000:]
 
@@ -151,6 +151,17 @@ def test_a_trickling_body_gets_408(server):
         head = conn.recv(65536).decode()
     assert head.startswith("HTTP/1.1 408"), head
     assert 1.5 < time.monotonic() - started < 10
+
+
+def test_trickled_headers_are_cut_off(server):
+    """Slowloris: uvicorn waited for request headers forever."""
+    with socket.create_connection(("127.0.0.1", server.port)) as conn:
+        conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        conn.settimeout(20)
+        started = time.monotonic()
+        assert conn.recv(65536) == b""  # closed by the server
+    assert 1.5 < time.monotonic() - started < 10
+    assert http("GET", f"{server.url}/health")[0] == 200
 
 
 def test_a_disconnected_non_streaming_client_frees_its_slot(server):

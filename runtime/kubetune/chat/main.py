@@ -126,7 +126,7 @@ def serve(args: Any) -> int:
                     max_tokens=args.max_tokens_limit or prompter.context,
                     default_max_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                     top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-                    stop_words=prompter.stop_words(args.stop_words), api_keys=keys, body_timeout=args.body_timeout)
+                    stop_words=prompter.stop_words(args.stop_words), api_keys=keys, read_timeout=args.read_timeout)
     metrics = ServingMetrics(name)
     engine = Engine(loaded.model, loaded.tokenizer, max_batch=args.max_batch, max_waiting=args.max_waiting,
                     eos_ids=prompter.eos_ids(), observer=metrics)
@@ -136,7 +136,7 @@ def serve(args: Any) -> int:
     if not keys and args.host not in ("127.0.0.1", "localhost", "::1"):
         _log(f"warning: listening on {args.host} with no API key: anyone who can reach the port can use the model "
              "(--api-key-file or KUBETUNE_API_KEYS)")
-    return run_server(app, engine, args.host, args.port, args.drain_timeout, _log)
+    return run_server(app, engine, args.host, args.port, args.drain_timeout, _log, args.read_timeout)
 
 
 def _api_keys(path: str | None) -> frozenset[str]:

@@ -38,7 +38,7 @@ class Limits:
     repetition_penalty: float = 1.0
     stop_words: tuple[str, ...] = ()
     api_keys: frozenset[str] = field(default_factory=frozenset)
-    body_timeout: float = 30.0  # seconds for the whole body to arrive; a trickling client holds no worker longer
+    read_timeout: float = 30.0  # seconds for the headers, then the body, to arrive: trickling clients hold nothing
 
     @property
     def max_body_bytes(self) -> int:
@@ -160,9 +160,9 @@ async def _read_body(request: HttpRequest, limits: Limits) -> bytes:
             chunks.append(chunk)
 
     try:
-        await asyncio.wait_for(read(), limits.body_timeout)
+        await asyncio.wait_for(read(), limits.read_timeout)
     except asyncio.TimeoutError:
-        raise ApiError(408, f"the request body did not arrive within {limits.body_timeout:g} s",
+        raise ApiError(408, f"the request body did not arrive within {limits.read_timeout:g} s",
                        code="request_timeout") from None
     return b"".join(chunks)
 
@@ -302,12 +302,34 @@ async def _completion_stream(rid: str, name: str, job: Request, events: asyncio.
     yield b"data: [DONE]\n\n"
 
 
-def serve(app: Any, engine: Engine, host: str, port: int, drain_timeout: float, log: Any) -> int:
+def _header_deadline(seconds: float) -> Any:
+    """uvicorn's HTTP/1.1 protocol, closing a new connection whose request headers are not complete in `seconds`:
+    uvicorn itself waits for them forever, so a client trickling headers (slowloris) held a connection for good."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Protocol(H11Protocol):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self.header_deadline = self.loop.call_later(seconds, self.headers_late)
+
+        def headers_late(self) -> None:
+            if self.cycle is None and not self.transport.is_closing():  # the first request never began
+                self.transport.close()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.header_deadline.cancel()
+            super().connection_lost(exc)
+
+    return Protocol
+
+
+def serve(app: Any, engine: Engine, host: str, port: int, drain_timeout: float, log: Any,
+          read_timeout: float = 30.0) -> int:
     """Run until SIGTERM/SIGINT, then drain: stop accepting, let in-flight answers finish, stop the engine."""
     import uvicorn
 
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=drain_timeout)
+                            timeout_graceful_shutdown=drain_timeout, http=_header_deadline(read_timeout))
     server = uvicorn.Server(config)
     original = server.handle_exit
 

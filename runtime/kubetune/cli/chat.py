@@ -63,8 +63,8 @@ def add_parser(sub, mode: str, summary: str) -> None:
                        "context window)")
         p.add_argument("--max-tokens-limit", type=int, default=None, help="largest max_tokens a request may ask for "
                        "(default: the context window)")
-        p.add_argument("--body-timeout", type=float, default=30.0, help="seconds a request body may take to "
-                       "arrive (else 408)")
+        p.add_argument("--read-timeout", type=float, default=30.0, help="seconds a request's headers, and then its "
+                       "body, may take to arrive (else the connection is closed, or 408)")
         p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds in-flight requests get to finish "
                        "after SIGTERM")
         p.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
