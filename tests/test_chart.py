@@ -206,7 +206,8 @@ def test_the_admission_policy_keeps_pod_powers_with_who_has_them(cluster, monito
     plane.kubectl("create", "role", "pods", "--verb=create", "--resource=pods", "-n", ns)
     plane.kubectl("create", "rolebinding", "bob-pods", "--role=pods", "--user=bob", "-n", ns)
     plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(  # kubectl create role refuses verbs it does not know
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "use-irsa", "namespace": ns},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": "use-irsa", "namespace": ns},
          "rules": [{"apiGroups": [""], "resources": ["serviceaccounts"], "resourceNames": ["s3-irsa"],
                     "verbs": ["use"]}]}))
     plane.kubectl("create", "rolebinding", "alice-irsa", "--role=use-irsa", "--user=alice", "-n", ns)
@@ -245,5 +246,5 @@ def test_the_admission_policy_keeps_pod_powers_with_who_has_them(cluster, monito
         assert change.returncode != 0 and "may not run pods as service account other" in change.stderr
     finally:
         plane.kubectl("delete", "-n", ns, "ftj", "bobs", "--ignore-not-found", check=False)
-        plane.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", "ktadm-kubetune-pod-powers",
-                      "--ignore-not-found", check=False)
+        plane.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy",
+                      "ktadm-kubetune-pod-powers", "--ignore-not-found", check=False)

@@ -307,3 +307,31 @@ def test_deeply_nested_manifests_are_a_clear_error(tmp_path):
         out = kubetune(*command)
         assert out.returncode == 1 and f"{deep}: nested too deeply to be a manifest" in out.stderr + out.stdout
         assert "Traceback" not in out.stderr
+
+
+def test_a_full_disk_is_a_clear_error_and_keeps_the_complete_checkpoints(tmp_path, tiny_dir):
+    """The work dir on a 400 KiB tmpfs (a private mount namespace: nothing outside sees it) fills mid-run."""
+    import shutil
+    import subprocess
+    import sys
+
+    job = write_job(tmp_path, tiny_dir, alpaca_rows(8), checkpoints={"everySteps": 1, "keep": -1})
+    work = tmp_path / "small"
+    work.mkdir()
+    script = (f"mount -t tmpfs -o size=400k tmpfs {work} && {sys.executable} -m kubetune train {job} --work-dir {work} "
+              f"--cfg-options training.maxSteps=40 2>{tmp_path / 'err'}; code=$?; cp -r {work} {tmp_path / 'kept'}; "
+              "exit $code")
+    unshare = shutil.which("unshare")
+    assert unshare, "unshare (util-linux) is needed for this test"
+    out = subprocess.run([unshare, "--mount", "--map-root-user", "sh", "-c", script], capture_output=True, text=True,
+                         env={**os.environ, "KUBETUNE_CACHE": str(tmp_path / "cache")}, timeout=600)
+    err = (tmp_path / "err").read_text()
+    assert out.returncode == 1, (out.stderr, err[-2000:])
+    assert "no space left on device" in err and "Traceback" not in err, err[-2000:]
+    from kubetune.storage import sync
+
+    kept = tmp_path / "kept"
+    saved = sorted(kept.glob("iter_*"))
+    assert saved and not list(kept.glob(".iter_*.tmp"))  # what was saved is whole; the cut one is gone
+    for checkpoint in saved:
+        assert sync.verify(checkpoint, quick=False), checkpoint

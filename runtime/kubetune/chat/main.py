@@ -146,7 +146,8 @@ def _api_keys(path: str | None) -> frozenset[str]:
             text = Path(path).read_text()
         except OSError as exc:
             raise UserError(f"--api-key-file {path}: {exc.strerror}") from None
-        keys = frozenset(line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#"))
+        lines = (line.strip() for line in text.splitlines())
+        keys = frozenset(line for line in lines if line and not line.startswith("#"))
         if not keys:
             raise UserError(f"--api-key-file {path}: no keys in the file (one per line)")
         return keys

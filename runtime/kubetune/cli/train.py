@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 
 import sys
 from pathlib import Path
@@ -66,12 +67,31 @@ def run(args: argparse.Namespace) -> int:
         return train(job, args.work_dir, args.resume, name, deepspeed_file)
     except (TrainError, ModelLoadError, DataError, TemplateMismatch, StorageError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise _disk_full(exc) from None
     except (MemoryError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and _write_failed(exc):
+            raise _disk_full(exc) from None
         if isinstance(exc, RuntimeError) and not _out_of_memory(exc):
             raise
         raise UserError(f"out of memory ({' '.join(str(exc).split())[:160] or type(exc).__name__}): lower "
                         "training.batchSize or dataset.maxLength, enable training.gradientCheckpointing, use method "
                         "qlora, or a DeepSpeed preset with offload (zero2_offload, zero3_offload)") from None
+
+
+def _write_failed(exc: RuntimeError) -> bool:
+    # torch.save reports a full disk from its C++ writer, without an errno.
+    text = str(exc)
+    return "No space left on device" in text or "file write failed" in text or "unexpected pos" in text
+
+
+def _disk_full(exc: BaseException) -> UserError:
+    where = getattr(exc, "filename", None)
+    return UserError(f"no space left on device{f' writing {where}' if where else ''}: free space or give --work-dir "
+                     "(and KUBETUNE_CACHE) a larger volume, then resume with --resume auto; a checkpoint cut short "
+                     "by this is never used (each is written aside and renamed when complete)")
 
 
 def _out_of_memory(exc: BaseException) -> bool:

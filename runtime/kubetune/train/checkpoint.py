@@ -66,31 +66,36 @@ def save(work_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any, 
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    tmp.mkdir(parents=True, exist_ok=True)  # on a node that does not share rank 0's file system
-    torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
-    unwrapped = getattr(model, "module", model)
-    whole = None
-    if engine is not None:
-        ds.save(engine, tmp / "deepspeed")
-        adapters = hasattr(getattr(unwrapped, "llm", unwrapped), "peft_config")  # a reward model wraps its LM
-        whole = ds.consolidated_state_dict(engine, ds_config, trainable_only=adapters)
-    if rank == 0:
-        unwrapped.save_pretrained(tmp / "model", safe_serialization=True,
-                                  **({"state_dict": whole} if whole is not None else {}))
-        if engine is None:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        if scaler is not None:
-            torch.save(scaler.state_dict(), tmp / "scaler.pt")
-        (tmp / STATE).write_text(json.dumps({**state, "step": step, "world_size": world}, indent=2))
-    barrier()
-    if rank == 0:
-        # Last, after every rank's files: what resume and the uploads check (on a per-node disk it lists this node's).
-        (tmp / sync.MANIFEST).write_text(json.dumps(sync.manifest(tmp), indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        (work_dir / "last_checkpoint").write_text(str(final) + "\n")
-        prune(work_dir, keep)
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)  # on a node that does not share rank 0's file system
+        torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
+        unwrapped = getattr(model, "module", model)
+        whole = None
+        if engine is not None:
+            ds.save(engine, tmp / "deepspeed")
+            adapters = hasattr(getattr(unwrapped, "llm", unwrapped), "peft_config")  # a reward model wraps its LM
+            whole = ds.consolidated_state_dict(engine, ds_config, trainable_only=adapters)
+        if rank == 0:
+            unwrapped.save_pretrained(tmp / "model", safe_serialization=True,
+                                      **({"state_dict": whole} if whole is not None else {}))
+            if engine is None:
+                torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            if scaler is not None:
+                torch.save(scaler.state_dict(), tmp / "scaler.pt")
+            (tmp / STATE).write_text(json.dumps({**state, "step": step, "world_size": world}, indent=2))
+        barrier()
+        if rank == 0:
+            # Last, after every rank's files: what resume and the uploads check (on a per-node disk it lists this
+            # node's).
+            (tmp / sync.MANIFEST).write_text(json.dumps(sync.manifest(tmp), indent=1))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            (work_dir / "last_checkpoint").write_text(str(final) + "\n")
+            prune(work_dir, keep)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a save cut short (a full disk) must not keep what space it took
+        raise
     barrier()
     if rank != 0 and os.environ.get("LOCAL_RANK", "0") == "0" and tmp.exists():  # another node's own copy
         shutil.rmtree(final, ignore_errors=True)
