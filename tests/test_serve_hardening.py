@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import os
 import socket
 import time
 
@@ -228,3 +229,38 @@ def test_a_failing_forward_counts_each_request_once(tiny_dir, tokenizer):
     assert [e.finished for e in events if e.finished] == ["error", "error"]
     assert metrics.running._value.get() == 0 and metrics.waiting._value.get() == 0
     assert engine.stats() == (0, 0)
+
+
+def test_serve_listens_on_loopback_by_default_and_warns_when_open(tiny_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from .chatkit import free_port
+
+    def started(*flags: str) -> str:
+        log = tmp_path / f"serve-{len(flags)}.log"
+        with log.open("w") as handle:
+            proc = subprocess.Popen([sys.executable, "-m", "kubetune", "serve", str(tiny_dir), "--port",
+                                     str(free_port()), *flags], stdout=handle, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1", "KUBETUNE_API_KEYS": ""})
+            try:
+                deadline = time.monotonic() + 120
+                while "serving on" not in log.read_text() and time.monotonic() < deadline and proc.poll() is None:
+                    time.sleep(0.3)
+            finally:
+                proc.terminate()
+                proc.wait(30)
+        return log.read_text()
+
+    quiet = started()
+    assert "serving on http://127.0.0.1:" in quiet and "warning" not in quiet
+    open_to_all = started("--host", "0.0.0.0")
+    assert "warning: listening on 0.0.0.0 with no API key" in open_to_all
+
+
+def test_a_seed_past_32_bits_is_refused_before_training(tiny_dir, tmp_path):
+    from .test_train import alpaca_rows, kubetune, write_job
+
+    job = write_job(tmp_path, tiny_dir, alpaca_rows(4))
+    out = kubetune("train", str(job), "--seed", "4294967296")
+    assert out.returncode == 1 and "training.seed" in out.stderr and "Traceback" not in out.stderr
