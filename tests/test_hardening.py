@@ -214,9 +214,9 @@ def test_nan_loss_stops_training_without_a_checkpoint(tmp_path, tiny_dir):
 def _big_row_job(tmp_path, tiny_dir, array: bool):
     rows = alpaca_rows(4)
     rows[2] = {**rows[2], "output": "x" * (17 << 20)}  # 17 MiB, over the 16 MiB row limit
-    data = tmp_path / ("data.json" if array else "data.jsonl")
-    data.write_text(json.dumps(rows) if array else "\n".join(json.dumps(r) for r in rows) + "\n")
     job = write_job(tmp_path, tiny_dir, [])
+    data = tmp_path / ("big.json" if array else "big.jsonl")  # not write_job's data.jsonl, which it just wrote
+    data.write_text(json.dumps(rows) if array else "\n".join(json.dumps(r) for r in rows) + "\n")
     spec = yaml.safe_load(job.read_text())
     spec["dataset"]["uri"] = str(data)
     job.write_text(yaml.safe_dump(spec))
