@@ -149,7 +149,6 @@ def find_resume(work_dir: Path, resume: str | None, remote: str | None = None, f
 
 def load(path: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any, rank: int,
          engine: Any = None) -> dict[str, Any]:
-    import torch
     from safetensors import SafetensorError
 
     from . import ds
