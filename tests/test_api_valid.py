@@ -144,6 +144,18 @@ def test_cfg_options_override_with_validation():
     assert err.value.errors[0][0] == "spec.training.optimizer.lr"
 
 
+def test_cfg_options_switching_method_drops_the_blocks_that_no_longer_apply():
+    qlora = catalog.get("internlm2_chat_1_8b_qlora_alpaca_e3")
+    full = parse_manifest(qlora, overrides=["method.type=full"]).spec.method
+    assert full.type.value == "full" and full.lora is None and full.quantization is None
+    lora = parse_manifest(qlora, overrides=["method.type=lora"]).spec.method
+    assert lora.lora.target_modules == ["wqkv", "wo", "w1", "w2", "w3"] and lora.quantization is None
+    # Asked for on the same command line: kept, so the contradiction is reported, naming what to remove.
+    with pytest.raises(ManifestError) as err:
+        parse_manifest(qlora, overrides=["method.type=full", "method.lora.r=4"])
+    assert "spec.method.lora" in err.value.errors[0][0] and "remove method.lora" in err.value.errors[0][1]
+
+
 def test_chat_endpoint_loads():
     obj = load_manifest(REPO / "examples" / "chat-adapters-vllm.yaml")
     assert isinstance(obj, ChatEndpoint)

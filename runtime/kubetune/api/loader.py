@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import catalog
 from .base import API_VERSION, RULE_ERROR, KubeModel, field_name, get_path, list_submodel, submodel
+from .enums import PREFERENCE_METHODS
 from .chat import ChatEndpoint
 from .convert import ConvertJob
 from .finetune import FineTuneJob, FineTuneJobSpec
@@ -204,7 +205,22 @@ def apply_overrides(spec: dict[str, Any], overrides: Iterable[str]) -> list[tupl
                 raise TypeError
         except (ValueError, IndexError, TypeError, AttributeError):
             errors.append((f"spec.{key}", f"--cfg-options cannot set this path (a parent is not a mapping)"))
+    if keys & {"method.type", "method.parameters"} and isinstance(spec.get("method"), dict):
+        _drop_blocks_of_other_methods(spec["method"], keys)
     return errors
+
+
+def _drop_blocks_of_other_methods(method: dict[str, Any], keys: set[str]) -> None:
+    """`--cfg-options method.type=full` on a copied LoRA config means full fine-tuning: the config's own lora and
+    quantization blocks (and a previous objective's dpo/orpo/reward block) stop applying and go, unless the same
+    command line sets them too."""
+    kind = method.get("type", "lora")
+    scheme = (method.get("parameters") or "lora") if kind in PREFERENCE_METHODS else kind
+    keep = {"lora": scheme in ("lora", "qlora"), "quantization": scheme == "qlora",
+            "dpo": kind == "dpo", "orpo": kind == "orpo", "reward": kind == "reward"}
+    for block, applies in keep.items():
+        if not applies and not any(k == f"method.{block}" or k.startswith(f"method.{block}.") for k in keys):
+            method.pop(block, None)
 
 
 def rule_errors(model: type[BaseModel], data: Any, prefix: str) -> list[tuple[str, str]]:

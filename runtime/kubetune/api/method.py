@@ -102,7 +102,8 @@ class MethodSpec(KubeModel):
              "(self.type in ['dpo', 'orpo', 'reward'] && has(self.parameters) && self.parameters == 'qlora')))",
              lambda q, t, p: q is None or t == "qlora" or (t in PREFERENCE_METHODS and p == "qlora")),
         Rule(("lora", "type", "parameters"),
-             "lora settings are only valid with method type lora or qlora (or parameters lora/qlora)",
+             "lora settings are only valid with method type lora or qlora (or parameters lora/qlora): for full "
+             "fine-tuning remove method.lora",
              "!has(self.lora) || !has(self.type) || (self.type != 'full' && !(self.type in ['dpo', 'orpo', 'reward']"
              " && has(self.parameters) && self.parameters == 'full'))",
              lambda lora, t, p: lora is None or (t != "full" and not (t in PREFERENCE_METHODS and p == "full"))),
