@@ -6,17 +6,62 @@ gathered into a (samples × longest) batch, attended with `is_causal` (the fast 
 scattered back: the same result, with Σ (samples · longest²) scores instead of S². Padding at the end of a short
 sample only ever sits after its real tokens, so causality keeps it out of their attention.
 
+Architectures whose attention is more than plain causal softmax pass what differs through the attention call, per
+layer (Gemma 2/3 and GPT-OSS alternate sliding and full layers): a sliding window (Mistral, Qwen2 with
+`use_sliding_window`, Gemma 2/3, Cohere 2, GPT-OSS), logit soft-capping (Gemma 2) and attention sinks (GPT-OSS's
+per-head `s_aux`). Each is applied here exactly as transformers' eager attention applies it, per sample. A setting of
+transformers' attention calls it cannot reproduce is refused, never ignored (`UnsupportedAttention`).
+
 It is the default training attention where varlen flash-attention is not available (every CPU; GPUs without
-flash-attn); generation switches back to SDPA (see `generation_attention`).
+flash-attn); generation switches back to an attention transformers can decode with (see `generation_attention`).
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any
+
+from .tokenizer import ModelLoadError
 
 PACKED = "kubetune_packed"
 SEQUENCE_PARALLEL = "kubetune_ulysses"
+# Attention-call keywords of transformers' models that change which scores exist or how they are normalised, and that
+# this attention does not reproduce: refused, never ignored. (Runtime keywords such as `output_router_logits` pass.)
+_NOT_REPRODUCED = ("position_bias", "sinks", "indices", "block_indices", "attention_chunk_size")
+# Families whose transformers model builds its causal mask without the position ids (transformers 5.24: GPT-OSS), so
+# with eager or SDPA attention packed samples see each other. tests/test_architectures.py keeps this list true.
+MASK_IGNORES_PACKING = frozenset({"gpt_oss"})
+
+
+class UnsupportedAttention(ModelLoadError):
+    """The model asks for an attention feature the packed attention cannot reproduce exactly."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What a layer's attention adds to plain causal softmax(q·kᵀ·scale)·v."""
+
+    window: int | None = None  # a token sees itself and the window - 1 tokens before it
+    softcap: float | None = None  # scores → softcap · tanh(scores / softcap)
+    sinks: Any = None  # (heads,) logits that join each softmax's denominator and are dropped after
+
+    @property
+    def plain(self) -> bool:
+        return self.window is None and self.softcap is None and self.sinks is None
+
+    @classmethod
+    def from_call(cls, kwargs: dict[str, Any]) -> "Variant":
+        unknown = [k for k in _NOT_REPRODUCED if kwargs.get(k) is not None]
+        if kwargs.get("is_causal") is False:
+            unknown.append("is_causal=False")
+        if unknown:
+            raise UnsupportedAttention(
+                f"{PACKED} attention cannot reproduce the model's attention setting(s) {unknown}; set "
+                "model.attnImplementation to eager (exact, slower) or dataset.packToMaxLength to false")
+        window = kwargs.get("sliding_window")
+        return cls(window=int(window) if window else None, softcap=kwargs.get("softcap") or None,
+                   sinks=kwargs.get("s_aux"))
 
 
 def buckets(position_ids: Any) -> list[tuple[Any, Any, int, int]]:
@@ -46,24 +91,57 @@ def buckets(position_ids: Any) -> list[tuple[Any, Any, int, int]]:
 
 
 def segment_attention(query: Any, key: Any, value: Any, position_ids: Any, scaling: float | None,
-                      dropout: float = 0.0) -> Any:
+                      dropout: float = 0.0, variant: Variant = Variant()) -> Any:
     """q: (B, H, S, D), k/v: (B, Hkv, S, D) → (B, S, H, D), each token attending causally within its sample."""
-    import torch
-
-    batch, heads, length, dim = query.shape
-    flat_q, flat_k, flat_v = (t.transpose(1, 2).reshape(batch * length, t.shape[1], dim) for t in (query, key, value))
+    batch, heads, length, _ = query.shape
+    dim = value.shape[-1]  # DeepSeek's multi-head latent attention: values narrower than queries and keys
+    flat_q, flat_k, flat_v = (t.transpose(1, 2).reshape(batch * length, t.shape[1], t.shape[-1])
+                              for t in (query, key, value))
     out = flat_q.new_zeros(batch * length, heads, dim)
     for tokens, where, count, longest in buckets(position_ids):
         def to_samples(flat: Any) -> Any:
-            grid = flat.new_zeros(count * longest, flat.shape[1], dim).index_copy(0, where, flat.index_select(0, tokens))
-            return grid.view(count, longest, flat.shape[1], dim).transpose(1, 2)
+            grid = flat.new_zeros(count * longest, *flat.shape[1:]).index_copy(0, where, flat.index_select(0, tokens))
+            return grid.view(count, longest, *flat.shape[1:]).transpose(1, 2)
 
-        q, k, v = to_samples(flat_q), to_samples(flat_k), to_samples(flat_v)
-        attended = torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=q.shape[1] != k.shape[1])
+        attended = attend(to_samples(flat_q), to_samples(flat_k), to_samples(flat_v), scaling, dropout, variant)
         out = out.index_copy(0, tokens, attended.transpose(1, 2).reshape(count * longest, heads, dim)
                              .index_select(0, where))
     return out.view(batch, length, heads, dim)
+
+
+def attend(q: Any, k: Any, v: Any, scaling: float | None, dropout: float, variant: Variant) -> Any:
+    """Causal attention of whole samples, (N, H, L, D) → (N, H, L, D). Plain causal and sliding-window attention run
+    in SDPA's kernels; soft-capping and sinks change the softmax itself, so they are computed as transformers' eager
+    attention computes them (same order of operations, same dtypes)."""
+    import torch
+    from torch.nn import functional
+
+    gqa = q.shape[1] != k.shape[1]
+    if variant.plain:
+        return functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling,
+                                                       enable_gqa=gqa)
+    position = torch.arange(q.shape[2], device=q.device)
+    allowed = position[None, :] <= position[:, None]
+    if variant.window:
+        allowed &= position[None, :] > position[:, None] - variant.window
+    if variant.softcap is None and variant.sinks is None:
+        return functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout, scale=scaling,
+                                                       enable_gqa=gqa)
+    if gqa:
+        k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+    scores = torch.matmul(q, k.transpose(2, 3)) * (scaling if scaling is not None else q.shape[-1] ** -0.5)
+    if variant.softcap is not None:
+        scores = torch.tanh(scores / variant.softcap) * variant.softcap
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    if variant.sinks is None:
+        probs = functional.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    else:  # GPT-OSS: one more logit per head in every row's denominator, dropped after the softmax
+        sinks = variant.sinks.reshape(1, -1, 1, 1).expand(scores.shape[0], -1, scores.shape[2], 1).to(scores.dtype)
+        combined = torch.cat([scores, sinks], dim=-1)
+        combined = combined - combined.max(dim=-1, keepdim=True).values
+        probs = functional.softmax(combined, dim=-1, dtype=combined.dtype)[..., :-1]
+    probs = functional.dropout(probs, p=dropout, training=dropout > 0)
+    return torch.matmul(probs.to(v.dtype), v)
 
 
 def packed_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
@@ -71,7 +149,7 @@ def packed_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
     """transformers attention-function signature; the decoder layer passes the position ids through."""
     if position_ids is None or query.shape[2] != key.shape[2]:
         raise RuntimeError(f"{PACKED} attention is for training forwards (whole sequences with position ids)")
-    return segment_attention(query, key, value, position_ids, scaling, dropout), None
+    return segment_attention(query, key, value, position_ids, scaling, dropout, Variant.from_call(kwargs)), None
 
 
 def register() -> None:
@@ -97,13 +175,23 @@ def training_attention(requested: str, device: Any) -> str | None:
     return PACKED
 
 
+def decoding_attention(model: Any) -> str:
+    """The attention transformers decodes this model with: SDPA where the architecture allows it, else eager (Gemma 2's
+    soft-capping and GPT-OSS's sinks, which SDPA would refuse or silently drop)."""
+    model = model.llm if hasattr(model, "projector") else model  # LLaVA: its language model decides
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    softcap = getattr(base.config, "attn_logit_softcapping", None)
+    return "sdpa" if getattr(base, "_supports_sdpa", False) and not softcap else "eager"
+
+
 @contextlib.contextmanager
 def generation_attention(model: Any):
-    """Generation decodes one token at a time against a cache: use SDPA for it, then restore."""
+    """Generation decodes one token at a time against a cache: use the model's own decoding attention, then
+    restore."""
     config = model.config
     chosen = config._attn_implementation
     if chosen in (PACKED, SEQUENCE_PARALLEL):
-        config._attn_implementation = "sdpa"
+        config._attn_implementation = decoding_attention(model)
     try:
         yield
     finally:

@@ -10,11 +10,11 @@ whole window, and data parallel averages gradients over all ranks: the gradient 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kubetune.model.attention import SEQUENCE_PARALLEL as ATTENTION
-from kubetune.model.attention import segment_attention
+from kubetune.model.attention import Variant, segment_attention
 IGNORE_INDEX = -100
 
 
@@ -113,7 +113,10 @@ def ulysses_attention(module: Any, query: Any, key: Any, value: Any, attention_m
         key = key.repeat_interleave(heads // kv_heads, dim=1)
         value = value.repeat_interleave(heads // kv_heads, dim=1)
     q, k, v = (_all_to_all().apply(t, 1, 2, sp) for t in (query, key, value))
-    out = segment_attention(q, k, v, _FULL_POSITIONS["current"], scaling, dropout)  # (B, S, H/P, D)
+    variant = Variant.from_call(kwargs)
+    if variant.sinks is not None:  # per-head logits: this rank attends with its slice of the heads
+        variant = replace(variant, sinks=variant.sinks.chunk(sp.size)[sp.rank])
+    out = segment_attention(q, k, v, _FULL_POSITIONS["current"], scaling, dropout, variant)  # (B, S, H/P, D)
     return _all_to_all().apply(out, 1, 2, sp), None
 
 
