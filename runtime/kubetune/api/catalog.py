@@ -104,8 +104,8 @@ FAMILIES: dict[str, Family] = {
                              "deepseek_coder"),
     "deepseek_moe": Family((("deepseek_moe_16b_chat", "deepseek-ai/deepseek-moe-16b-chat"),), "deepseek_moe",
                            trust_remote_code=True),
-    "deepseek_v2": Family((("deepseek_v2_lite_chat", "deepseek-ai/DeepSeek-V2-Lite-Chat"),), "deepseek_v2",
-                          trust_remote_code=True),
+    # transformers has DeepSeek-V2 itself (the hub repo's own code predates transformers 5 and does not load there).
+    "deepseek_v2": Family((("deepseek_v2_lite_chat", "deepseek-ai/DeepSeek-V2-Lite-Chat"),), "deepseek_v2"),
     "yi": Family((("yi_6b", "01-ai/Yi-6B"), ("yi_34b", "01-ai/Yi-34B")), "default"),
     "phi3": Family((
         ("phi3_mini_4k_instruct", "microsoft/Phi-3-mini-4k-instruct"),

@@ -31,6 +31,10 @@ class ModelSpec(KubeModel):
     """Weight dtype when loading; `auto` follows the precision (bf16 where supported, else fp16; fp32 on CPU)."""
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
     """Attention kernel; `auto` picks flash_attention_2 when installed and needed for varlen attention, else sdpa."""
+    router_aux_loss_coef: float | None = Field(default=None, ge=0, le=10)
+    """Mixture-of-experts models: weight of the routers' load-balancing loss added to the training loss
+    (transformers' `router_aux_loss_coef`: Mixtral 0.02, Qwen-MoE 0.001). Unset: as the model's config says (off
+    unless it sets `output_router_logits`); 0 turns it off. Refused for models without such a loss."""
     vision: VisionModelSpec | None = None
     """Makes this a LLaVA model: the image encoder and projector (dataset.format llava)."""
 

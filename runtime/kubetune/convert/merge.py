@@ -85,6 +85,9 @@ def merged_tensor(weight: Any, update: tuple, device: str) -> Any:
 def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, max_shard_size: str = "2GB", safe: bool = True,
           device: str = "cpu", log: Callable[[str], None] = print) -> list[Path]:
     config, weights = load_adapter(adapter_dir)
+    if config.get("target_parameters"):
+        del weights
+        return merge_in_memory(base_dir, adapter_dir, out_dir, max_shard_size, safe, log)
     updates = updates_of(config, weights)
     del weights
     files = shard_files(base_dir)
@@ -121,10 +124,36 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, max_shard_size: str 
     except ConvertError:
         shutil.rmtree(out_dir, ignore_errors=True)
         raise
+    copy_companions(base_dir, adapter_dir, out_dir)
+    return written
+
+
+def copy_companions(base_dir: Path, adapter_dir: Path, out_dir: Path) -> None:
+    """Tokenizer, config and processor files of the base, and the training config, which `chat`/`serve` of the
+    merged model read for the template it was trained with."""
     for path in base_dir.iterdir():
-        if path.is_file() and not is_weight_file(path.name):
+        if path.is_file() and not is_weight_file(path.name) and not (out_dir / path.name).exists():
             shutil.copy2(path, out_dir / path.name)
-    # The training config travels on, so `chat`/`serve` of the merged model use the template it was trained with.
     if (adapter_dir / "kubetune_config.yaml").is_file():
         shutil.copy2(adapter_dir / "kubetune_config.yaml", out_dir / "kubetune_config.yaml")
-    return written
+
+
+def merge_in_memory(base_dir: Path, adapter_dir: Path, out_dir: Path, max_shard_size: str, safe: bool,
+                    log: Callable[[str], None]) -> list[Path]:
+    """Adapters on parameters (MoE experts, which transformers fuses into one tensor per layer on load and splits
+    back per expert on save) are merged by PEFT on the loaded model, and transformers writes the base's own layout
+    back: the whole model is in memory once, not streamed."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    log("the adapter targets parameters (MoE experts): merging through PEFT with the whole model in memory")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype="auto")
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ConvertError(f"{adapter_dir}: cannot be merged into {base_dir} ({' '.join(str(exc).split())[:300]}); "
+                           "was it trained on another base model?") from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, max_shard_size=max_shard_size, safe_serialization=safe)
+    copy_companions(base_dir, adapter_dir, out_dir)
+    return sorted(p for p in out_dir.iterdir() if is_weight_file(p.name))

@@ -124,9 +124,9 @@ def train(run: Run, forward: Callable[[Any, dict], Any]) -> None:
     import torch
 
     if run.objective is None:
-        from .objectives import sft
+        from .objectives import router_aux_coef, sft
 
-        run.objective = sft(forward)
+        run.objective = sft(forward, router_aux_coef(run.model))
     for hook in run.hooks:
         getattr(hook, "before_train", lambda ctx: None)(run)
     stream = micro_batches(run)

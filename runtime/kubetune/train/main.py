@@ -73,7 +73,7 @@ def _run(job: Any, spec: Any, dist: distributed.Dist, work_dir: str | None, resu
     tokenizer, data = build_data(spec, seed, say)
     zero3 = ds.zero3_init(ds_config) if ds_config else None  # partitions weights while they load
     attention = sequence_parallel.ATTENTION if sp else training_attention(spec.model.attn_implementation, device)
-    model = build_model(spec, device, precision, seed, attn_implementation=attention)
+    model = build_model(spec, device, precision, seed, attn_implementation=attention, say=say)
     if spec.model.vision:  # LLaVA: the image encoder and projector join the LLM, frozen as the stage says
         from kubetune.vision.train import with_vision
 

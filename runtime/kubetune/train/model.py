@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
+from kubetune.model.attention import MASK_IGNORES_PACKING
 from kubetune.model.tokenizer import ModelLoadError
 from kubetune.storage import StorageError, local_path
 
@@ -47,7 +49,7 @@ def resolve_precision(spec: Any, device: Any) -> Precision:
 
 
 def build_model(spec: Any, device: Any, precision: Precision, seed: int = 0,
-                attn_implementation: str | None = None) -> Any:
+                attn_implementation: str | None = None, say: Any = None) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -69,12 +71,23 @@ def build_model(spec: Any, device: Any, precision: Precision, seed: int = 0,
         raise ModelLoadError(f"model.uri {spec.model.uri}: cannot load a causal LM from {path}: "
                              f"{' '.join(str(exc).split())[:400]}") from None
     model.config.use_cache = False
+    set_router_aux_loss(model.config, spec.model.router_aux_loss_coef)
+    if (spec.dataset.pack_to_max_length and attn in ("eager", "sdpa")
+            and model.config.model_type in MASK_IGNORES_PACKING):
+        raise ModelLoadError(f"model.attnImplementation {attn}: transformers' {model.config.model_type} lets packed "
+                             "samples attend to each other with it; use attnImplementation auto (kubetune's packed "
+                             "attention) or dataset.packToMaxLength false")
     gc = spec.training.gradient_checkpointing
     if method == "qlora":
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
+        keep_training_layout(model)
+        unquantized = unquantized_share(model)
+        if unquantized and say:
+            say(f"QLoRA: {unquantized:.0%} of the decoder's weights (fused MoE expert tensors) stay in "
+                f"{precision.load_dtype}: bitsandbytes quantizes linear layers only")
     elif gc:
         if hasattr(model, "activation_checkpointing_enable"):  # newer transformers renamed it (the old name warns)
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -83,19 +96,48 @@ def build_model(spec: Any, device: Any, precision: Precision, seed: int = 0,
         if method == "lora":
             model.enable_input_require_grads()
     if method in ("lora", "qlora"):
-        from peft import LoraConfig, get_peft_model
+        from . import lora
 
-        lora = spec.method.lora
-        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias=lora.bias,
-                            target_modules=list(lora.target_modules) or "all-linear", task_type="CAUSAL_LM")
-        torch.manual_seed(seed)  # the adapters' initial values are part of a reproducible run
         try:
-            model = get_peft_model(model, config)
+            adapter = lora.plan(model, spec.method.lora)
+            torch.manual_seed(seed)  # the adapters' initial values are part of a reproducible run
+            model = lora.apply(model, adapter, say)
         except ValueError as exc:
             raise ModelLoadError(f"method.lora.targetModules: {exc}") from None
     if method != "qlora":
         model.to(device)
     return model
+
+
+def set_router_aux_loss(config: Any, coef: float | None) -> None:
+    if coef is None:
+        return
+    if not hasattr(config, "router_aux_loss_coef"):
+        raise ModelLoadError(f"model.routerAuxLossCoef: {config.model_type} has no router load-balancing loss (not a "
+                             "mixture of experts, or one balanced without it); remove the field")
+    config.output_router_logits = coef > 0
+    config.router_aux_loss_coef = coef
+
+
+def keep_training_layout(model: Any) -> None:
+    """On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit layer's weights into an inference layout the first time
+    it runs in eval mode without gradients (the evaluation hook before step 1) and never packs them back; training on
+    after that passes wrong gradients (or crashes on layers with a bias). Evaluation here runs in the layout training
+    uses instead: slower generation on those CPUs, the same gradients everywhere."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def unquantized_share(model: Any) -> float:
+    """The share of decoder weights in fused expert tensors, which bitsandbytes leaves unquantized."""
+    from .lora import expert_weights
+
+    experts = set(expert_weights(model))
+    sizes = {name: math.prod(p.quant_state.shape) if getattr(p, "quant_state", None) is not None else p.numel()
+             for name, p in model.named_parameters() if ".layers." in name}  # 4-bit tensors hold 2 weights a byte
+    total = sum(sizes.values())
+    return sum(sizes[name] for name in experts) / total if experts and total else 0.0
 
 
 def _bnb_config(spec: Any, precision: Precision) -> Any:

@@ -12,11 +12,28 @@ from .preference import dpo_loss, orpo_loss, reward_loss, segment_logps
 Objective = Callable[[Any, dict], tuple[Any, dict[str, Any]]]
 
 
-def sft(forward: Callable[[Any, dict], Any]) -> Objective:
+def sft(forward: Callable[[Any, dict], Any], router_aux_coef: float = 0.0) -> Objective:
+    """Token cross-entropy; for a mixture of experts with its router loss on, plus coef × that loss, which is a mean
+    over the batch's tokens and so weighs as many units as the batch has."""
+
     def objective(model: Any, batch: dict) -> tuple[Any, dict[str, Any]]:
-        return token_loss_sum(forward(model, batch).logits, batch["loss_targets"]), {}
+        out = forward(model, batch)
+        loss = token_loss_sum(out.logits, batch["loss_targets"])
+        aux = getattr(out, "aux_loss", None)
+        if not router_aux_coef or aux is None:
+            return loss, {}
+        weighted = aux * batch["num_units"]
+        return loss + router_aux_coef * weighted, {"router_aux_loss": weighted.detach()}
 
     return objective
+
+
+def router_aux_coef(model: Any) -> float:
+    """The weight of the router load-balancing loss the model's config turns on (0: off)."""
+    config = getattr(_unwrapped(model), "config", None)
+    if not getattr(config, "output_router_logits", False):
+        return 0.0
+    return float(getattr(config, "router_aux_loss_coef", 0.0) or 0.0)
 
 
 def prepare_pairs(batch: dict[str, Any], keep_logits: bool) -> dict[str, Any]:
