@@ -30,6 +30,8 @@ def _generation(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=0.75, help="nucleus sampling")
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="repetition penalty")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code (InternLM2, "
+                   "ChatGLM3, Baichuan2...)")
 
 
 def add_parser(sub, mode: str, summary: str) -> None:
@@ -67,7 +69,6 @@ def add_parser(sub, mode: str, summary: str) -> None:
                        "body, may take to arrive (else the connection is closed, or 408)")
         p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds in-flight requests get to finish "
                        "after SIGTERM")
-        p.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
     p.set_defaults(func=run)
 
 

@@ -33,6 +33,10 @@ _NOT_REPRODUCED = ("position_bias", "sinks", "indices", "block_indices", "attent
 # with eager or SDPA attention packed samples see each other. tests/test_architectures.py keeps this list true.
 MASK_IGNORES_PACKING = frozenset({"gpt_oss"})
 
+# Calls of the packed attention so far: a forward that leaves it unchanged ran attention of the model's own (remote
+# code that bypasses transformers' attention interface), which would let packed samples see each other.
+_CALLS = [0]
+
 
 class UnsupportedAttention(ModelLoadError):
     """The model asks for an attention feature the packed attention cannot reproduce exactly."""
@@ -149,7 +153,24 @@ def packed_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
     """transformers attention-function signature; the decoder layer passes the position ids through."""
     if position_ids is None or query.shape[2] != key.shape[2]:
         raise RuntimeError(f"{PACKED} attention is for training forwards (whole sequences with position ids)")
+    _CALLS[0] += 1
     return segment_attention(query, key, value, position_ids, scaling, dropout, Variant.from_call(kwargs)), None
+
+
+def packed_calls() -> int:
+    return _CALLS[0]
+
+
+def check_packed_attention_ran(model: Any, calls_before: int) -> None:
+    """After a training forward with the packed attention chosen: refuse a model whose code never called it."""
+    inner = getattr(model, "module", model)
+    inner = getattr(inner, "llm", inner)  # LLaVA: the language model attends
+    config = getattr(inner, "config", None)
+    if getattr(config, "_attn_implementation", None) == PACKED and _CALLS[0] == calls_before:
+        raise UnsupportedAttention(
+            f"the model's own code ({type(getattr(inner, 'get_base_model', lambda: inner)()).__name__}, "
+            "model.trustRemoteCode) does not use transformers' attention interface, so packed samples would attend "
+            "to each other: set dataset.packToMaxLength to false")
 
 
 def register() -> None:

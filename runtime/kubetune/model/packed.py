@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .attention import check_packed_attention_ran, packed_calls
+
 
 def packed_forward(model: Any, batch: dict[str, Any]) -> Any:
     """Run `model` on a collated batch so that packed samples stay independent.
@@ -15,7 +17,11 @@ def packed_forward(model: Any, batch: dict[str, Any]) -> Any:
     extra = {"logits_to_keep": batch["keep"]} if "keep" in batch else {}
     if "pixel_values" in batch:  # LLaVA: the images of the batch's `<image>` placeholders
         extra["pixel_values"] = batch["pixel_values"]
-    return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False, **extra)
+    before = packed_calls()
+    out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False, **extra)
+    if batch.get("num_segments", 0) > batch["input_ids"].shape[0]:  # some row holds several samples
+        check_packed_attention_ran(model, before)
+    return out
 
 
 def accepts_logits_mask(model: Any) -> bool:

@@ -78,6 +78,9 @@ def build_model(spec: Any, device: Any, precision: Precision, seed: int = 0,
                              "samples attend to each other with it; use attnImplementation auto (kubetune's packed "
                              "attention) or dataset.packToMaxLength false")
     gc = spec.training.gradient_checkpointing
+    if gc and not getattr(model, "supports_gradient_checkpointing", False):
+        raise ModelLoadError(f"training.gradientCheckpointing: {type(model).__name__} (model.uri {spec.model.uri}) "
+                             "does not support it; set it to false")
     if method == "qlora":
         from peft import prepare_model_for_kbit_training
 
