@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from .s3server import ACCESS, SECRET, Faults, start_proxy, start_versitygw
@@ -242,3 +243,37 @@ def test_llava_reads_encoder_projector_data_and_images_from_s3(s3, tmp_path):
     out = kubetune("train", str(ft), "--work-dir", str(tmp_path / "ft"), env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "with_image 8" in out.stdout and (tmp_path / "ft" / "iter_1" / "model" / "llm_adapter").is_dir()
+
+
+def test_the_specs_storage_block_is_honoured_locally_without_environment_variables(s3, tmp_path, tiny_dir):
+    """`spec.storage` (endpoint, path style) is all a local run needs: no AWS_ENDPOINT_URL; the credentials come from
+    ~/.aws as boto3 reads them, and the Secret the spec names for the cluster is said to be unread here."""
+    upload_tree(tiny_dir, "models/tiny-local")
+    job = write_job(tmp_path, tiny_dir, alpaca_rows(8))
+    from kubetune.storage import s3 as s3mod
+
+    s3mod.put_file(tmp_path / "data.jsonl", s3mod.S3Uri(BUCKET, "local/rows.jsonl"))
+    spec = yaml.safe_load(job.read_text())
+    spec["model"]["uri"] = f"s3://{BUCKET}/models/tiny-local"
+    spec["dataset"]["uri"] = f"s3://{BUCKET}/local/rows.jsonl"
+    spec["training"]["maxSteps"] = 2
+    spec["storage"] = {"endpoint": s3["endpoint"], "pathStyle": True, "secretRef": "team-s3"}
+    job.write_text(yaml.safe_dump(spec))
+    home = tmp_path / "home"
+    (home / ".aws").mkdir(parents=True)
+    (home / ".aws" / "credentials").write_text(f"[default]\naws_access_key_id = {ACCESS}\n"
+                                               f"aws_secret_access_key = {SECRET}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBETUNE_S3", "KUBERNETES_"))}
+    env.update(HOME=str(home), KUBETUNE_CACHE=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, "-m", "kubetune", "train", str(job), "--work-dir", str(tmp_path / "w")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"from s3://{BUCKET}/models/tiny-local" in out.stdout
+    assert "storage.secretRef team-s3 is a cluster Secret and is not read here" in out.stderr
+    # Without the block, the same run goes to AWS's own endpoint: the spec, not the environment, made it work.
+    del spec["storage"]
+    job.write_text(yaml.safe_dump(spec))
+    env["KUBETUNE_S3_ATTEMPTS"] = "1"
+    out = subprocess.run([sys.executable, "-m", "kubetune", "train", str(job), "--work-dir", str(tmp_path / "w2")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 1 and "Traceback" not in out.stderr

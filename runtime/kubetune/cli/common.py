@@ -15,10 +15,11 @@ def load_config(config: str, overrides: list[str] | None = None, kind: str = "Fi
 
     try:
         if Path(config).exists() or not _looks_like_name(config):
-            return resolve_relative_paths(load_manifest(config, kind=kind, overrides=overrides or ()),
-                                          Path(config).resolve().parent)
+            return with_storage(resolve_relative_paths(load_manifest(config, kind=kind, overrides=overrides or ()),
+                                                       Path(config).resolve().parent))
         if config in catalog.catalog():
-            return parse_manifest(catalog.get(config), source=config, kind=kind, overrides=overrides or ())
+            return with_storage(parse_manifest(catalog.get(config), source=config, kind=kind,
+                                               overrides=overrides or ()))
         catalog.get(config)  # raises with close matches
     except ManifestError as exc:
         if exc.errors == [("", "no such file")]:
@@ -28,6 +29,24 @@ def load_config(config: str, overrides: list[str] | None = None, kind: str = "Fi
     except KeyError as exc:
         raise UserError(f"{config}: no such file, and {exc.args[0]}") from None
     raise AssertionError("unreachable")
+
+
+def with_storage(obj: Any) -> Any:
+    """Honour the spec's `storage` endpoint, region and path style here as the operator does in a cluster. Its
+    `secretRef` names a cluster Secret that a laptop cannot read: said once, never silently dropped."""
+    import os
+    import sys
+
+    from kubetune.storage import s3
+
+    storage = getattr(obj.spec, "storage", None)
+    if storage is None:
+        return obj
+    s3.configure(storage.endpoint, storage.region, storage.path_style)
+    if storage.secret_ref and "KUBERNETES_SERVICE_HOST" not in os.environ:  # in a pod the operator mounts it
+        print(f"note: storage.secretRef {storage.secret_ref} is a cluster Secret and is not read here; S3 credentials "
+              "come from the environment, ~/.aws or KUBETUNE_S3_SECRET_DIR", file=sys.stderr)
+    return obj
 
 
 def _looks_like_name(config: str) -> bool:

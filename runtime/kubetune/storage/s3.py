@@ -3,7 +3,7 @@ a mounted Kubernetes secret. Transient failures (5xx, throttling, timeouts, drop
 exponential backoff and full jitter; credential and permission errors fail at once with a message naming the bucket
 and the permission. No message ever includes a credential.
 
-Environment: AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3) for S3-compatible servers, AWS_REGION / AWS_DEFAULT_REGION,
+Settings: the spec's `storage` block (`configure`), else the environment: AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3) for S3-compatible servers, AWS_REGION / AWS_DEFAULT_REGION,
 KUBETUNE_S3_ADDRESSING_STYLE (path | virtual | auto; path when a custom endpoint is set), KUBETUNE_S3_SECRET_DIR (a
 mounted secret with files AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or access-key-id and secret-access-key).
 """
@@ -48,6 +48,14 @@ class S3Uri:
 
 
 _CLIENT: dict[str, Any] = {}
+_SETTINGS: dict[str, Any] = {}
+
+
+def configure(endpoint: str | None = None, region: str | None = None, path_style: bool = False) -> None:
+    """The spec's `storage` block. What it sets wins over the environment: in a cluster the operator puts the same
+    values into the pod's environment, and on a laptop the spec is the only place they are written."""
+    _SETTINGS.update(endpoint=endpoint, region=region, path_style=path_style)
+    _CLIENT.clear()
 
 
 def client() -> Any:
@@ -58,14 +66,16 @@ def client() -> Any:
             from botocore.config import Config
         except ImportError:
             raise StorageError("s3:// needs boto3 (pip install 'kubetune[train]')") from None
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        style = os.environ.get("KUBETUNE_S3_ADDRESSING_STYLE") or ("path" if endpoint else "auto")
+        endpoint = (_SETTINGS.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL_S3")
+                    or os.environ.get("AWS_ENDPOINT_URL"))
+        style = ("path" if _SETTINGS.get("path_style") else None) or os.environ.get("KUBETUNE_S3_ADDRESSING_STYLE") \
+            or ("path" if endpoint else "auto")
         config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=60,
                         s3={"addressing_style": style}, max_pool_connections=16)
         session = boto3.session.Session(**_secret_credentials())
         _CLIENT["s3"] = session.client("s3", endpoint_url=endpoint, config=config,
-                                       region_name=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-                                       or "us-east-1")
+                                       region_name=_SETTINGS.get("region") or os.environ.get("AWS_REGION")
+                                       or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
     return _CLIENT["s3"]
 
 
