@@ -161,16 +161,20 @@ def packed_calls() -> int:
     return _CALLS[0]
 
 
+def language_model(model: Any) -> Any:
+    """The causal LM that attends: DDP's or DeepSpeed's `.module`, LLaVA's `.llm`, peft's base model unwrapped."""
+    model = getattr(model, "module", model)
+    model = model.llm if hasattr(model, "projector") else model
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def check_packed_attention_ran(model: Any, calls_before: int) -> None:
     """After a training forward with the packed attention chosen: refuse a model whose code never called it."""
-    inner = getattr(model, "module", model)
-    inner = getattr(inner, "llm", inner)  # LLaVA: the language model attends
-    config = getattr(inner, "config", None)
-    if getattr(config, "_attn_implementation", None) == PACKED and _CALLS[0] == calls_before:
+    inner = language_model(model)
+    if getattr(inner.config, "_attn_implementation", None) == PACKED and _CALLS[0] == calls_before:
         raise UnsupportedAttention(
-            f"the model's own code ({type(getattr(inner, 'get_base_model', lambda: inner)()).__name__}, "
-            "model.trustRemoteCode) does not use transformers' attention interface, so packed samples would attend "
-            "to each other: set dataset.packToMaxLength to false")
+            f"the model's own code ({type(inner).__name__}, model.trustRemoteCode) does not use transformers' "
+            "attention interface, so packed samples would attend to each other: set dataset.packToMaxLength to false")
 
 
 def register() -> None:
@@ -199,8 +203,7 @@ def training_attention(requested: str, device: Any) -> str | None:
 def decoding_attention(model: Any) -> str:
     """The attention transformers decodes this model with: SDPA where the architecture allows it, else eager (Gemma 2's
     soft-capping and GPT-OSS's sinks, which SDPA would refuse or silently drop)."""
-    model = model.llm if hasattr(model, "projector") else model  # LLaVA: its language model decides
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = language_model(model)
     softcap = getattr(base.config, "attn_logit_softcapping", None)
     return "sdpa" if getattr(base, "_supports_sdpa", False) and not softcap else "eager"
 

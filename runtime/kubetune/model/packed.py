@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .attention import check_packed_attention_ran, packed_calls
+from .attention import check_packed_attention_ran, language_model, packed_calls
 
 
 def packed_forward(model: Any, batch: dict[str, Any]) -> Any:
@@ -28,6 +28,4 @@ def accepts_logits_mask(model: Any) -> bool:
     """Whether the model's forward takes `logits_to_keep` (transformers' own models do; remote code may not)."""
     import inspect
 
-    model = model.llm if hasattr(model, "projector") else model  # LLaVA: its language model decides
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(type(base).forward).parameters
+    return "logits_to_keep" in inspect.signature(type(language_model(model)).forward).parameters

@@ -22,9 +22,6 @@ from typing import Any
 
 from kubetune.api.method import LoraSpec
 
-ALL_LINEAR = "all-linear"
-
-
 @dataclass
 class LoraPlan:
     """What the adapter reaches, decided before peft touches the model."""
@@ -41,7 +38,7 @@ def plan(model: Any, lora: LoraSpec) -> LoraPlan:
     experts = expert_weights(model)
     asked = list(lora.target_modules)
     if asked:
-        modules: set[str] | str = set(asked)
+        modules = set(asked)
         parameters = {name.rsplit(".", 1)[-1] for name in experts if name.rsplit(".", 1)[-1] in asked}
     else:
         modules = {name.rsplit(".", 2)[-2] for name in linear}
