@@ -77,7 +77,7 @@ def test_h7_checkpoints_uri_on_a_volume_is_honoured_and_resumed_from(tmp_path, t
     out = kubetune("train", str(job), "--work-dir", str(tmp_path / "w1"), *opts, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     saved = tmp_path / "mnt" / "ckpt" / "run"
-    assert sorted(p.name for p in saved.iterdir()) == ["iter_4"]  # keep: 1 applies there too
+    assert sorted(p.name for p in saved.iterdir()) == ["export", "iter_4"]  # keep: 1 applies there too
     assert (saved / "iter_4" / "manifest.json").is_file()
     again = kubetune("train", str(job), "--work-dir", str(tmp_path / "w2"), "--resume", "auto", *opts, env=env)
     assert again.returncode == 0 and "iter_4 at step 4" in again.stdout, again.stdout[-2000:]

@@ -74,7 +74,7 @@ def test_finetune_gang_job():
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "s3-credentials"
     assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000"
     assert c["command"] == ["kubetune", "train", "/etc/kubetune/job.yaml", "--work-dir", "/work/run", "--resume",
-                            "auto"]
+                            "auto", "--no-export"]
     assert c["resources"]["limits"] == {"memory": "512Gi", "nvidia.com/gpu": "8"}
     sc = c["securityContext"]
     assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from kubetune.api import API_VERSION, ManifestError, parse_manifest
+from kubetune.api.convert import export_specs
 
 from . import metrics, status as st
 from .builders import chat as chat_b, convert as convert_b, finetune as ftj_b
@@ -163,9 +164,9 @@ async def pods_refused(kube: Kube, body: dict) -> tuple[dict, list] | None:
 async def export(kube: Kube, parent: dict, spec: Any, settings: Settings) -> list:
     """After success, the ConvertJob `export` asks for first (pth_to_hf into checkpoints.uri/export/hf); the merge
     follows when the adapter is there (convert_job_event)."""
-    if not (spec.export.adapter or spec.export.merge) or spec.method.scheme == "full":
+    if not (spec.export.adapter or spec.export.merge):
         return []
-    if not spec.checkpoints.uri:
+    if not export_specs(parent["metadata"]["name"], spec):
         return [("Warning", "ExportSkipped", "export needs checkpoints.uri (where the artifacts go)")]
     name = await _export_job(kube, parent, spec, "adapter")
     return [("Normal", "Exporting", f"ConvertJob {name} created")]
@@ -185,15 +186,9 @@ async def _export_job(kube: Kube, parent: dict, spec: Any, which: str) -> str:
     from .builders.common import metadata
 
     name = parent["metadata"]["name"]
-    root = spec.checkpoints.uri.rstrip("/") + "/export"
-    if which == "adapter":
-        cspec = {"operation": "pth_to_hf", "source": {"fineTuneJobRef": name}, "output": {"uri": f"{root}/hf"}}
-    else:
-        cspec = {"operation": "merge", "source": {"checkpointUri": f"{root}/hf"},
-                 "baseModel": {"uri": spec.model.uri}, "output": {"uri": f"{root}/merged"}}
-    cspec["storage"] = spec.storage.to_dict()
     manifest = {"apiVersion": API_VERSION, "kind": "ConvertJob",
-                "metadata": metadata(parent, f"{name}-export-{which}", "export"), "spec": cspec}
+                "metadata": metadata(parent, f"{name}-export-{which}", "export"),
+                "spec": export_specs(name, spec)[which]}
     await kube.apply(manifest)
     return manifest["metadata"]["name"]
 

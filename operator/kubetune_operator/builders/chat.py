@@ -5,26 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubetune.api.chat import serve_arguments
+
 from ..settings import Settings
 from .common import Manifest, metadata, pod_spec, pvc_volumes, resources, storage_env
 
 KEY_DIR = "/etc/kubetune/keys"
 
 
-def serve_command(spec: Any, model_uri: str, adapter_uri: str | None, served_name: str, port: int) -> list[str]:
-    g = spec.generation
-    argv = ["kubetune", "serve", model_uri, "--host", "0.0.0.0", "--port", str(port), "--served-model-name",
-            served_name, "--prompt-template", spec.prompt_template.value, "--max-new-tokens", str(g.max_new_tokens),
-            "--temperature", str(g.temperature), "--top-k", str(g.top_k), "--top-p", str(g.top_p),
-            "--repetition-penalty", str(g.repetition_penalty), "--torch-dtype", spec.model.dtype.value]
-    argv += ["--adapter", adapter_uri] if adapter_uri else []
-    argv += ["--system", spec.system] if spec.system else []
-    argv += ["--system-template", spec.system_template.value] if spec.system_template else []
-    argv += ["--bits", str(spec.bits)] if spec.bits else []
-    argv += ["--stop-words", *g.stop_words] if g.stop_words else []
-    argv += ["--api-key-file", f"{KEY_DIR}/api-keys"] if spec.auth else []
-    argv += ["--trust-remote-code"] if spec.model.trust_remote_code else []
-    return argv
+def serve_command(spec: Any, adapter_uri: str | None, served_name: str, port: int) -> list[str]:
+    argv = ["kubetune", "serve", *serve_arguments(spec, adapter_uri, served_name), "--host", "0.0.0.0",
+            "--port", str(port)]
+    return argv + (["--api-key-file", f"{KEY_DIR}/api-keys"] if spec.auth else [])
 
 
 def vllm_command(spec: Any, model_uri: str, adapters: dict[str, str], port: int) -> list[str]:
@@ -51,7 +43,7 @@ def deployment(parent: Manifest, spec: Any, adapters: dict[str, str], settings: 
     else:
         adapter = next(iter(adapters.values()), None)
         served = next(iter(adapters), None) or name
-        command = serve_command(spec, spec.model.uri, adapter, served, port)
+        command = serve_command(spec, adapter, served, port)
     volumes, mounts = pvc_volumes([spec.model.uri, *adapters.values()])
     if spec.auth:
         volumes.append({"name": "api-keys", "secret": {"secretName": spec.auth.api_key_secret_ref}})

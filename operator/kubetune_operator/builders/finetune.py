@@ -99,8 +99,9 @@ def job(parent: Manifest, spec: Any, attempt: int, settings: Settings, n: dict[s
                                   + ([vision.encoder, vision.projector] if vision else []))
     container = {
         "name": "trainer",
+        # --no-export: the job's export ConvertJobs convert once, after the whole gang succeeded.
         "command": ["kubetune", "train", f"{CONFIG_DIR}/job.yaml", "--work-dir", f"{WORK_DIR}/run",
-                    "--resume", "auto"],
+                    "--resume", "auto", "--no-export"],
         "env": env,
         "ports": [{"name": "rendezvous", "containerPort": settings.rendezvous_port},
                   {"name": "metrics", "containerPort": METRICS_PORT}],

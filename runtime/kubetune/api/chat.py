@@ -164,3 +164,20 @@ class ChatEndpoint(KubeModel):
     """Desired state."""
     status: ChatEndpointStatus | None = None
     """Observed state."""
+
+
+def serve_arguments(spec: ChatEndpointSpec, adapter_uri: str | None, served_name: str | None) -> list[str]:
+    """`kubetune serve`'s arguments for an endpoint (the builtin engine), without where it listens or its keys: the
+    operator's pods run them, and `kubetune serve ENDPOINT.yaml` parses the very same list here."""
+    g = spec.generation
+    argv = [spec.model.uri, "--prompt-template", spec.prompt_template.value, "--max-new-tokens", str(g.max_new_tokens),
+            "--temperature", str(g.temperature), "--top-k", str(g.top_k), "--top-p", str(g.top_p),
+            "--repetition-penalty", str(g.repetition_penalty), "--torch-dtype", spec.model.dtype.value]
+    argv += ["--served-model-name", served_name] if served_name else []
+    argv += ["--adapter", adapter_uri] if adapter_uri else []
+    argv += ["--system", spec.system] if spec.system else []
+    argv += ["--system-template", spec.system_template.value] if spec.system_template else []
+    argv += ["--bits", str(spec.bits)] if spec.bits else []
+    argv += ["--stop-words", *g.stop_words] if g.stop_words else []
+    argv += ["--trust-remote-code"] if spec.model.trust_remote_code else []
+    return argv

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -129,3 +129,21 @@ class ConvertJob(KubeModel):
     """Desired state."""
     status: ConvertJobStatus | None = None
     """Observed state."""
+
+
+def export_specs(job_name: str, spec: Any) -> dict[str, dict[str, Any]]:
+    """The ConvertJob specs a FineTuneJob's `export` asks for, keyed `adapter` and `merged`, in the order they run:
+    the operator creates them as the job's children, `kubetune train` runs them itself. Empty when nothing is asked
+    or `checkpoints.uri` is unset (no place outlives a pod to write them to). The adapter's source is the job's
+    latest checkpoint, by reference (`fineTuneJobRef`); a local run resolves it to the final checkpoint."""
+    if not (spec.export.adapter or spec.export.merge) or not spec.checkpoints.uri:
+        return {}
+    root = spec.checkpoints.uri.rstrip("/") + "/export"
+    storage = spec.storage.to_dict()
+    out = {"adapter": {"operation": "pth_to_hf", "source": {"fineTuneJobRef": job_name},
+                       "output": {"uri": f"{root}/hf"}, "storage": storage}}
+    if spec.export.merge and spec.method.scheme != "full":
+        base = {"uri": spec.model.uri} | ({"trustRemoteCode": True} if spec.model.trust_remote_code else {})
+        out["merged"] = {"operation": "merge", "source": {"checkpointUri": f"{root}/hf"}, "baseModel": base,
+                         "output": {"uri": f"{root}/merged"}, "storage": storage}
+    return out

@@ -72,6 +72,36 @@ def add_parser(sub, mode: str, summary: str) -> None:
     p.set_defaults(func=run)
 
 
+def route(argv: list[str]) -> list[str]:
+    """`kubetune serve ENDPOINT.yaml [--host H --port P --api-key-file F]`: the ChatEndpoint's spec becomes the same
+    arguments its pods get (kubetune.api.chat.serve_arguments); what only a cluster has is refused by name."""
+    if argv[0] != "serve" or len(argv) < 2 or not argv[1].endswith((".yaml", ".yml", ".json")):
+        return argv
+    import os
+
+    from kubetune.api.chat import serve_arguments
+
+    from .common import announce_local_differences, load_config
+
+    endpoint = load_config(argv[1], kind="ChatEndpoint")
+    announce_local_differences(endpoint)
+    spec, rest = endpoint.spec, argv[2:]
+    if spec.engine != "builtin":
+        raise UserError(f"{argv[1]}: engine {spec.engine} runs in the cluster's vLLM image; here serve it with "
+                        "engine builtin (or run `vllm serve` yourself)")
+    for adapter in spec.adapters:
+        if adapter.fine_tune_job_ref:
+            raise UserError(f"{argv[1]}: adapters[{adapter.name}].fineTuneJobRef names a FineTuneJob in a cluster; "
+                            "here set its uri (the job's <checkpoints.uri>/export/hf)")
+    if spec.auth and "--api-key-file" not in rest and not os.environ.get("KUBETUNE_API_KEYS"):
+        raise UserError(f"{argv[1]}: auth.apiKeySecretRef {spec.auth.api_key_secret_ref} is a cluster Secret and is "
+                        "not read here; give the keys with --api-key-file FILE or KUBETUNE_API_KEYS, or the endpoint "
+                        "would serve without them")
+    first = spec.adapters[0] if spec.adapters else None
+    served = first.name if first else endpoint.metadata.name
+    return ["serve", *serve_arguments(spec, first.uri if first else None, served), *rest]
+
+
 def run(args: argparse.Namespace) -> int:
     if args.mode == "chat" and (args.image or args.visual_encoder) and not args.llava:
         raise UserError("--image and --visual-encoder need --llava (the trained LLaVA directory)")

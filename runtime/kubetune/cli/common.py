@@ -49,6 +49,28 @@ def with_storage(obj: Any) -> Any:
     return obj
 
 
+def announce_local_differences(obj: Any) -> None:
+    """Fields set for a cluster that a run here does not use, said once (docs/local-vs-cluster.md)."""
+    import os
+    import sys
+
+    if "KUBERNETES_SERVICE_HOST" in os.environ or os.environ.get("RANK", "0") != "0":
+        return  # in the operator's pods these fields were applied when the pods were built
+    from kubetune.api.parity import cluster_only_settings
+
+    ignored = cluster_only_settings(obj)
+    if ignored:
+        print("ignored here: " + ", ".join(f"{path.removeprefix('spec.')}={_short(value)} (cluster only)"
+                                           for path, value in ignored), file=sys.stderr)
+
+
+def _short(value: Any) -> str:
+    import json
+
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _looks_like_name(config: str) -> bool:
     return "/" not in config and not config.endswith((".yaml", ".yml", ".json"))
 

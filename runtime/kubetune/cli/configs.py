@@ -34,6 +34,8 @@ def add_parser(sub, mode: str, summary: str) -> None:
         p.add_argument("-o", "--output-dir", default="crds", help="directory to write to (default: crds)")
         p.add_argument("--docs", default=None, metavar="FILE",
                        help="also write the Markdown API reference to FILE (docs/api-reference.md)")
+        p.add_argument("--parity", default=None, metavar="FILE",
+                       help="also write the local-vs-cluster table to FILE (docs/local-vs-cluster.md)")
         p.add_argument("--chart", default=None, metavar="DIR",
                        help="also write the Helm chart's copies into DIR/templates/crds (charts/kubetune)")
         p.add_argument("--check", action="store_true",
@@ -125,12 +127,17 @@ def crds(args: argparse.Namespace) -> int:
     wanted = {out / gen.filename(k): gen.render(k) for k in gen.KINDS}
     if args.docs:
         wanted[Path(args.docs)] = docs.render()
+    if args.parity:
+        from kubetune.api import parity
+
+        wanted[Path(args.parity)] = parity.render()
     if args.chart:
         wanted.update(gen.chart_files(args.chart))
     if args.check:
         stale = [str(p) for p, text in wanted.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
         if stale:
-            flags = (f" --docs {args.docs}" if args.docs else "") + (f" --chart {args.chart}" if args.chart else "")
+            flags = "".join(f" --{flag} {value}" for flag, value in
+                            (("docs", args.docs), ("parity", args.parity), ("chart", args.chart)) if value)
             raise UserError(f"out of date: {', '.join(stale)} (regenerate with `kubetune crds{flags}`)")
         print(f"up to date: {', '.join(str(p) for p in wanted)}")
         return 0

@@ -1,12 +1,12 @@
-"""`kubetune convert {pth_to_hf,merge,split}`."""
+"""`kubetune convert {pth_to_hf,merge,split}` (XTuner's flags) or `kubetune convert CONVERTJOB.yaml`: both become a
+ConvertJob spec run by kubetune.convert.job, as the ConvertJob's pod runs it."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from pathlib import Path
-
-from .common import add_cfg_options, load_config
+from .common import add_cfg_options, announce_local_differences, load_config
 from .errors import UserError
 
 
@@ -40,69 +40,72 @@ def add_parser(sub, mode: str, summary: str) -> None:
     split = conv.add_parser("split", help="rewrite a model so each tensor is its own shard")
     split.add_argument("src_dir", help="source model directory")
     split.add_argument("dst_dir", help="output directory")
+
+    manifest = conv.add_parser("manifest", help="run a ConvertJob manifest here, as its pod runs it (also: "
+                               "kubetune convert CONVERTJOB.yaml)")
+    manifest.add_argument("manifest", help="ConvertJob YAML/JSON")
+    manifest.add_argument("--config", default=None, help="pth_to_hf: the FineTuneJob the checkpoint was trained with")
+    add_cfg_options(manifest)
     p.set_defaults(func=run)
 
 
+def route(argv: list[str]) -> list[str]:
+    """`kubetune convert CONVERTJOB.yaml` is the manifest submode."""
+    if len(argv) > 1 and argv[1].endswith((".yaml", ".yml", ".json")):
+        return [argv[0], "manifest", *argv[1:]]
+    return argv
+
+
 def run(args: argparse.Namespace) -> int:
+    from kubetune.convert import job as conversion
     from kubetune.convert.shards import ConvertError
     from kubetune.model.tokenizer import ModelLoadError
-    from kubetune.storage import StorageError, local_destination, local_path
+    from kubetune.storage import StorageError
 
-    import tempfile
-
-    remote = args.save_dir if args.submode != "split" and args.save_dir.startswith("s3://") else None
-    staging = tempfile.TemporaryDirectory(prefix="kubetune-export-") if remote else None
     try:
-        if staging:
-            args.save_dir = staging.name
-        elif args.submode == "split":
-            dst = local_destination(args.dst_dir)
-            if dst is None:
-                raise UserError(f"{args.dst_dir}: split writes a local, pvc:// or file:// directory, not s3://")
-            args.dst_dir = str(dst)
-        else:  # pvc:// and file:// name a mounted directory, never a local folder called "pvc:"
-            args.save_dir = str(local_destination(args.save_dir))
-        if args.submode == "pth_to_hf":
-            from kubetune.convert.pth_to_hf import convert
-
-            job = load_config(args.config, list(args.cfg_options))
-            convert(job, local_path(args.pth_model), Path(args.save_dir), fp32=args.fp32,
-                    max_shard_size=args.max_shard_size, safe=args.safe_serialization, save_format=args.save_format)
-        elif args.submode == "merge":
-            from kubetune.convert.merge import merge
-
-            device = args.device
-            if device == "auto":
-                import torch
-
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-            if args.is_clip:
-                _check_clip(local_path(args.model))
-            written = merge(local_path(args.model), local_path(args.adapter), Path(args.save_dir),
-                            args.max_shard_size, args.safe_serialization, device)
-            print(f"merged model written to {args.save_dir} ({len(written)} shard(s))")
+        if args.submode == "manifest":
+            spec, source, config = _from_manifest(args)
         else:
-            from kubetune.convert.split import split
-
-            count = split(local_path(args.src_dir), Path(args.dst_dir))
-            print(f"{count} tensors written to {args.dst_dir}, one per shard")
-        if remote:
-            from kubetune.storage.sync import publish
-
-            publish(Path(args.save_dir), remote)  # e.g. <checkpoints.uri>/export/adapter
-            print(f"published to {remote}")
+            spec, source, config = _from_flags(args)
+        conversion.run(spec, source, config)
     except (ConvertError, StorageError, ModelLoadError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
-    finally:
-        if staging:
-            staging.cleanup()
     return 0
 
 
-def _check_clip(base: Path) -> None:
-    import json
+def _from_flags(args: argparse.Namespace) -> tuple[Any, str, Any]:
+    """XTuner's positional form, as the ConvertJob spec it amounts to (defaults from the API model)."""
+    from kubetune.api.convert import BaseModelRef, ConvertJobSpec, ConvertOperation, OutputSpec
 
-    config = base / "config.json"
-    kind = json.loads(config.read_text()).get("model_type") if config.is_file() else None
-    if kind not in ("clip_vision_model", "clip", "siglip_vision_model", "siglip"):
-        raise UserError(f"--is-clip: {base} is {kind or 'not a model directory'}, not a CLIP vision encoder")
+    op = ConvertOperation(args.submode)
+    fields: dict[str, Any] = {"operation": op}
+    if op == ConvertOperation.SPLIT:
+        source, fields["output"] = args.src_dir, OutputSpec.model_construct(uri=args.dst_dir)
+        return ConvertJobSpec.model_construct(**fields), source, None
+    fields |= {"output": OutputSpec.model_construct(uri=args.save_dir), "max_shard_size": args.max_shard_size,
+               "safe_serialization": args.safe_serialization}
+    if op == ConvertOperation.MERGE:
+        fields |= {"base_model": BaseModelRef.model_construct(uri=args.model), "is_clip": args.is_clip,
+                   "device": args.device}
+        return ConvertJobSpec.model_construct(**fields), args.adapter, None
+    fields |= {"fp32": args.fp32, "save_format": args.save_format}
+    config = load_config(args.config, list(args.cfg_options))
+    return ConvertJobSpec.model_construct(**fields), args.pth_model, config
+
+
+def _from_manifest(args: argparse.Namespace) -> tuple[Any, str, Any]:
+    """A ConvertJob manifest, run here as its pod would run it."""
+    job = load_config(args.manifest, list(args.cfg_options), kind="ConvertJob")
+    announce_local_differences(job)
+    spec = job.spec
+    if spec.source.fine_tune_job_ref:
+        raise UserError(f"{args.manifest}: source.fineTuneJobRef names a FineTuneJob in a cluster; here set "
+                        "source.checkpointUri to its checkpoint (an iter_N directory) and give --config with the "
+                        "FineTuneJob it was trained with")
+    config = None
+    if spec.operation.value == "pth_to_hf":
+        if not args.config:
+            raise UserError(f"{args.manifest}: operation pth_to_hf needs the FineTuneJob the checkpoint was trained "
+                            "with: --config JOB.yaml (in a cluster, fineTuneJobRef supplies it)")
+        config = load_config(args.config)
+    return spec, spec.source.checkpoint_uri, config

@@ -40,12 +40,15 @@ Some usages for kubetune commands: (See more by using -h for specific command!)
         kubetune convert merge $CLIP $ADAPTER $SAVE_PATH --is-clip
     4-3. Split a Hugging Face model into the smallest shards:
         kubetune convert split $LLM $SAVE_PATH
+    4-4. Run a ConvertJob manifest here (as its pod would):
+        kubetune convert $CONVERTJOB_YAML [--config $FINETUNEJOB_YAML]
     5-1. Chat with an LLM and an adapter:
         kubetune chat $LLM --adapter $ADAPTER --prompt-template $PROMPT_TEMPLATE --system-template $SYSTEM_TEMPLATE
     5-2. Chat with a VLM (LLaVA):
         kubetune chat $LLM --llava $LLAVA --visual-encoder $VISUAL_ENCODER --image $IMAGE --prompt-template $PROMPT_TEMPLATE
-    5-3. Serve an OpenAI-compatible API:
+    5-3. Serve an OpenAI-compatible API (or a ChatEndpoint manifest, as its pods would):
         kubetune serve $LLM --adapter $ADAPTER --prompt-template $PROMPT_TEMPLATE
+        kubetune serve $CHATENDPOINT_YAML [--host $HOST --port $PORT --api-key-file $FILE]
     6-1. Preprocess the arxiv dataset:
         kubetune preprocess arxiv $SRC_FILE $DST_FILE --start-date $START_DATE --categories $CATEGORIES
     6-2. Preprocess the refcoco dataset:
@@ -118,9 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] in ("-v", "--version"):
         argv = ["version"]
     silence_third_party(verbose)
-    args = parser.parse_args(argv)
-    args.argv = argv  # the torchrun re-launch repeats the exact command
     try:
+        if argv[0] in MODES:  # `kubetune convert CONVERTJOB.yaml`, `kubetune serve ENDPOINT.yaml`
+            route = getattr(importlib.import_module(f"kubetune.cli.{MODES[argv[0]][0]}"), "route", None)
+            argv = route(argv) if route else argv
+        args = parser.parse_args(argv)
+        args.argv = argv  # the torchrun re-launch repeats the exact command
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"kubetune: error: {exc}", file=sys.stderr)

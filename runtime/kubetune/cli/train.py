@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import errno
-
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
-from .common import add_cfg_options, load_config
+from .common import add_cfg_options, announce_local_differences, load_config
 from .errors import UserError
 
 DEEPSPEED = ("zero1", "zero2", "zero2_offload", "zero3", "zero3_offload")
@@ -26,6 +27,8 @@ def add_parser(sub, mode: str, summary: str) -> None:
     p.add_argument("--resume", default=None, metavar="CKPT|auto",
                    help="resume from a checkpoint directory, or `auto` for the newest complete one (local or remote)")
     p.add_argument("--seed", type=int, default=None, help="random seed (overrides training.seed)")
+    p.add_argument("--no-export", action="store_true", help="skip spec.export after training (the operator's pods "
+                   "do: its export ConvertJobs convert once the whole gang succeeded)")
     add_cfg_options(p)
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none",
                    help="how the processes were started (set by the torchrun re-launch)")
@@ -50,11 +53,12 @@ def run(args: argparse.Namespace) -> int:
     job = load_config(args.config, overrides)  # validate before anything is launched
     from kubetune.train import distributed
 
+    announce_local_differences(job)
     code = distributed.relaunch(getattr(args, "argv", None) or sys.argv[1:])
     if code is not None:
         if code != 0:
             raise UserError(f"training failed on at least one rank (exit code {code})")
-        return 0
+        return export(job, args)
     from kubetune.data.encode import TemplateMismatch
     from kubetune.data.source import DataError
     from kubetune.model.tokenizer import ModelLoadError
@@ -62,9 +66,9 @@ def run(args: argparse.Namespace) -> int:
     from kubetune.train.main import TrainError
     from kubetune.train.main import run as train
 
-    name = job.metadata.name or Path(args.config).stem
     try:
-        return train(job, args.work_dir, args.resume, name, deepspeed_file)
+        train(job, args.work_dir, args.resume, _name(job, args), deepspeed_file)
+        return export(job, args)
     except (TrainError, ModelLoadError, DataError, TemplateMismatch, StorageError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
     except OSError as exc:
@@ -79,6 +83,32 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"out of memory ({' '.join(str(exc).split())[:160] or type(exc).__name__}): lower "
                         "training.batchSize or dataset.maxLength, enable training.gradientCheckpointing, use method "
                         "qlora, or a DeepSpeed preset with offload (zero2_offload, zero3_offload)") from None
+
+
+def _name(job: Any, args: argparse.Namespace) -> str:
+    return job.metadata.name or Path(args.config).stem
+
+
+def export(job: Any, args: argparse.Namespace) -> int:
+    """`spec.export`, once, by the process that saw the whole run succeed (rank 0, or torchrun's parent)."""
+    if args.no_export or os.environ.get("RANK", "0") != "0" or not (job.spec.export.adapter or job.spec.export.merge):
+        return 0
+    from kubetune.api.convert import export_specs
+
+    if not export_specs(job.metadata.name or "local", job.spec):
+        print("note: spec.export skipped: it needs checkpoints.uri (where the artifacts go), as in a cluster",
+              file=sys.stderr)
+        return 0
+    from kubetune.convert.job import export_trained
+    from kubetune.convert.shards import ConvertError
+    from kubetune.train.main import final_checkpoint
+
+    try:
+        written = export_trained(job, final_checkpoint(args.work_dir, _name(job, args)))
+    except ConvertError as exc:
+        raise UserError(f"export after training: {exc}") from None
+    print("exported: " + ", ".join(f"{which} {uri}" for which, uri in written.items()))
+    return 0
 
 
 def _write_failed(exc: RuntimeError) -> bool:

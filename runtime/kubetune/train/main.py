@@ -22,7 +22,7 @@ from .schedule import build_optimizer, build_scheduler
 from .steps import (build_data, collator, hooks_for, objective_for, pick_seed, plan_steps, report_throughput,
                     sampling_order, save_policy, seed_everything)
 
-__all__ = ["run", "TrainError"]
+__all__ = ["run", "final_checkpoint", "TrainError"]
 
 
 def run(job: Any, work_dir: str | None, resume: str | None, config_name: str,
@@ -41,7 +41,7 @@ def _run(job: Any, spec: Any, dist: distributed.Dist, work_dir: str | None, resu
     import torch
 
     # 1. Work dir, log, seed.
-    work = Path(work_dir or Path("work_dirs") / name).resolve()
+    work = work_path(work_dir, name)
     work.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d_%H%M%S")
     log = TextLog(work, stamp, spec.training.log_every_steps) if dist.rank == 0 else None
@@ -150,6 +150,18 @@ def _run(job: Any, spec: Any, dist: distributed.Dist, work_dir: str | None, resu
             f"{work / stamp / 'config.json'} {checkpoint.checkpoints(work)[-1]} ./hf_out")
         log.close()
     return 0
+
+
+def work_path(work_dir: str | None, name: str) -> Path:
+    return Path(work_dir or Path("work_dirs") / name).resolve()
+
+
+def final_checkpoint(work_dir: str | None, name: str) -> Path:
+    """The newest complete checkpoint of a finished run (the one the cluster's export converts)."""
+    done = checkpoint.checkpoints(work_path(work_dir, name))
+    if not done:
+        raise TrainError(f"{work_path(work_dir, name)}: no complete checkpoint to export")
+    return done[-1]
 
 
 def checkpoint_destination(uri: str | None, work: Path) -> str | None:
