@@ -15,6 +15,8 @@ from typing import Any, Iterable, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from kubetune.errors import UserError
+
 from . import catalog
 from .base import API_VERSION, RULE_ERROR, KubeModel, field_name, get_path, list_submodel, submodel
 from .enums import PREFERENCE_METHODS
@@ -31,7 +33,7 @@ EXCLUSIVE = (("training", "maxEpochs", "maxSteps"), ("dataset", "system", "syste
              ("checkpoints", "everySteps", "byEpoch"))
 
 
-class ManifestError(Exception):
+class ManifestError(UserError):
     """A manifest that cannot be used; `errors` holds (field path, message) pairs."""
 
     def __init__(self, source: str, errors: list[tuple[str, str]]):

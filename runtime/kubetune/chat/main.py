@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kubetune.cli.errors import UserError
+from kubetune.errors import UserError
 from kubetune.data.templates import PROMPT_TEMPLATES, system_text
 
 
@@ -16,16 +16,12 @@ def _log(message: str) -> None:
 
 
 def _load(args: Any) -> Any:
-    from kubetune.model.tokenizer import ModelLoadError
 
     from .load import load
 
     _log(f"loading {args.model_name_or_path}" + (f" with adapter {args.adapter}" if args.adapter else ""))
-    try:
-        return load(args.model_name_or_path, args.adapter, args.bits, args.torch_dtype,
-                    getattr(args, "offload_folder", None), getattr(args, "trust_remote_code", False))
-    except ModelLoadError as exc:
-        raise UserError(str(exc)) from None
+    return load(args.model_name_or_path, args.adapter, args.bits, args.torch_dtype,
+                getattr(args, "offload_folder", None), getattr(args, "trust_remote_code", False))
 
 
 def _prompter(args: Any, loaded: Any) -> Any:
@@ -82,29 +78,22 @@ def chat(args: Any) -> int:
 
 
 def _load_llava(args: Any) -> Any:
-    from kubetune.model.tokenizer import ModelLoadError
     from kubetune.vision.load import load_llava
 
     if args.adapter:
         raise UserError("--adapter and --llava cannot be combined (the LLaVA directory holds its llm_adapter/)")
     _log(f"loading {args.model_name_or_path} with LLaVA {args.llava}")
-    try:
-        return load_llava(args.model_name_or_path, args.llava, args.visual_encoder, args.visual_select_layer,
-                          args.bits, args.torch_dtype)
-    except ModelLoadError as exc:
-        raise UserError(str(exc)) from None
+    return load_llava(args.model_name_or_path, args.llava, args.visual_encoder, args.visual_select_layer,
+                      args.bits, args.torch_dtype)
 
 
 def _attach_image(loaded: Any, image: str, session: Any) -> None:
-    from kubetune.vision.image import ImageError, open_image
+    from kubetune.vision.image import open_image
     from kubetune.vision.tokens import IMAGE_TOKEN
 
     if not hasattr(loaded, "processor"):
         raise UserError("--image needs --llava (a LLaVA projector directory) and --visual-encoder")
-    try:
-        pixels = loaded.processor(open_image(image, where=f"--image {image}"))
-    except ImageError as exc:
-        raise UserError(str(exc)) from None
+    pixels = loaded.processor(open_image(image, where=f"--image {image}"))
     weight = next(loaded.model.encoder.parameters())
     loaded.model.images = pixels.unsqueeze(0).to(device=weight.device, dtype=weight.dtype)
     session.first_turn_prefix = session.prompter.trusted_prefix = IMAGE_TOKEN + "\n"

@@ -58,18 +58,9 @@ def route(argv: list[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from kubetune.convert import job as conversion
-    from kubetune.convert.shards import ConvertError
-    from kubetune.model.tokenizer import ModelLoadError
-    from kubetune.storage import StorageError
 
-    try:
-        if args.submode == "manifest":
-            spec, source, config = _from_manifest(args)
-        else:
-            spec, source, config = _from_flags(args)
-        conversion.run(spec, source, config)
-    except (ConvertError, StorageError, ModelLoadError, FileNotFoundError) as exc:
-        raise UserError(str(exc)) from None
+    spec, source, config = _from_manifest(args) if args.submode == "manifest" else _from_flags(args)
+    conversion.run(spec, source, config)
     return 0
 
 

@@ -45,14 +45,6 @@ def list_formats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_errors():
-    from kubetune.data.encode import TemplateMismatch
-    from kubetune.data.source import DataError
-    from kubetune.model.tokenizer import ModelLoadError
-
-    return DataError, TemplateMismatch, ModelLoadError
-
-
 def _llava_data(job):
     """LLaVA data through its own builder: every row's conversation and image path checked, `<image>` expanded."""
     from kubetune.model.tokenizer import load_tokenizer
@@ -65,19 +57,13 @@ def _llava_data(job):
 def check(args: argparse.Namespace) -> int:
     job = load_config(args.config, args.cfg_options)
     if job.spec.model.vision:
-        try:
-            _, data = _llava_data(job)
-        except _data_errors() as exc:
-            raise UserError(str(exc)) from None
+        _, data = _llava_data(job)
         print("LLaVA data: " + ", ".join(f"{k} {v}" for k, v in data.report.items()))
         return 0
     from kubetune.data.inspect import check_custom_dataset
     from kubetune.model.tokenizer import load_tokenizer
 
-    try:
-        bad = check_custom_dataset(job.spec.dataset, load_tokenizer(job.spec.model), samples=args.samples)
-    except _data_errors() as exc:
-        raise UserError(str(exc)) from None
+    bad = check_custom_dataset(job.spec.dataset, load_tokenizer(job.spec.model), samples=args.samples)
     if bad:
         raise UserError(f"{bad} row(s) cannot be used (listed above)")
     return 0
@@ -89,30 +75,27 @@ def log(args: argparse.Namespace) -> int:
     from kubetune.data.pipeline import build
     from kubetune.model.tokenizer import load_tokenizer
 
-    try:
-        if job.spec.model.vision:
-            from kubetune.vision.tokens import IMAGE_TOKEN, collapse
+    if job.spec.model.vision:
+        from kubetune.vision.tokens import IMAGE_TOKEN, collapse
 
-            tokenizer, data = _llava_data(job)
-            image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-            sequences = [dict(zip(("input_ids", "labels"), collapse(r["input_ids"], r["labels"], image_id)))
-                         for r in data.rows]
-            where = f"LLaVA rows ({data.report['image_tokens']} tokens per <image>), images in " \
-                    f"{data.report['image_folder']}"
-        elif job.spec.method.is_preference:
-            tokenizer = load_tokenizer(job.spec.model)  # packed chosen/rejected pairs, built in memory (no cache)
-            from kubetune.data import preference
+        tokenizer, data = _llava_data(job)
+        image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        sequences = [dict(zip(("input_ids", "labels"), collapse(r["input_ids"], r["labels"], image_id)))
+                     for r in data.rows]
+        where = f"LLaVA rows ({data.report['image_tokens']} tokens per <image>), images in " \
+                f"{data.report['image_folder']}"
+    elif job.spec.method.is_preference:
+        tokenizer = load_tokenizer(job.spec.model)  # packed chosen/rejected pairs, built in memory (no cache)
+        from kubetune.data import preference
 
-            sequences, _ = preference.build(job.spec.dataset, tokenizer, seed=job.spec.training.seed or 0,
-                                            reward_token=preference.method_reward_token(job.spec.method, tokenizer),
-                                            log=print)
-            where = "packed chosen/rejected pairs"
-        else:
-            tokenizer = load_tokenizer(job.spec.model)
-            built = build(job.spec.dataset, tokenizer, seed=job.spec.training.seed or 0)
-            sequences, where = built.dataset, f"cache: {built.path}"
-    except _data_errors() as exc:
-        raise UserError(str(exc)) from None
+        sequences, _ = preference.build(job.spec.dataset, tokenizer, seed=job.spec.training.seed or 0,
+                                        reward_token=preference.method_reward_token(job.spec.method, tokenizer),
+                                        log=print)
+        where = "packed chosen/rejected pairs"
+    else:
+        tokenizer = load_tokenizer(job.spec.model)
+        built = build(job.spec.dataset, tokenizer, seed=job.spec.training.seed or 0)
+        sequences, where = built.dataset, f"cache: {built.path}"
     if not 0 <= args.index < len(sequences):
         raise UserError(f"--index {args.index}: the dataset has {len(sequences)} sequences")
     print(f"Num train sequences: {len(sequences)} ({where})")
@@ -128,11 +111,7 @@ def preprocess(args: argparse.Namespace) -> int:
             print(f"{count} rows -> {args.save_path.rstrip('/')}/{name}")
         return 0
     from kubetune.data.arxiv import preprocess as run
-    from kubetune.data.source import DataError
 
-    try:
-        kept = run(args.src_file, args.dst_file, args.categories, args.start_date)
-    except DataError as exc:
-        raise UserError(str(exc)) from None
+    kept = run(args.src_file, args.dst_file, args.categories, args.start_date)
     print(f"wrote {kept} papers to {args.dst_file}")
     return 0

@@ -1,7 +1,5 @@
-"""Exceptions the CLI turns into a one-line message and an exit code instead of a traceback."""
+"""What the CLI raises for a user's mistake; kubetune/cli/main.py prints every KubetuneError in one line."""
 
+from kubetune.errors import KubetuneError, UserError
 
-class UserError(Exception):
-    """A mistake in the user's input: printed as `kubetune: error: ...`, exit code 1."""
-
-    exit_code = 1
+__all__ = ["KubetuneError", "UserError"]

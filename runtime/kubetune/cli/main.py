@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import UserError
+from .errors import KubetuneError
 from .quiet import silence_third_party
 
 BANNER = """\
@@ -128,9 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         args.argv = argv  # the torchrun re-launch repeats the exact command
         return int(args.func(args) or 0)
-    except UserError as exc:
+    except KubetuneError as exc:  # every layer's user-facing failure, said in one line
         print(f"kubetune: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except FileNotFoundError as exc:  # a path the user gave that is not there
+        print(f"kubetune: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("kubetune: interrupted", file=sys.stderr)
         return 130

@@ -59,19 +59,12 @@ def run(args: argparse.Namespace) -> int:
         if code != 0:
             raise UserError(f"training failed on at least one rank (exit code {code})")
         return export(job, args)
-    from kubetune.data.encode import TemplateMismatch
-    from kubetune.data.source import DataError
-    from kubetune.model.tokenizer import ModelLoadError
-    from kubetune.storage import StorageError
-    from kubetune.train.main import TrainError
     from kubetune.train.main import run as train
 
     try:
         train(job, args.work_dir, args.resume, _name(job, args), deepspeed_file)
         return export(job, args)
-    except (TrainError, ModelLoadError, DataError, TemplateMismatch, StorageError, FileNotFoundError) as exc:
-        raise UserError(str(exc)) from None
-    except OSError as exc:
+    except OSError as exc:  # a full disk is the user's to fix; other OS errors are bugs or are said by their layer
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         raise _disk_full(exc) from None
@@ -100,13 +93,9 @@ def export(job: Any, args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 0
     from kubetune.convert.job import export_trained
-    from kubetune.convert.shards import ConvertError
     from kubetune.train.main import final_checkpoint
 
-    try:
-        written = export_trained(job, final_checkpoint(args.work_dir, _name(job, args)))
-    except ConvertError as exc:
-        raise UserError(f"export after training: {exc}") from None
+    written = export_trained(job, final_checkpoint(args.work_dir, _name(job, args)))
     print("exported: " + ", ".join(f"{which} {uri}" for which, uri in written.items()))
     return 0
 

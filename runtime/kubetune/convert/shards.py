@@ -8,12 +8,10 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
+from kubetune.errors import ConvertError
+
 WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-
-
-class ConvertError(Exception):
-    """Input a converter cannot use; the message names the file."""
 
 
 def parse_size(text: str) -> int:

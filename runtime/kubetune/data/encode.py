@@ -11,13 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from kubetune.errors import DataError
+
 from .formats import Conversation
 from .templates import Template
 
 IGNORE_INDEX = -100
 
 
-class TemplateMismatch(ValueError):
+class TemplateMismatch(DataError, ValueError):
     """The prompt template cannot work with this tokenizer."""
 
 

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from kubetune.errors import DataError
 from kubetune.storage import StorageError, local_path
 
 SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow"}
@@ -25,8 +26,6 @@ def max_row_bytes() -> int:
     return int(os.environ.get("KUBETUNE_MAX_ROW_BYTES") or MAX_ROW_BYTES)
 
 
-class DataError(Exception):
-    """A problem with the data, naming the file, row and field."""
 
 
 def files_of(uri: str, file_type: str = "auto") -> list[Path]:

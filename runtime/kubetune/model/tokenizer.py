@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubetune.errors import ModelLoadError
 from kubetune.storage import StorageError, local_path
 
-
-class ModelLoadError(Exception):
-    """The model or tokenizer cannot be loaded; the message names the URI."""
+__all__ = ["ModelLoadError", "load_tokenizer"]
 
 
 def load_tokenizer(model: Any) -> Any:

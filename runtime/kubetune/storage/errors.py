@@ -1,5 +1,5 @@
-"""The one error type of the storage layer."""
+"""The storage layer's error, one of the KubetuneError family."""
 
+from kubetune.errors import StorageError
 
-class StorageError(Exception):
-    """A URI that cannot be resolved or transferred; the message names it (and never a credential)."""
+__all__ = ["StorageError"]

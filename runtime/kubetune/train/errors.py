@@ -1,5 +1,5 @@
-"""The training engine's one error type."""
+"""The training engine's error, one of the KubetuneError family."""
 
+from kubetune.errors import TrainError
 
-class TrainError(Exception):
-    """A configuration, checkpoint or run this engine cannot go on with, explained in one line."""
+__all__ = ["TrainError"]

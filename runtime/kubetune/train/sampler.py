@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from .errors import TrainError
+
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     import torch
@@ -29,7 +31,7 @@ class ResumableBatches:
     def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True,
                  order: Callable[[int, int], list[int]] | None = None):
         if n < world:
-            raise ValueError(f"{n} sequences cannot feed {world} data-parallel ranks")
+            raise TrainError(f"{n} sequences cannot feed {world} data-parallel ranks")
         self.n, self.batch_size, self.seed, self.rank, self.world, self.shuffle = n, batch_size, seed, rank, world, shuffle
         # (seed, epoch) -> a permutation whose consecutive runs of batch_size x world indices are one step's batches
         self.order = order

@@ -15,6 +15,8 @@ from typing import Any
 
 from kubetune.model.attention import SEQUENCE_PARALLEL as ATTENTION
 from kubetune.model.attention import Variant, segment_attention
+
+from .errors import TrainError
 IGNORE_INDEX = -100
 
 
@@ -34,7 +36,7 @@ def setup(size: int, rank: int, world: int) -> SequenceGroup:
 
     global _ACTIVE
     if world % size:
-        raise ValueError(f"training.sequenceParallelSize {size} must divide the number of processes ({world})")
+        raise TrainError(f"training.sequenceParallelSize {size} must divide the number of processes ({world})")
     mine = None
     for first in range(0, world, size):
         group = dist.new_group(list(range(first, first + size)))
@@ -108,7 +110,7 @@ def ulysses_attention(module: Any, query: Any, key: Any, value: Any, attention_m
     sp = _ACTIVE
     heads, kv_heads = query.shape[1], key.shape[1]
     if heads % sp.size:
-        raise ValueError(f"training.sequenceParallelSize {sp.size} must divide the model's {heads} attention heads")
+        raise TrainError(f"training.sequenceParallelSize {sp.size} must divide the model's {heads} attention heads")
     if kv_heads % sp.size:  # too few key/value heads to split: give every query head its own copy
         key = key.repeat_interleave(heads // kv_heads, dim=1)
         value = value.repeat_interleave(heads // kv_heads, dim=1)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubetune.cli.errors import UserError
+from kubetune.errors import UserError
 
 
 @dataclass

@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kubetune.errors import DataError
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class ImageError(ValueError):
+class ImageError(DataError, ValueError):
     """An image that cannot be read, named by its path or row."""
 
 

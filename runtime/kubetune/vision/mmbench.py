@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from kubetune.cli.errors import UserError
+from kubetune.errors import UserError
 
 LETTERS = ("A", "B", "C", "D")
 ANSWER_EN = "Answer with the option's letter from the given choices directly."

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from kubetune.cli.errors import UserError
+from kubetune.errors import UserError
 
 QUESTION = "Please provide the bounding box coordinate of the region this sentence describes: "
 DATASETS = (("refcoco", "unc"), ("refcoco+", "unc"), ("refcocog", "umd"), ("refcocog", "google"))
