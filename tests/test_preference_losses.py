@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from kubetune.data.collate import collate
-from kubetune.train.loop import with_targets
+from kubetune.train.targets import with_targets
 from kubetune.train.preference import dpo_loss, orpo_loss, reward_loss, segment_logps
 
 PAIRS = [{"prompt": "What is two plus two?", "chosen": " Four.", "rejected": " Five, probably."},

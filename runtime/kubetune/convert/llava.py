@@ -22,7 +22,7 @@ def export(job: Any, source: Path, out: Path, dtype: Any, max_shard_size: str, s
         raise ConvertError(f"--save-format {save_format}: one of {', '.join(FORMATS)}")
     if save_format == "huggingface":
         return to_transformers(job, source, out, dtype, max_shard_size, safe)
-    from .pth_to_hf import write_adapter, write_full
+    from .writers import write_adapter, write_full
 
     projector_io.save(projector_io.load(source / PROJECTOR), out / PROJECTOR, dtype=dtype)
     parts = ["projector"]

@@ -10,15 +10,8 @@ from .formats import FORMATS, RowError
 from .pack import pack
 from .pipeline import Source, sources_of
 from .source import DataError, files_of, load_rows
+from .show import banner, masked_text, report_bad
 from .templates import PROMPT_TEMPLATES
-
-IGNORE_INDEX = -100
-MAX_LISTED = 20
-
-
-def banner(title: str) -> str:
-    return f"{'=' * 35} {title} {'=' * 35}"
-
 
 def check_custom_dataset(spec: Any, tokenizer: Any, out: Callable[[str], None] = print, samples: int = 10) -> int:
     """Print the first sample after each stage (as XTuner does), then check every row; return the bad-row count."""
@@ -60,19 +53,6 @@ def check_custom_dataset(spec: Any, tokenizer: Any, out: Callable[[str], None] =
     return report_bad(out, bad, [s.uri for s in sources])
 
 
-def report_bad(out: Callable[[str], None], bad: list[str], uris: list[str]) -> int:
-    """The rows that cannot be used (the first MAX_LISTED), or that all are usable; returns how many are bad."""
-    if bad:
-        out(banner("rows that cannot be used"))
-        for line in bad[:MAX_LISTED]:
-            out(line)
-        if len(bad) > MAX_LISTED:
-            out(f"... and {len(bad) - MAX_LISTED} more")
-    else:
-        out(f"all rows of {', '.join(uris)} are usable")
-    return len(bad)
-
-
 def _show_stages(out, conv, template, encoder: Encoder) -> None:
     from .encode import apply_template
 
@@ -100,27 +80,6 @@ def _show_packed(out, ids: list[list[int]], labels: list[list[int]], max_length:
     out(banner("labels after packed to max_length"))
     out(str(packed_labels))
     out(f"sample lengths in this sequence: {[e - s for _, s, e in seq]}")
-
-
-def masked_text(tokenizer: Any, labels: list[int]) -> str:
-    """Decoded label tokens, with each run of masked positions shown as `[-100]×N`."""
-    parts, run, masked = [], [], 0
-    for token in labels:
-        if token == IGNORE_INDEX:
-            if run:
-                parts.append(tokenizer.decode(run))
-                run = []
-            masked += 1
-        else:
-            if masked:
-                parts.append(f"[-100]×{masked}")
-                masked = 0
-            run.append(token)
-    if run:
-        parts.append(tokenizer.decode(run))
-    if masked:
-        parts.append(f"[-100]×{masked}")
-    return "".join(parts)
 
 
 def log_sample(sample: dict[str, Any], tokenizer: Any, show: str, out: Callable[[str], None] = print) -> None:

@@ -248,7 +248,7 @@ def build(spec: Any, tokenizer: Any, *, seed: int = 0, reward_token: int | None 
 def check(spec: Any, tokenizer: Any, out: Callable[[str], None] = print) -> int:
     """`check-custom-dataset` for preference data: the first pair at each stage, then every row checked; returns the
     number of rows that cannot be used (malformed, or with an empty response)."""
-    from .inspect import banner, masked_text, report_bad
+    from .show import banner, masked_text, report_bad
 
     encoder = PairEncoder(tokenizer, spec.prompt_template.value, spec.max_length, spec.max_response_length)
     bad: list[str] = []

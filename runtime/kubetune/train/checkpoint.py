@@ -12,8 +12,9 @@ import json
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from kubetune.storage import sync
 
@@ -51,8 +52,34 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(work_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any, scaler: Any, state: dict[str, Any],
-         rank: int, world: int, keep: int, barrier: Any, engine: Any = None, ds_config: Any = None) -> Path:
+@dataclass
+class Checkpointer:
+    """What saving and restoring a run needs, in one place: where, how many stay, which rank this is, the
+    DeepSpeed engine (it saves its own partitions) and whether only the adapters' weights are written."""
+
+    work_dir: Path
+    keep: int
+    rank: int
+    world: int
+    barrier: Callable[[], None]
+    seed: int
+    total_steps: int
+    adapters_only: bool = False  # LoRA: the consolidated DeepSpeed state holds just the trainable weights
+    engine: Any = None
+    ds_config: Any = None
+    uploads: Any = None  # a CheckpointSync (rank 0, with a remote checkpoints.uri)
+
+    def save(self, run: Any) -> Path:
+        path = _save(self, run)
+        if self.uploads:
+            self.uploads.submit(path)
+        return path
+
+    def restore(self, path: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any) -> dict[str, Any]:
+        return load(path, model, optimizer, scheduler, scaler, self.rank, self.engine)
+
+
+def _save(ck: Checkpointer, run: Any) -> Path:
     """Every rank writes its RNG state (and, under DeepSpeed, its optimizer partition); rank 0 writes the rest and
     publishes the checkpoint. The work dir may be shared (one file system) or per node (a pod's emptyDir): then each
     node keeps its own ranks' files and its first rank publishes them."""
@@ -60,48 +87,55 @@ def save(work_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any, 
 
     from . import ds
 
-    final = work_dir / f"iter_{step}"
-    tmp = work_dir / f".iter_{step}.tmp"
-    if rank == 0:
+    final = ck.work_dir / f"iter_{run.step}"
+    tmp = ck.work_dir / f".iter_{run.step}.tmp"
+    if ck.rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    barrier()
+    ck.barrier()
     try:
         tmp.mkdir(parents=True, exist_ok=True)  # on a node that does not share rank 0's file system
-        torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
-        unwrapped = getattr(model, "module", model)
+        torch.save(rng_state(), tmp / f"rng_rank{ck.rank}.pt")
+        unwrapped = getattr(run.model, "module", run.model)
         whole = None
-        if engine is not None:
-            ds.save(engine, tmp / "deepspeed")
-            adapters = hasattr(getattr(unwrapped, "llm", unwrapped), "peft_config")  # a reward model wraps its LM
-            whole = ds.consolidated_state_dict(engine, ds_config, trainable_only=adapters)
-        if rank == 0:
+        if ck.engine is not None:
+            ds.save(ck.engine, tmp / "deepspeed")
+            whole = ds.consolidated_state_dict(ck.engine, ck.ds_config, trainable_only=ck.adapters_only)
+        if ck.rank == 0:
             unwrapped.save_pretrained(tmp / "model", safe_serialization=True,
                                       **({"state_dict": whole} if whole is not None else {}))
-            if engine is None:
-                torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            if scaler is not None:
-                torch.save(scaler.state_dict(), tmp / "scaler.pt")
-            (tmp / STATE).write_text(json.dumps({**state, "step": step, "world_size": world}, indent=2))
-        barrier()
-        if rank == 0:
+            if ck.engine is None:
+                torch.save(run.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(run.scheduler.state_dict(), tmp / "scheduler.pt")
+            if run.scaler is not None:
+                torch.save(run.scaler.state_dict(), tmp / "scaler.pt")
+            state = {"consumed": run.consumed, "seed": ck.seed, "total_steps": ck.total_steps, "step": run.step,
+                     "world_size": ck.world}
+            (tmp / STATE).write_text(json.dumps(state, indent=2))
+        ck.barrier()
+        if ck.rank == 0:
             # Last, after every rank's files: what resume and the uploads check (on a per-node disk it lists this
             # node's).
             (tmp / sync.MANIFEST).write_text(json.dumps(sync.manifest(tmp), indent=1))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-            (work_dir / "last_checkpoint").write_text(str(final) + "\n")
-            prune(work_dir, keep)
+            (ck.work_dir / "last_checkpoint").write_text(str(final) + "\n")
+            prune(ck.work_dir, ck.keep)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a save cut short (a full disk) must not keep what space it took
         raise
-    barrier()
-    if rank != 0 and os.environ.get("LOCAL_RANK", "0") == "0" and tmp.exists():  # another node's own copy
+    ck.barrier()
+    if ck.rank != 0 and os.environ.get("LOCAL_RANK", "0") == "0" and tmp.exists():  # another node's own copy
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        prune(work_dir, keep)
+        prune(ck.work_dir, ck.keep)
     return final
+
+
+def has_adapters(model: Any) -> bool:
+    """Whether the trainable weights are adapters (a reward model or LLaVA wraps its language model)."""
+    unwrapped = getattr(model, "module", model)
+    return hasattr(getattr(unwrapped, "llm", unwrapped), "peft_config")
 
 
 def complete(path: Path) -> bool:

@@ -1,6 +1,6 @@
-"""Callbacks around the loop, composed rather than inherited: each hook implements only the events it needs.
+"""Callbacks around the loop: each is a `Hook` and overrides only the events it needs.
 
-Events: before_train(ctx), after_step(ctx, metrics), after_train(ctx). `ctx` is the Run (see loop.py).
+Events: before_train(run), after_step(run, metrics), after_train(run); `run` is the loop's Run (loop.py).
 """
 
 from __future__ import annotations
@@ -13,11 +13,38 @@ from typing import Any
 from kubetune.model.attention import generation_attention
 
 
+class Hook:
+    """The events the loop calls, in the order the hooks were given; the defaults do nothing."""
+
+    def before_train(self, ctx: Any) -> None:
+        """Once, before the first step (after a resume, at the resumed step)."""
+
+    def after_step(self, ctx: Any, metrics: dict[str, Any]) -> None:
+        """After every optimizer step (and its checkpoint, when one is due)."""
+
+    def after_train(self, ctx: Any) -> None:
+        """Once, after the last step."""
+
+
+class StopAfterStep(Hook):
+    """Fault injection for tests and drills (KUBETUNE_STOP_AFTER_STEP=N): the process dies right after step N, once
+    every other hook has seen it, as a preempted pod would (exit 143, no cleanup)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def after_step(self, ctx: Any, metrics: dict[str, Any]) -> None:
+        if ctx.step == self.step:
+            import os
+
+            os._exit(143)
+
+
 # What every objective reports; the rest (preference methods' rewards, accuracy, margins) is appended to the log line.
 _STANDARD = {"step", "loss", "lr", "grad_norm", "epoch", "step_time", "tokens_per_second", "eta"}
 
 
-class TextLog:
+class TextLog(Hook):
     """XTuner's layout: work_dir/<timestamp>/<timestamp>.log and vis_data/scalars.json (one JSON object per line)."""
 
     def __init__(self, work_dir: Path, stamp: str, every: int):
@@ -48,7 +75,7 @@ class TextLog:
         self.scalars.close()
 
 
-class TensorBoard:
+class TensorBoard(Hook):
     """TensorBoard event files next to scalars.json (`tensorboard --logdir work_dir`)."""
 
     def __init__(self, directory: Path):
@@ -65,7 +92,7 @@ class TensorBoard:
         self.writer.close()
 
 
-class ProgressBar:
+class ProgressBar(Hook):
     """A tqdm bar with ETA on an interactive terminal; in a pod's log the text log already says it all."""
 
     def __init__(self, enabled: bool | None = None):
@@ -90,7 +117,7 @@ class ProgressBar:
             self.bar.close()
 
 
-class ProgressFile:
+class ProgressFile(Hook):
     """`work_dir/progress.json`, the same fields report.StatusReporter patches into the FineTuneJob's status."""
 
     def __init__(self, work_dir: Path):
@@ -106,7 +133,7 @@ class ProgressFile:
         tmp.replace(self.path)
 
 
-class Metrics:
+class Metrics(Hook):
     """Prometheus gauges on KUBETUNE_METRICS_PORT (rank 0), named kubetune_train_*."""
 
     def __init__(self, port: int):
@@ -127,7 +154,7 @@ class Metrics:
         self.gauges["peak_memory_bytes"].set(metrics.get("peak_memory_bytes", 0))
 
 
-class EvaluateChat:
+class EvaluateChat(Hook):
     """Answer `evaluation.inputs` with the training template before training, every N steps and at the end; write
     `eval_outputs_iter_N.txt` (XTuner's EvaluateChatHook)."""
 

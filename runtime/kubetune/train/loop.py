@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import TrainError
 
-IGNORE_INDEX = -100
-STOP_AFTER = os.environ.get("KUBETUNE_STOP_AFTER_STEP")
 
 
 @dataclass
@@ -25,6 +22,8 @@ class Run:
     batches: Any  # ResumableBatches
     dataset: Any
     collate: Callable[[list[dict]], dict]
+    prepare: Callable[[dict], dict]  # a collated batch -> what this rank feeds the model (targets.py)
+    objective: Callable[[Any, dict], tuple[Any, dict]]  # (model, batch) -> (loss sum, metric sums), objectives.py
     device: Any
     autocast: Any
     accum: int
@@ -34,17 +33,11 @@ class Run:
     world: int = 1
     step: int = 0
     consumed: int = 0  # micro-batches taken from the stream by this rank
-    hooks: list[Any] = field(default_factory=list)
-    save: Callable[[int], None] = lambda step: None
+    checkpointer: Any = None  # checkpoint.Checkpointer; None saves nothing (tests, benchmarks)
     should_save: Callable[[int], bool] = lambda step: False
+    hooks: list[Any] = field(default_factory=list)  # hooks.Hook
     all_reduce: Callable[[Any], Any] = lambda t: t
     engine: Any = None  # a DeepSpeed engine: it accumulates, reduces, clips and steps
-    prepare: Callable[[dict], dict] = None  # a collated batch -> what this rank feeds the model (see `targets`)
-    objective: Callable[[Any, dict], tuple[Any, dict]] = None  # (model, batch) -> (loss sum, metric sums)
-
-    def __post_init__(self) -> None:
-        if self.prepare is None:
-            self.prepare = with_targets
 
     @property
     def epoch(self) -> float:
@@ -59,34 +52,6 @@ def micro_batches(run: Run):
         for indices in run.batches.epoch(epoch, start):
             run.consumed += 1
             yield run.collate([run.dataset[i] for i in indices])
-
-
-def with_targets(batch: dict[str, Any], keep_logits: bool = False) -> dict[str, Any]:
-    """Targets are the labels shifted one to the left: position t predicts token t+1. Shifting before any slicing
-    lets sequence parallelism cut the sequence anywhere."""
-    import torch
-
-    targets = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
-    return select_logits({**batch, "targets": targets}, keep_logits)
-
-
-def select_logits(batch: dict[str, Any], keep_logits: bool) -> dict[str, Any]:
-    """Only positions with a target need logits: with `keep_logits` the model projects just those hidden states onto
-    the vocabulary (transformers' `logits_to_keep` mask), which skips the prompt tokens' LM-head and softmax work."""
-    targets = batch["targets"]
-    labelled = targets != IGNORE_INDEX
-    tokens = int(labelled.sum())
-    out = {**batch, "num_tokens": tokens, "num_units": tokens, "loss_targets": targets}
-    if keep_logits:
-        out.update(keep=labelled, loss_targets=targets[labelled])
-    return out
-
-
-def token_loss_sum(logits: Any, targets: Any) -> Any:
-    import torch
-
-    return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
-                                             ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 def backward(run: Run, loss: Any, last: bool) -> None:
@@ -118,17 +83,13 @@ def optimizer_step(run: Run) -> float:
     return float(norm)
 
 
-def train(run: Run, forward: Callable[[Any, dict], Any]) -> None:
+def train(run: Run) -> None:
     import contextlib
 
     import torch
 
-    if run.objective is None:
-        from .objectives import router_aux_coef, sft
-
-        run.objective = sft(forward, router_aux_coef(run.model))
     for hook in run.hooks:
-        getattr(hook, "before_train", lambda ctx: None)(run)
+        hook.before_train(run)
     stream = micro_batches(run)
     started = time.perf_counter()
     first_step = run.step
@@ -164,8 +125,8 @@ def train(run: Run, forward: Callable[[Any, dict], Any]) -> None:
             raise TrainError(f"step {run.step}: the loss is {loss_value}; training stopped without saving. Lower "
                              "training.optimizer.lr, keep training.maxNorm, or use precision bf16 instead of fp16; "
                              "resume from the last checkpoint with --resume auto")
-        if run.should_save(run.step):
-            run.save(run.step)
+        if run.checkpointer and run.should_save(run.step):
+            run.checkpointer.save(run)
         elapsed = time.perf_counter() - t0
         done = run.step - first_step
         rate = (time.perf_counter() - started) / done
@@ -174,12 +135,9 @@ def train(run: Run, forward: Callable[[Any, dict], Any]) -> None:
                    "eta": _eta(rate * (run.total_steps - run.step))}
         metrics |= {key: float(run.all_reduce(value) / units.clamp(min=1)) for key, value in sorted(extra.items())}
         for hook in run.hooks:
-            getattr(hook, "after_step", lambda ctx, m: None)(run, metrics)
-        if STOP_AFTER and run.step == int(STOP_AFTER):
-            # Fault injection for tests and drills: die as a preempted pod would, right after this step.
-            os._exit(143)
+            hook.after_step(run, metrics)
     for hook in run.hooks:
-        getattr(hook, "after_train", lambda ctx: None)(run)
+        hook.after_train(run)
 
 
 def _autocast(run: Run):

@@ -15,7 +15,9 @@ from kubetune.storage.sync import CheckpointSync
 from . import checkpoint, distributed, ds, sequence_parallel
 from .errors import TrainError
 from .hooks import TextLog
-from .loop import Run, train, with_targets
+from .loop import Run, train
+from .objectives import router_aux_coef, sft
+from .targets import with_targets
 from .model import build_model, count_parameters, resolve_precision, trainable_parameters
 from .sampler import ResumableBatches
 from .schedule import build_optimizer, build_scheduler
@@ -102,48 +104,43 @@ def _run(job: Any, spec: Any, dist: distributed.Dist, work_dir: str | None, resu
             model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
 
     # 5. Resume: weights, optimizer, schedule, RNG and the data position, without replaying the data.
+    checkpointer = checkpoint.Checkpointer(
+        work, spec.checkpoints.keep, dist.rank, dist.world, dist.barrier, seed, total_steps,
+        adapters_only=checkpoint.has_adapters(model), engine=engine, ds_config=ds_config,
+        uploads=CheckpointSync(remote, spec.checkpoints.keep, say) if remote and dist.rank == 0 else None)
     state = {"step": 0, "consumed": 0}
     if resume_from is not None:
-        state = checkpoint.load(resume_from, model, optimizer, scheduler, scaler, dist.rank, engine)
+        state = checkpointer.restore(resume_from, model, optimizer, scheduler, scaler)
         if not 0 <= state["step"] <= total_steps:
             raise TrainError(f"{resume_from}: its step {state['step']} is outside this run's 0..{total_steps} "
                              "steps (raise training.maxSteps/epochs to train on, or resume another checkpoint)")
         say(f"resumed from {resume_from} at step {state['step']}")
 
     # 6. The loop, its checkpoints and hooks.
+    forward = sequence_parallel.forward if sp else packed_forward
+    objective = objective or sft(forward, router_aux_coef(model))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     keep = accepts_logits_mask(getattr(model, "module", model))
-    run_ = Run(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, batches=batches, dataset=data,
-               collate=collator(tokenizer, spec, data), device=device, autocast=precision.autocast,
-               accum=spec.training.accumulative_counts, max_norm=spec.training.max_norm, total_steps=total_steps,
-               rank=dist.rank, world=dist.world, step=state["step"], consumed=state["consumed"],
-               all_reduce=dist.all_reduce, engine=engine,
-               objective=objective,
-               prepare=(lambda b: sequence_parallel.shard(b, sp, pad, keep)) if sp
+    prepare = ((lambda b: sequence_parallel.shard(b, sp, pad, keep)) if sp
                else (lambda b: prepare_pairs(b, keep)) if prepare_pairs else (lambda b: with_targets(b, keep)))
-    run_.should_save = save_policy(spec, batches)
-    uploads = CheckpointSync(remote, spec.checkpoints.keep, say) if remote and dist.rank == 0 else None
-
-    def save(step: int) -> None:
-        path = checkpoint.save(work, step, model, optimizer, scheduler, scaler,
-                               {"consumed": run_.consumed, "seed": seed, "total_steps": total_steps},
-                               dist.rank, dist.world, spec.checkpoints.keep, dist.barrier, engine, ds_config)
-        if uploads:
-            uploads.submit(path)
-
-    run_.save = save
-    run_.hooks = hooks_for(dist.rank, spec, tokenizer, work, log)
+    run_ = Run(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, batches=batches, dataset=data,
+               collate=collator(tokenizer, spec, data), prepare=prepare, objective=objective, device=device,
+               autocast=precision.autocast, accum=spec.training.accumulative_counts,
+               max_norm=spec.training.max_norm, total_steps=total_steps, rank=dist.rank, world=dist.world,
+               step=state["step"], consumed=state["consumed"], checkpointer=checkpointer,
+               should_save=save_policy(spec, batches), hooks=hooks_for(dist.rank, spec, tokenizer, work, log),
+               all_reduce=dist.all_reduce, engine=engine)
     if dist.rank == 0:
         say(f"training {total_steps} steps ({spec.training.accumulative_counts} micro-batches of "
             f"{spec.training.batch_size} x {dp_world} data-parallel rank(s) each) on {len(data)} sequences; "
             f"work dir {work}")
-    train(run_, sequence_parallel.forward if sp else packed_forward)
+    train(run_)
     if not run_.should_save(total_steps):
-        run_.save(total_steps)
+        checkpointer.save(run_)
 
     # 7. Finish uploads, report, point at the next step.
-    if uploads:
-        uploads.finish()
+    if checkpointer.uploads:
+        checkpointer.uploads.finish()
     if dist.rank == 0:
         report_throughput(model, spec, log, work)
         say(f"done: checkpoints in {work}; next: kubetune convert pth_to_hf "

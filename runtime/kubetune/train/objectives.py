@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .loop import token_loss_sum, with_targets
+from .targets import token_loss_sum, with_targets
 from .preference import dpo_loss, orpo_loss, reward_loss, segment_logps
 
 Objective = Callable[[Any, dict], tuple[Any, dict[str, Any]]]

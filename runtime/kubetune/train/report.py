@@ -16,10 +16,12 @@ from typing import Any
 
 from kubetune.api import API_VERSION
 
+from .hooks import Hook
+
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
-class StatusReporter:
+class StatusReporter(Hook):
     def __init__(self, target: str, work_dir: Path, checkpoint_uri: str | None, every_seconds: float = 10.0):
         self.namespace, _, self.name = target.partition("/")
         self.work_dir, self.checkpoint_uri, self.every = work_dir, checkpoint_uri, every_seconds

@@ -13,11 +13,11 @@ import functools
 from dataclasses import dataclass, replace
 from typing import Any
 
+from kubetune.data.encode import IGNORE_INDEX
 from kubetune.model.attention import SEQUENCE_PARALLEL as ATTENTION
 from kubetune.model.attention import Variant, segment_attention
 
 from .errors import TrainError
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -62,7 +62,7 @@ def shard(batch: dict[str, Any], sp: SequenceGroup, pad_token_id: int, keep_logi
         targets = torch.nn.functional.pad(targets, (0, extra), value=IGNORE_INDEX)
     part = padded // sp.size
     cut = slice(sp.rank * part, (sp.rank + 1) * part)
-    from .loop import select_logits
+    from .targets import select_logits
 
     return select_logits({"input_ids": ids[:, cut], "position_ids": pos[:, cut], "targets": targets[:, cut],
                           "full_position_ids": pos}, keep_logits)

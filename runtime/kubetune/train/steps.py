@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from . import checkpoint
-from .hooks import EvaluateChat, Metrics, ProgressBar, ProgressFile, TensorBoard, TextLog, megatron_tflops
+from .hooks import (EvaluateChat, Hook, Metrics, ProgressBar, ProgressFile, StopAfterStep, TensorBoard, TextLog,
+                    megatron_tflops)
 from .report import StatusReporter
 from .sampler import ResumableBatches
 
@@ -94,10 +95,10 @@ def sampling_order(spec: Any, data: Any, dp_world: int):
     return lambda seed, epoch: modality_grouped_order(lengths, group, seed, epoch)
 
 
-def hooks_for(rank: int, spec: Any, tokenizer: Any, work: Path, log: TextLog | None) -> list[Any]:
+def hooks_for(rank: int, spec: Any, tokenizer: Any, work: Path, log: TextLog | None) -> list[Hook]:
     """Logging and metrics on rank 0. Every rank runs the evaluation: under ZeRO-3 a forward pass gathers weights
     from all ranks, so generation must run in lockstep everywhere (only rank 0 writes)."""
-    hooks: list[Any] = []
+    hooks: list[Hook] = []
     if rank == 0:
         hooks += [log, ProgressFile(work), TensorBoard(log.dir / "vis_data"), ProgressBar()]
         port = os.environ.get("KUBETUNE_METRICS_PORT")
@@ -108,6 +109,8 @@ def hooks_for(rank: int, spec: Any, tokenizer: Any, work: Path, log: TextLog | N
             hooks.append(reporter)
     if spec.evaluation.inputs and spec.method.type.value != "reward":  # a reward model scores, it does not chat
         hooks.append(EvaluateChat(spec, tokenizer, work, log))
+    if os.environ.get("KUBETUNE_STOP_AFTER_STEP"):  # last: every other hook sees the step first
+        hooks.append(StopAfterStep(int(os.environ["KUBETUNE_STOP_AFTER_STEP"])))
     return hooks
 
 
@@ -125,8 +128,9 @@ def report_throughput(model: Any, spec: Any, log: TextLog, work: Path) -> None:
 
 
 def objective_for(spec: Any, model: Any, tokenizer: Any, seed: int) -> tuple[Any, Any, Any]:
-    """(model, objective, prepare) for the method: SFT keeps the loop's defaults; a reward model wraps the language
-    model with its head; full-parameter DPO gets a frozen reference copy (adapters are disabled instead)."""
+    """(model, objective, prepare) for a preference method: a reward model wraps the language model with its head;
+    full-parameter DPO gets a frozen reference copy (adapters are disabled instead). SFT: (model, None, None), and
+    the recipe builds the token objective over its forward (packed or sequence-parallel)."""
     from kubetune.model.packed import packed_forward
 
     from .objectives import prepare_pairs, preference
