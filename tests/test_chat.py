@@ -243,12 +243,12 @@ def test_a_converted_model_brings_its_template(tmp_path):
     """`convert pth_to_hf` and `convert merge` keep kubetune_config.yaml; chat and serve read the template from it."""
     import shutil
 
-    from kubetune.chat.load import _trained_defaults
+    from kubetune.model.load import trained_defaults
     from kubetune.data.templates import SYSTEM_TEMPLATES
 
     from .conftest import REPO
 
     shutil.copy(REPO / "examples" / "local-alpaca.yaml", tmp_path / "kubetune_config.yaml")
-    assert _trained_defaults(tmp_path) == ("internlm2_chat", SYSTEM_TEMPLATES["alpaca"])
+    assert trained_defaults(tmp_path) == ("internlm2_chat", SYSTEM_TEMPLATES["alpaca"])
     (tmp_path / "kubetune_config.yaml").write_text("not: [a, finetunejob")
-    assert _trained_defaults(tmp_path) == (None, None)
+    assert trained_defaults(tmp_path) == (None, None)

@@ -17,14 +17,14 @@ def _log(message: str) -> None:
 
 def _load(args: Any) -> Any:
 
-    from .load import load
+    from kubetune.model.load import load
 
     _log(f"loading {args.model_name_or_path}" + (f" with adapter {args.adapter}" if args.adapter else ""))
     return load(args.model_name_or_path, args.adapter, args.bits, args.torch_dtype,
                 getattr(args, "offload_folder", None), getattr(args, "trust_remote_code", False))
 
 
-def _prompter(args: Any, loaded: Any) -> Any:
+def prompter_for(args: Any, loaded: Any) -> Any:
     """The flags win; otherwise the template and system prompt the adapter was trained with; else the tokenizer's."""
     from .prompt import Prompter, context_window
 
@@ -39,7 +39,7 @@ def _prompter(args: Any, loaded: Any) -> Any:
     return Prompter(loaded.tokenizer, template, system, context_window(loaded.model, loaded.tokenizer))
 
 
-def _seed(seed: int) -> None:
+def seed_all(seed: int) -> None:
     import random
 
     import torch
@@ -56,9 +56,9 @@ def chat(args: Any) -> int:
     if args.with_plugins and args.prompt_template != "moss_sft":
         raise UserError("--with-plugins needs --prompt-template moss_sft --system-template moss_sft (MOSS's "
                         "command format)")
-    _seed(args.seed)
-    loaded = _load_llava(args) if args.llava else _load(args)
-    prompter = _prompter(args, loaded)
+    seed_all(args.seed)
+    loaded = load_llava_for(args) if args.llava else _load(args)
+    prompter = prompter_for(args, loaded)
     stops = prompter.stop_words(args.stop_words)
     sampling = Sampling(max_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                         top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed, stop=stops)
@@ -77,7 +77,7 @@ def chat(args: Any) -> int:
         engine.shutdown(drain=False, timeout=5)
 
 
-def _load_llava(args: Any) -> Any:
+def load_llava_for(args: Any) -> Any:
     from kubetune.vision.load import load_llava
 
     if args.adapter:
@@ -108,7 +108,7 @@ def serve(args: Any) -> int:
 
     keys = _api_keys(args.api_key_file)
     loaded = _load(args)
-    prompter = _prompter(args, loaded)
+    prompter = prompter_for(args, loaded)
     name = args.served_model_name or _default_name(args)
     limits = Limits(context=prompter.context,
                     max_prompt_tokens=min(args.max_prompt_tokens or prompter.context, prompter.context),

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kubetune.configs import PRESETS as DEEPSPEED
+
 from .common import add_cfg_options, announce_local_differences, load_config
 from .errors import UserError
-
-DEEPSPEED = ("zero1", "zero2", "zero2_offload", "zero3", "zero3_offload")
 
 
 def add_parser(sub, mode: str, summary: str) -> None:

@@ -6,7 +6,9 @@ import json
 from importlib import resources
 from typing import Any
 
-PRESETS = ("zero1", "zero2", "zero2_offload", "zero3", "zero3_offload")
+from kubetune.api.enums import DeepSpeedPreset
+
+PRESETS = tuple(p.value for p in DeepSpeedPreset if p is not DeepSpeedPreset.NONE)
 
 
 def deepspeed_preset(name: str) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-IGNORE_INDEX = -100
+from .encode import IGNORE_INDEX
 
 
 def collate(rows: Sequence[dict[str, Any]], pad_token_id: int = 0, pad_to_multiple_of: int = 1) -> dict[str, Any]:

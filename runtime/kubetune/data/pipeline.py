@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import pack as packing
-from .encode import Encoder, check_template
+from .encode import IGNORE_INDEX, Encoder, check_template
 from .formats import FORMATS, RowError
 from .source import DataError, files_of, fingerprint, load_rows
 from .templates import PROMPT_TEMPLATES, system_text
@@ -198,7 +198,7 @@ def encode_rows(batch: dict[str, list], indices: list[int], *, fmt: str, system:
     labels = np.fromiter(itertools.chain.from_iterable(e.labels for e in encoded), dtype=np.int32, count=total)
     has_loss = np.zeros(len(encoded), dtype=bool)
     if total:
-        labelled = (labels != -100).astype(np.int64)
+        labelled = (labels != IGNORE_INDEX).astype(np.int64)
         has_loss = np.add.reduceat(labelled, offsets[:-1]) > 0 if len(encoded) else has_loss
         has_loss &= lengths > 0
     return pa.table({

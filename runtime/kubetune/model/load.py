@@ -1,5 +1,6 @@
-"""Load what `chat` and `serve` answer with: a model from any URI, optionally quantized, with a LoRA adapter folded
-in (one forward per token afterwards, no adapter overhead), plus the defaults a converted adapter carries."""
+"""Inference loading, for `chat`, `serve`, LLaVA and the evaluations: a model from any URI, optionally quantized,
+with a LoRA adapter folded in (one forward per token afterwards, no adapter overhead), plus the defaults a converted
+adapter carries."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubetune.model.tokenizer import ModelLoadError
+from kubetune.errors import ModelLoadError
 from kubetune.storage import StorageError, local_path
 
-DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+from .dtypes import NAMES, bitsandbytes_config, torch_dtype
 
 
 @dataclass
@@ -36,14 +37,14 @@ def load(uri: str, adapter: str | None = None, bits: int | None = None, dtype: s
     adapter_path = _local(adapter, "adapter") if adapter else None
     cuda = torch.cuda.is_available()
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "low_cpu_mem_usage": True}
-    if dtype in DTYPES:
-        kwargs["dtype"] = getattr(torch, DTYPES[dtype])
+    if dtype in NAMES:
+        kwargs["dtype"] = torch_dtype(dtype)
     elif not cuda:
         kwargs["dtype"] = torch.float32  # CPU kernels for half precision are slow or missing
     else:
         kwargs["dtype"] = "auto"
     if bits:
-        kwargs["quantization_config"] = _bnb(bits, torch)
+        kwargs["quantization_config"] = bitsandbytes_config(bits)
     if cuda:
         kwargs["device_map"] = "auto"
         if offload_folder:
@@ -57,7 +58,7 @@ def load(uri: str, adapter: str | None = None, bits: int | None = None, dtype: s
     if adapter_path:
         model = _with_adapter(model, adapter_path, merge=not bits)
     model.eval()
-    template, system = _trained_defaults(adapter_path or path)
+    template, system = trained_defaults(adapter_path or path)
     return Loaded(model, tokenizer, template, system)
 
 
@@ -72,15 +73,6 @@ def _has_tokenizer(path: Path | None) -> bool:
     return path is not None and ((path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file())
 
 
-def _bnb(bits: int, torch: Any) -> Any:
-    from transformers import BitsAndBytesConfig
-
-    if bits == 8:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
-
-
 def _with_adapter(model: Any, adapter: Path, merge: bool) -> Any:
     from peft import PeftModel
 
@@ -92,7 +84,7 @@ def _with_adapter(model: Any, adapter: Path, merge: bool) -> Any:
     return model.merge_and_unload() if merge else model
 
 
-def _trained_defaults(path: Path) -> tuple[str | None, str | None]:
+def trained_defaults(path: Path) -> tuple[str | None, str | None]:
     """Prompt template and system prompt of the run that produced this adapter or model."""
     config = path / "kubetune_config.yaml"
     if not config.is_file():

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubetune.model.attention import MASK_IGNORES_PACKING
+from kubetune.model.dtypes import bitsandbytes_config, torch_dtype
 from kubetune.model.tokenizer import ModelLoadError
 from kubetune.storage import StorageError, local_path
 
@@ -38,13 +39,12 @@ def resolve_precision(spec: Any, device: Any) -> Precision:
             wanted = "fp32"  # CPU autocast is slower than fp32 for these sizes and fp16 is not supported there
     if wanted == "fp16" and device.type != "cuda":
         raise ModelLoadError("training.precision fp16 needs a GPU (loss scaling runs on CUDA); use bf16 or fp32 on CPU")
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    compute = dtypes[wanted]
+    compute = torch_dtype(wanted)
     method = spec.method.scheme
     # Full fine-tuning keeps fp32 master weights under autocast; adapters train in fp32 over a low-precision base.
     load = torch.float32 if method == "full" else compute
     if spec.model.dtype.value != "auto":
-        load = dtypes[spec.model.dtype.value]
+        load = torch_dtype(spec.model.dtype.value)
     return Precision(load, None if wanted == "fp32" else compute, wanted == "fp16")
 
 
@@ -145,16 +145,12 @@ def unquantized_share(model: Any) -> float:
 
 def _bnb_config(spec: Any, precision: Precision) -> Any:
     import torch
-    from transformers import BitsAndBytesConfig
 
     q = spec.method.quantization
     compute = precision.autocast or torch.float32
     if q.compute_dtype.value != "auto":
-        compute = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[q.compute_dtype.value]
-    if q.bits == 8:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.type, bnb_4bit_use_double_quant=q.double_quant,
-                              bnb_4bit_compute_dtype=compute)
+        compute = torch_dtype(q.compute_dtype.value)
+    return bitsandbytes_config(q.bits, q.type, q.double_quant, compute)
 
 
 def trainable_parameters(model: Any) -> list[Any]:

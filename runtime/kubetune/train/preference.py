@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubetune.data.encode import IGNORE_INDEX
+
 DPO_LOSSES = ("sigmoid", "robust", "hinge", "ipo", "kto_pair", "sppo_hard", "nca_pair")
-IGNORE_INDEX = -100
 # The InternLM2 reward model keeps scores inside (-5, 5) with a log barrier.
 BARRIER = 5.0
 

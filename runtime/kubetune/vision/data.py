@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubetune.data.encode import IGNORE_INDEX
 from kubetune.data.formats import RowError, llava
 from kubetune.data.source import DataError, files_of, load_rows
 from kubetune.storage import StorageError, local_path
@@ -81,7 +82,7 @@ def build(spec: Any, tokenizer: Any, image_id: int, patches: int, processor: Ima
                 cut += 1  # the image itself would be cut: nothing sensible to train on
                 continue
             ids, labels = ids[:spec.max_length], labels[:spec.max_length]
-        if all(label == -100 for label in labels):
+        if all(label == IGNORE_INDEX for label in labels):
             no_loss += 1
             continue
         rows.append({"input_ids": ids, "labels": labels, "image": image, "where": f"{where}: row {n}: image"})

@@ -27,7 +27,7 @@ class Asker:
 
 def asker(args: Any) -> Asker:
     from kubetune.chat.engine import Engine
-    from kubetune.chat.main import _load_llava, _prompter, _seed
+    from kubetune.chat.main import load_llava_for, prompter_for, seed_all
     from kubetune.chat.repl import Chat
     from kubetune.chat.sampling import Sampling
 
@@ -35,10 +35,10 @@ def asker(args: Any) -> Asker:
 
     if not args.llava:
         raise UserError(f"{args.mode} needs --llava (the trained LLaVA directory)")
-    _seed(args.seed)
+    seed_all(args.seed)
     args.adapter = None
-    loaded = _load_llava(args)
-    prompter = _prompter(args, loaded)
+    loaded = load_llava_for(args)
+    prompter = prompter_for(args, loaded)
     sampling = Sampling(max_tokens=args.max_new_tokens, temperature=0, top_k=1, top_p=1.0, repetition_penalty=1.0,
                         seed=args.seed, stop=prompter.stop_words(args.stop_words))
     engine = Engine(loaded.model, loaded.tokenizer, max_batch=1, eos_ids=prompter.eos_ids())

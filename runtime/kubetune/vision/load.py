@@ -67,11 +67,12 @@ def merged_llava_parts(llm_uri: str, encoder_uri: str | Path, llava: Path, dtype
     import torch
     from transformers import CLIPVisionModel
 
-    from kubetune.chat.load import load
+    from kubetune.model.dtypes import dtype_name
+    from kubetune.model.load import load
 
     llm_source = str(llava / LLM_FULL) if (llava / LLM_FULL).is_dir() else llm_uri
     adapter = str(llava / LLM_ADAPTER) if (llava / LLM_ADAPTER).is_dir() else None
-    loaded = load(llm_source, adapter, bits, {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32"))
+    loaded = load(llm_source, adapter, bits, dtype_name(dtype))
     encoder_dir = encoder_uri if isinstance(encoder_uri, Path) else _local(encoder_uri, "--visual-encoder")
     try:
         encoder = CLIPVisionModel.from_pretrained(str(encoder_dir), dtype=dtype or torch.float32)
@@ -92,11 +93,12 @@ def load_llava(llm_uri: str, llava_uri: str, visual_encoder: str | None, select_
 
     import torch
 
-    from kubetune.chat.load import _trained_defaults
+    from kubetune.model.dtypes import NAMES, torch_dtype
+    from kubetune.model.load import trained_defaults
 
     llava = llava_dir(llava_uri)
     encoder_dir = encoder_source(llava, visual_encoder)
-    wanted = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(dtype)
+    wanted = torch_dtype(dtype) if dtype in NAMES else None
     if wanted is None:
         wanted = torch.float32 if not torch.cuda.is_available() else torch.float16
     llm, encoder, tokenizer, image_id, _ = merged_llava_parts(llm_uri, encoder_dir, llava, wanted, bits)
@@ -106,7 +108,7 @@ def load_llava(llm_uri: str, llava_uri: str, visual_encoder: str | None, select_
     device = next(llm.parameters()).device
     model = build_llava(llm, encoder.to(device), projector.to(device), layer).eval()
     processor = ImageProcessor.from_encoder(encoder_dir, encoder.config.image_size)
-    template, system = _trained_defaults(llava)
+    template, system = trained_defaults(llava)
     if template is None:
-        template, system = _trained_defaults(llava.parent)
+        template, system = trained_defaults(llava.parent)
     return LoadedLlava(model, tokenizer, processor, image_id, template, system)

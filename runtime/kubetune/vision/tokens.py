@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubetune.data.encode import IGNORE_INDEX
+
 IMAGE_TOKEN = "<image>"
 # A negative id never reaches an embedding lookup by accident: it must be replaced, or indexing fails loudly.
 IMAGE_INDEX = -200
-IGNORE_INDEX = -100
 
 
 def add_image_token(tokenizer: Any) -> int:
