@@ -106,3 +106,23 @@ class Kube:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+class Connection:
+    """The operator's one connection pool: credentials from kopf's login handler, the client built on first use and
+    closed at cleanup. It lives in kopf's operator memo; each resource's memo is a shallow copy of that, so every
+    handler reaches this same object."""
+
+    def __init__(self) -> None:
+        self.info: Any = None
+        self._kube: Kube | None = None
+
+    def kube(self, field_manager: str) -> Kube:
+        if self._kube is None:
+            self._kube = Kube(self.info, field_manager)
+        return self._kube
+
+    async def close(self) -> None:
+        if self._kube is not None:
+            await self._kube.close()
+            self._kube = None

@@ -11,11 +11,10 @@ import kopf
 
 from kubetune.api import GROUP, VERSION
 
-from . import metrics, reconcile, status as st
-from .client import ApiError, Kube, NotOwned
+from . import labels as label_keys, metrics, reconcile, status as st
+from .client import ApiError, Connection, Kube, NotOwned
 from .settings import Settings
 
-MANAGED = {"app.kubernetes.io/managed-by": "kubetune-operator"}
 
 
 class BoundedDiffBase(kopf.AnnotationsDiffBaseStorage):
@@ -55,6 +54,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # minute, seen in test_ttl_waits_for_the_exports). Timers here return in milliseconds: check every second.
     settings.background.cancellation_polling = 1.0
     memo.settings = Settings.from_env()
+    memo.setdefault("connection", Connection())  # login may have made it already
     port = int(os.environ.get("KUBETUNE_OPERATOR_METRICS_PORT", "8080"))
     if port:
         from prometheus_client import start_http_server
@@ -63,21 +63,15 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
     info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
     if info is not None:
-        _CREDENTIALS["info"] = info
+        memo.setdefault("connection", Connection()).info = info
     return info
 
 
-_CREDENTIALS: dict[str, kopf.ConnectionInfo] = {}
-_CLIENT: dict[str, Kube] = {}  # one connection pool for the process (kopf's memo is copied per resource)
-
-
 def _kube(memo: kopf.Memo) -> Kube:
-    if "kube" not in _CLIENT:
-        _CLIENT["kube"] = Kube(_CREDENTIALS["info"], memo.settings.field_manager)
-    return _CLIENT["kube"]
+    return memo.connection.kube(memo.settings.field_manager)
 
 
 def _post(body: dict, events: list) -> None:
@@ -124,18 +118,13 @@ def finetunejob_deleted(body: kopf.Body, **_: Any) -> None:
 
 @kopf.timer(GROUP, VERSION, "finetunejobs", interval=5, idle=None,
             when=lambda spec, status, **_: bool((spec.get("runPolicy") or {}).get("ttlSecondsAfterFinished") is not None
-                                                and status.get("phase") in ("Succeeded", "Failed")))
-async def finetunejob_ttl(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
-    done = st.timestamp(status.get("completionTime"))
-    if done is None or time.time() < done + spec["runPolicy"]["ttlSecondsAfterFinished"]:
-        return
-    kube, meta = _kube(memo), body["metadata"]
-    if not await reconcile.exports_running(kube, dict(body)):  # deleting the job would collect its exports
-        await kube.delete(body["apiVersion"], "FineTuneJob", meta["namespace"], meta["name"])
+                                                and status.get("phase") in st.FINISHED))
+async def finetunejob_ttl(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await reconcile.delete_after_ttl(_kube(memo), dict(body))
 
 
 @kopf.timer(GROUP, VERSION, "finetunejobs", interval=10, initial_delay=5, idle=None,
-            when=lambda spec, status, **_: status.get("phase") in ("Pending", "Initializing")
+            when=lambda spec, status, **_: status.get("phase") in (st.Phase.PENDING, st.Phase.INITIALIZING)
             and not (spec.get("runPolicy") or {}).get("suspend"))
 async def finetunejob_pods_refused(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     """A Job whose pods are refused (Pod Security, quota) changes nothing the Job watch sees: look for the refusal."""
@@ -175,29 +164,19 @@ async def adapter_exported(body: kopf.Body, new: Any, memo: kopf.Memo, **_: Any)
     """Endpoints that serve this job's adapter roll to the newly exported one."""
     if not new:
         return
-    kube, meta = _kube(memo), body["metadata"]
-    for endpoint in await kube.list(body["apiVersion"], "ChatEndpoint", meta["namespace"]):
-        if any(a.get("fineTuneJobRef") == meta["name"] for a in endpoint["spec"].get("adapters", [])):
-            status, events = await _run("ChatEndpoint", reconcile.chat(kube, endpoint, memo.settings), endpoint)
-            await kube.patch_status(endpoint["apiVersion"], "ChatEndpoint", meta["namespace"],
-                                    endpoint["metadata"]["name"], status)
-            _post(endpoint, events + [("Normal", "AdapterUpdated", f"serving {new}")])
+    kube = _kube(memo)
+    for endpoint in await reconcile.endpoints_serving(kube, dict(body)):
+        status, events = await _run("ChatEndpoint", reconcile.chat(kube, endpoint, memo.settings), endpoint)
+        await reconcile.report(kube, "ChatEndpoint", endpoint, status, always=True)
+        _post(endpoint, events + [("Normal", "AdapterUpdated", f"serving {new}")])
 
 
 # --- children ---------------------------------------------------------------------------------------------------
 async def _child_event(kind: str, memo: kopf.Memo, work: Any) -> None:
     parent, status, events = await _run(kind, work)
-    if parent is None or not status:
+    if parent is None or not status or not await reconcile.report(_kube(memo), kind, parent, status):
         return
     meta = parent["metadata"]
-    current = parent.get("status") or {}
-    if all(current.get(k) == v for k, v in status.items()):  # nothing new: spare the apiserver a write
-        return
-    try:
-        await _kube(memo).patch_status(parent["apiVersion"], kind, meta["namespace"], meta["name"], status)
-    except ApiError as exc:
-        if exc.status != 404:  # the parent went away meanwhile: nothing to report to
-            raise
     if kind == "FineTuneJob":
         metrics.track_phase(meta, status.get("phase") or (parent.get("status") or {}).get("phase"))
     elif kind == "ChatEndpoint":
@@ -205,25 +184,24 @@ async def _child_event(kind: str, memo: kopf.Memo, work: Any) -> None:
     _post(parent, events)
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+@kopf.on.event("batch", "v1", "jobs", labels=label_keys.MANAGED)
 async def job_event(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED":
         return
-    labels = body["metadata"].get("labels", {})
-    kube = _kube(memo)
-    if "kubetune.io/finetunejob" in labels and labels.get("app.kubernetes.io/component") == "trainer":
-        await _child_event("FineTuneJob", memo, reconcile.finetune_job_event(kube, dict(body), memo.settings))
-    elif "kubetune.io/convertjob" in labels:
-        await _child_event("ConvertJob", memo, reconcile.convert_job_event(kube, dict(body)))
+    kube, parent_kind = _kube(memo), label_keys.parent_of_job(body["metadata"].get("labels", {}))
+    if parent_kind == "FineTuneJob":
+        await _child_event(parent_kind, memo, reconcile.finetune_job_event(kube, dict(body), memo.settings))
+    elif parent_kind == "ConvertJob":
+        await _child_event(parent_kind, memo, reconcile.convert_job_event(kube, dict(body)))
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+@kopf.on.event("apps", "v1", "deployments", labels=label_keys.MANAGED)
 async def deployment_event(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
     if type != "DELETED":
         await _child_event("ChatEndpoint", memo, reconcile.chat_deployment_event(_kube(memo), dict(body)))
 
 
 @kopf.on.cleanup()
-async def close(**_: Any) -> None:
-    if "kube" in _CLIENT:
-        await _CLIENT.pop("kube").close()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    if "connection" in memo:
+        await memo.connection.close()

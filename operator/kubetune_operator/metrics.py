@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from kubetune.api.chat import ChatPhase
+
 REGISTRY = CollectorRegistry()
 FINETUNEJOBS = Gauge("kubetune_finetunejobs", "FineTuneJobs by phase.", ["phase"], registry=REGISTRY)
 # One series per job with value 1 in its current phase (kube-state-metrics' style): alerts name the failed job.
@@ -49,4 +51,4 @@ def track_endpoint(meta: dict, phase: str | None) -> None:
         except KeyError:
             pass
     else:
-        CHATENDPOINT_READY.labels(*key).set(1 if phase == "Ready" else 0)
+        CHATENDPOINT_READY.labels(*key).set(1 if phase == ChatPhase.READY else 0)

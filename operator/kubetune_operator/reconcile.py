@@ -9,7 +9,7 @@ from typing import Any
 from kubetune.api import API_VERSION, ManifestError, parse_manifest
 from kubetune.api.convert import export_specs
 
-from . import metrics, status as st
+from . import labels as label_keys, metrics, status as st
 from .builders import chat as chat_b, convert as convert_b, finetune as ftj_b
 from .client import ApiError, Kube, NotOwned
 from .settings import Settings
@@ -52,7 +52,7 @@ def fail(body: dict, reason: str, message: str, event: str | None = None) -> tup
     """The status patch and Warning event that fail a resource for a reason its owner must fix."""
     generation = body["metadata"].get("generation", 1)
     conditions = st.set_condition([], "Failed", True, reason, message, st.now_iso(), generation)
-    status = {"phase": "Failed", "message": message, "observedGeneration": generation, "conditions": conditions}
+    status = {"phase": st.Phase.FAILED, "message": message, "observedGeneration": generation, "conditions": conditions}
     return status, [("Warning", reason, event or message)]
 
 
@@ -70,7 +70,7 @@ async def finetune(kube: Kube, body: dict, settings: Settings) -> tuple[dict, li
         return rejected
     attempt = int(status.get("restarts", 0))
     jname = ftj_b.job_name(meta["name"], attempt)
-    if status.get("phase") in ("Succeeded", "Failed"):
+    if status.get("phase") in st.FINISHED:
         return {"observedGeneration": generation}, []
     if spec.run_policy.suspend:  # no Job, so no Job events: this handler reports the phase itself
         await kube.delete("batch/v1", "Job", meta["namespace"], jname)
@@ -127,15 +127,15 @@ async def finetune_job_event(kube: Kube, job: dict, settings: Settings) -> tuple
         await apply_in_order(kube, supporting)
         await kube.apply(job_manifest)
     phase = outcome.patch.get("phase")
-    if phase == "Running" and status.get("phase") != "Running":
+    if phase == st.Phase.RUNNING and status.get("phase") != st.Phase.RUNNING:
         created = st.timestamp(parent["metadata"].get("creationTimestamp"))
         if created:
             metrics.QUEUE_SECONDS.observe(max(0.0, time.time() - created))
-    if phase in ("Succeeded", "Failed") and status.get("phase") != phase:
+    if phase in st.FINISHED and status.get("phase") != phase:
         started = st.timestamp(status.get("startTime") or job.get("status", {}).get("startTime"))
         if started:
             metrics.DURATION_SECONDS.observe(max(0.0, time.time() - started))
-        if phase == "Succeeded":
+        if phase == st.Phase.SUCCEEDED:
             outcome.events.extend(await export(kube, parent, spec, settings))
     return parent, outcome.patch, outcome.events
 
@@ -172,12 +172,46 @@ async def export(kube: Kube, parent: dict, spec: Any, settings: Settings) -> lis
     return [("Normal", "Exporting", f"ConvertJob {name} created")]
 
 
+async def delete_after_ttl(kube: Kube, body: dict) -> None:
+    """Delete a finished FineTuneJob once runPolicy.ttlSecondsAfterFinished has passed, but not while its exports
+    run (deleting the job would garbage-collect them)."""
+    done = st.timestamp((body.get("status") or {}).get("completionTime"))
+    if done is None or time.time() < done + body["spec"]["runPolicy"]["ttlSecondsAfterFinished"]:
+        return
+    if not await exports_running(kube, body):
+        meta = body["metadata"]
+        await kube.delete(body["apiVersion"], "FineTuneJob", meta["namespace"], meta["name"])
+
+
+async def endpoints_serving(kube: Kube, body: dict) -> list[dict]:
+    """The ChatEndpoints whose adapters name this FineTuneJob (they roll when it exports a new adapter)."""
+    meta = body["metadata"]
+    return [e for e in await kube.list(body["apiVersion"], "ChatEndpoint", meta["namespace"])
+            if any(a.get("fineTuneJobRef") == meta["name"] for a in e["spec"].get("adapters", []))]
+
+
+async def report(kube: Kube, kind: str, parent: dict, status: dict, always: bool = False) -> bool:
+    """Write a child's news into its parent's status; False when there is nothing new (the apiserver is spared a
+    write) or the parent went away meanwhile."""
+    current = parent.get("status") or {}
+    if not always and all(current.get(k) == v for k, v in status.items()):
+        return False
+    meta = parent["metadata"]
+    try:
+        await kube.patch_status(parent["apiVersion"], kind, meta["namespace"], meta["name"], status)
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        return False
+    return True
+
+
 async def exports_running(kube: Kube, parent: dict) -> bool:
     """Whether one of the job's export ConvertJobs is still converting (they are its children)."""
     meta = parent["metadata"]
     for which in ("adapter", "merged"):
         export_job = await kube.get(API_VERSION, "ConvertJob", meta["namespace"], f"{meta['name']}-export-{which}")
-        if export_job and (export_job.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+        if export_job and (export_job.get("status") or {}).get("phase") not in st.FINISHED:
             return True
     return False
 
@@ -200,7 +234,7 @@ async def convert(kube: Kube, body: dict, settings: Settings) -> tuple[dict, lis
     spec, rejected = parse_or_reject(body, "ConvertJob")
     if rejected:
         return rejected
-    if status.get("phase") in ("Succeeded", "Failed"):
+    if status.get("phase") in st.FINISHED:
         return {"observedGeneration": generation}, []
     source, base, config_map = spec.source.checkpoint_uri, spec.base_model.uri if spec.base_model else None, None
     if spec.source.fine_tune_job_ref:
@@ -217,7 +251,7 @@ async def convert(kube: Kube, body: dict, settings: Settings) -> tuple[dict, lis
 
 async def _owner(kube: Kube, child: dict, kind: str) -> dict | None:
     """The parent a child's `kubetune.io/<kind>` label names, if it still exists."""
-    name = child["metadata"].get("labels", {}).get(f"kubetune.io/{kind.lower()}")
+    name = child["metadata"].get("labels", {}).get(label_keys.owner(kind))
     return await kube.get(API_VERSION, kind, child["metadata"]["namespace"], name) if name else None
 
 
@@ -228,8 +262,8 @@ async def convert_job_event(kube: Kube, job: dict) -> tuple[dict | None, dict, l
     ns = parent["metadata"]["namespace"]
     outcome = st.convert(job, dict(parent.get("status") or {}), parent["spec"]["output"]["uri"],
                          parent["metadata"].get("generation", 1), st.now_iso())
-    exported_by = parent["metadata"].get("labels", {}).get("kubetune.io/finetunejob")
-    if outcome.patch.get("phase") == "Succeeded" and exported_by:  # an export: the FineTuneJob shows the artifact
+    exported_by = parent["metadata"].get("labels", {}).get(label_keys.owner("FineTuneJob"))
+    if outcome.patch.get("phase") == st.Phase.SUCCEEDED and exported_by:  # an export: the FineTuneJob shows the artifact
         which = "merged" if parent["metadata"]["name"].endswith("-export-merged") else "adapter"
         await kube.patch_status(API_VERSION, "FineTuneJob", ns, exported_by,
                                 {"artifacts": {which: outcome.patch["outputUri"]}})
@@ -270,7 +304,7 @@ async def chat_deployment_event(kube: Kube, deployment: dict) -> tuple[dict | No
     parent = await _owner(kube, deployment, "ChatEndpoint")
     if parent is None:
         return None, {}, []
-    ns, name = parent["metadata"]["namespace"], parent["metadata"]["name"]
+    name = parent["metadata"]["name"]
     try:
         spec = parse(parent, "ChatEndpoint")
     except ManifestError:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from kubetune.api import GROUP
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -32,4 +30,3 @@ class Settings:
                    storage_path_style=env.get("KUBETUNE_DEFAULT_S3_PATH_STYLE", "").lower() in ("1", "true"))
 
 
-LABEL_PREFIX = GROUP  # kubetune.io/...

@@ -6,6 +6,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from kubetune.api.chat import ChatPhase
+from kubetune.api.convert import ConvertPhase
+from kubetune.api.finetune import FineTunePhase as Phase
+
+FINISHED = (Phase.SUCCEEDED, Phase.FAILED)  # the same two words end a ConvertJob
+
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -77,25 +83,25 @@ def finetune(job: dict | None, status: dict, spec: Any, generation: int, now: st
     patch: dict[str, Any] = {"observedGeneration": generation}
     events: list[tuple[str, str, str]] = []
 
-    def moved(new_phase: str, reason: str, message: str, kind: str = "Normal") -> None:
+    def moved(new_phase: Phase, reason: str, message: str, kind: str = "Normal") -> None:
         patch["phase"] = new_phase
         patch["message"] = message
         if new_phase != phase:
             events.append((kind, reason, message))
 
-    if phase in ("Succeeded", "Failed"):
+    if phase in FINISHED:
         return Outcome({"observedGeneration": generation})
     if spec.run_policy.suspend:
-        moved("Suspended", "Suspended", "runPolicy.suspend is true: the pods are deleted, status and checkpoints kept")
+        moved(Phase.SUSPENDED, "Suspended", "runPolicy.suspend is true: the pods are deleted, status and checkpoints kept")
         patch["conditions"] = set_condition(conditions, "Suspended", True, "Suspended", patch["message"], now,
                                             generation)
         return Outcome(patch, events=events)
     conditions = set_condition(conditions, "Suspended", False, "Resumed", "not suspended", now, generation) \
         if any(c["type"] == "Suspended" for c in conditions) else conditions
     if job is None:
-        moved("Pending", "Creating", "creating the training Job")
+        moved(Phase.PENDING, "Creating", "creating the training Job")
     elif (done := job_condition(job, "Complete")) is not None:
-        moved("Succeeded", "Succeeded", f"training finished ({job['metadata']['name']})")
+        moved(Phase.SUCCEEDED, "Succeeded", f"training finished ({job['metadata']['name']})")
         patch["completionTime"] = done.get("lastTransitionTime") or now
         conditions = set_condition(conditions, "Running", False, "Succeeded", "training finished", now, generation)
         conditions = set_condition(conditions, "Succeeded", True, "Succeeded", patch["message"], now, generation)
@@ -112,17 +118,17 @@ def finetune(job: dict | None, status: dict, spec: Any, generation: int, now: st
                 patch["attemptDeadlineSeconds"] = left
             message = (f"restart {restarts}/{spec.run_policy.max_restarts} after {job['metadata']['name']} failed "
                        f"({why}); the new gang resumes from the latest checkpoint")
-            moved("Restarting", "Restarting", message, "Warning")
+            moved(Phase.RESTARTING, "Restarting", message, "Warning")
             conditions = set_condition(conditions, "Running", False, "Restarting", message, now, generation)
             return Outcome(patch | {"conditions": conditions}, restart=True, events=events)
         message = f"{job['metadata']['name']} failed after {restarts} restart(s): {why}"
-        moved("Failed", "Failed", message, "Warning")
+        moved(Phase.FAILED, "Failed", message, "Warning")
         patch["completionTime"] = failed.get("lastTransitionTime") or now
         conditions = set_condition(conditions, "Running", False, "Failed", message, now, generation)
         conditions = set_condition(conditions, "Failed", True, failed.get("reason", "Failed"), message, now,
                                    generation)
     elif job.get("spec", {}).get("suspend"):
-        moved("Pending", "Queued", "waiting for Kueue to admit the Job "
+        moved(Phase.PENDING, "Queued", "waiting for Kueue to admit the Job "
                                    f"(queue {spec.run_policy.queue_name})" if spec.run_policy.queue_name
               else "the Job is suspended")
     else:
@@ -130,13 +136,13 @@ def finetune(job: dict | None, status: dict, spec: Any, generation: int, now: st
         nodes = spec.resources.nodes
         ready = int(st.get("ready", 0) or 0)
         if ready >= nodes or int(st.get("succeeded", 0) or 0) > 0:
-            moved("Running", "Running", f"{nodes} pod(s) running")
+            moved(Phase.RUNNING, "Running", f"{nodes} pod(s) running")
             conditions = set_condition(conditions, "Running", True, "Running", patch["message"], now, generation)
             if any(c["type"] == "PodsCreated" for c in conditions):  # a refusal reported earlier is over
                 conditions = set_condition(conditions, "PodsCreated", True, "Created", "pods created", now,
                                            generation)
         else:
-            moved("Initializing", "Initializing", f"{ready}/{nodes} pod(s) ready")
+            moved(Phase.INITIALIZING, "Initializing", f"{ready}/{nodes} pod(s) ready")
         if not status.get("startTime") and st.get("startTime"):
             patch["startTime"] = st["startTime"]
     if "conditions" not in patch:
@@ -148,25 +154,25 @@ def finetune(job: dict | None, status: dict, spec: Any, generation: int, now: st
 
 def convert(job: dict | None, status: dict, output_uri: str, generation: int, now: str) -> Outcome:
     conditions = list(status.get("conditions", []))
-    if status.get("phase") in ("Succeeded", "Failed"):
+    if status.get("phase") in (ConvertPhase.SUCCEEDED, ConvertPhase.FAILED):
         return Outcome({"observedGeneration": generation})
     patch: dict[str, Any] = {"observedGeneration": generation}
     events = []
     if job is None:
-        patch |= {"phase": "Pending", "message": "creating the conversion Job"}
+        patch |= {"phase": ConvertPhase.PENDING, "message": "creating the conversion Job"}
     elif (done := job_condition(job, "Complete")) is not None:
-        patch |= {"phase": "Succeeded", "message": f"written to {output_uri}", "outputUri": output_uri,
+        patch |= {"phase": ConvertPhase.SUCCEEDED, "message": f"written to {output_uri}", "outputUri": output_uri,
                   "completionTime": done.get("lastTransitionTime") or now}
         conditions = set_condition(conditions, "Succeeded", True, "Succeeded", patch["message"], now, generation)
         events.append(("Normal", "Succeeded", patch["message"]))
     elif (failed := job_condition(job, "Failed")) is not None:
-        patch |= {"phase": "Failed", "message": f"{failed.get('reason')}: {failed.get('message')}",
+        patch |= {"phase": ConvertPhase.FAILED, "message": f"{failed.get('reason')}: {failed.get('message')}",
                   "completionTime": failed.get("lastTransitionTime") or now}
         conditions = set_condition(conditions, "Failed", True, failed.get("reason", "Failed"), patch["message"], now,
                                    generation)
         events.append(("Warning", "Failed", patch["message"]))
     else:
-        patch |= {"phase": "Running", "message": "converting"}
+        patch |= {"phase": ConvertPhase.RUNNING, "message": "converting"}
         if job.get("status", {}).get("startTime") and not status.get("startTime"):
             patch["startTime"] = job["status"]["startTime"]
     patch["conditions"] = conditions
@@ -184,15 +190,16 @@ def chat(deployment: dict | None, status: dict, url: str, served: str, generatio
     stuck = next((c for c in st.get("conditions", []) or [] if c.get("type") == "Progressing"
                   and c.get("reason") == "ProgressDeadlineExceeded"), None)
     if deployment is None:
-        phase, message = "Pending", "creating the Deployment"
+        phase, message = ChatPhase.PENDING, "creating the Deployment"
     elif stuck:
-        phase, message = "Failed", stuck.get("message", "the rollout did not progress")
+        phase, message = ChatPhase.FAILED, stuck.get("message", "the rollout did not progress")
     elif ready >= max(want, 1) and st.get("updatedReplicas", 0) >= want:
-        phase, message = "Ready", f"{ready}/{want} replica(s) ready at {url}"
+        phase, message = ChatPhase.READY, f"{ready}/{want} replica(s) ready at {url}"
     else:
-        phase, message = "Progressing", f"{ready}/{want} replica(s) ready"
+        phase, message = ChatPhase.PROGRESSING, f"{ready}/{want} replica(s) ready"
     patch |= {"phase": phase, "message": message, "replicas": want, "readyReplicas": ready,
               "ready": f"{ready}/{want}",
-              "conditions": set_condition(conditions, "Ready", phase == "Ready", phase, message, now, generation)}
-    events = [("Warning" if phase == "Failed" else "Normal", phase, message)] if phase != status.get("phase") else []
+              "conditions": set_condition(conditions, "Ready", phase == ChatPhase.READY, phase, message, now,
+                                          generation)}
+    events = [("Warning" if phase == ChatPhase.FAILED else "Normal", phase, message)] if phase != status.get("phase") else []
     return Outcome(patch, events=events)

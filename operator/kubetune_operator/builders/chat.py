@@ -7,6 +7,7 @@ from typing import Any
 
 from kubetune.api.chat import serve_arguments
 
+from .. import labels as label_keys
 from ..settings import Settings
 from .common import Manifest, metadata, pod_spec, pvc_volumes, resources, storage_env
 
@@ -62,7 +63,7 @@ def deployment(parent: Manifest, spec: Any, adapters: dict[str, str], settings: 
     # Draining in-flight answers needs longer than Kubernetes' default 30 s grace period.
     pod["terminationGracePeriodSeconds"] = 60
     meta = metadata(parent, name, "server")
-    selector = {"app.kubernetes.io/instance": name, "app.kubernetes.io/component": "server"}
+    selector = label_keys.selector(name, "server")
     deploy_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector},
         "template": {"metadata": {"labels": meta["labels"]}, "spec": pod},
@@ -76,7 +77,7 @@ def deployment(parent: Manifest, spec: Any, adapters: dict[str, str], settings: 
 def service(parent: Manifest, settings: Settings) -> Manifest:
     name = parent["metadata"]["name"]
     return {"apiVersion": "v1", "kind": "Service", "metadata": metadata(parent, name, "server"),
-            "spec": {"selector": {"app.kubernetes.io/instance": name, "app.kubernetes.io/component": "server"},
+            "spec": {"selector": label_keys.selector(name, "server"),
                      "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}
 
 
@@ -95,5 +96,4 @@ def hpa(parent: Manifest, spec: Any) -> Manifest:
 def pdb(parent: Manifest) -> Manifest:
     name = parent["metadata"]["name"]
     return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": metadata(parent, name, "server"),
-            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {
-                "app.kubernetes.io/instance": name, "app.kubernetes.io/component": "server"}}}}
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": label_keys.selector(name, "server")}}}

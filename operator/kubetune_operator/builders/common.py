@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from kubetune.api import API_VERSION, GROUP
+from kubetune.api import API_VERSION
 
+from .. import labels as label_keys
 from ..settings import Settings
 
 Manifest = dict[str, Any]
@@ -24,9 +25,7 @@ def child_name(parent: str, suffix: str, limit: int = 63) -> str:
 
 
 def labels(kind: str, name: str, component: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "kubetune", "app.kubernetes.io/instance": name,
-            "app.kubernetes.io/component": component, "app.kubernetes.io/managed-by": "kubetune-operator",
-            f"{GROUP}/{kind.lower()}": name}
+    return label_keys.of(kind, name, component)
 
 
 def owner_reference(parent: Manifest) -> dict[str, Any]:

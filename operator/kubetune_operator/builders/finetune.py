@@ -10,10 +10,11 @@ import yaml
 
 from kubetune.api import API_VERSION, GROUP
 
+from .. import labels as label_keys
 from ..settings import Settings
 from .common import CONFIG_DIR, WORK_DIR, Manifest, child_name, metadata, pod_spec, pvc_volumes, resources, storage_env
 
-ATTEMPT_LABEL = f"{GROUP}/attempt"
+ATTEMPT_LABEL = label_keys.ATTEMPT
 # Rank 0 serves kubetune_train_* here (the chart's PodMonitor scrapes the port named "metrics").
 METRICS_PORT = 9100
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml: 10x faster when 500 jobs arrive at once
@@ -73,8 +74,8 @@ def service(parent: Manifest, n: dict[str, str]) -> Manifest:
     meta = metadata(parent, n["service"], "workers")
     return {"apiVersion": "v1", "kind": "Service", "metadata": meta,
             "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,  # rank 0 resolves before it is Ready
-                     "selector": {f"{GROUP}/finetunejob": parent["metadata"]["name"],
-                                  "app.kubernetes.io/component": "trainer"}}}
+                     "selector": {label_keys.owner("FineTuneJob"): parent["metadata"]["name"],
+                                  label_keys.COMPONENT: "trainer"}}}
 
 
 def job(parent: Manifest, spec: Any, attempt: int, settings: Settings, n: dict[str, str]) -> Manifest:
