@@ -1,7 +1,6 @@
 """Every example and every predefined config is a valid object; defaults and baseConfig resolve as documented."""
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml

@@ -6,7 +6,6 @@ requests in test_operator.py."""
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml

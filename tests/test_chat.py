@@ -7,7 +7,6 @@ import copy
 
 import queue
 import sys
-import threading
 import time
 
 import pexpect

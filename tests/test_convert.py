@@ -2,7 +2,6 @@
 equals PEFT's merge_and_unload tensor by tensor, and merged logits equal the adapter's."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

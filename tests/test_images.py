@@ -89,7 +89,7 @@ def test_the_lock_matches_pyproject():
 
 
 def test_dockerignore_sends_only_the_sources():
-    lines = [l for l in (ROOT / ".dockerignore").read_text().splitlines() if l and not l.startswith("#")]
+    lines = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
     assert lines[0] == "*" and {"!pyproject.toml", "!uv.lock", "!runtime/", "!operator/"} <= set(lines)
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import signal
-import threading
-import time
 
 import openai
 import pytest

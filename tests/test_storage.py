@@ -2,7 +2,6 @@
 s3:// and from an offline Hugging Face cache, checkpoints that survive SIGKILL, retried faults, cut uploads that are
 never resumed from, credential errors that fail fast without leaking the secret."""
 
-import json
 import os
 import shutil
 import signal

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 
@@ -245,6 +244,6 @@ def test_the_demo_task_data_is_what_its_generator_writes(tmp_path):
     for name in ("train", "heldout"):
         shipped = (REPO / "examples" / "data" / f"next_letter_{name}.jsonl").read_text()
         assert (tmp_path / f"next_letter_{name}.jsonl").read_text() == shipped, name
-    rows = {n: [json.loads(l)["conversation"][0]["input"] for l in (tmp_path / f"next_letter_{n}.jsonl").open()]
+    rows = {n: [json.loads(line)["conversation"][0]["input"] for line in (tmp_path / f"next_letter_{n}.jsonl").open()]
             for n in ("train", "heldout")}
     assert len(rows["heldout"]) == 50 and not set(rows["heldout"]) & set(rows["train"])

@@ -220,7 +220,7 @@ async def _export_job(kube: Kube, parent: dict, spec: Any, which: str) -> str:
     from .builders.common import metadata
 
     name = parent["metadata"]["name"]
-    manifest = {"apiVersion": API_VERSION, "kind": "ConvertJob",
+    manifest: dict[str, Any] = {"apiVersion": API_VERSION, "kind": "ConvertJob",
                 "metadata": metadata(parent, f"{name}-export-{which}", "export"),
                 "spec": export_specs(name, spec)[which]}
     await kube.apply(manifest)
@@ -243,7 +243,7 @@ async def convert(kube: Kube, body: dict, settings: Settings) -> tuple[dict, lis
         if not checkpoint.get("uri"):
             raise Waiting(f"FineTuneJob {spec.source.fine_tune_job_ref} has no checkpoint yet")
         source = checkpoint["uri"]
-        base = base or ref["spec"].get("model", {}).get("uri")
+        base = base or (ref or {}).get("spec", {}).get("model", {}).get("uri")
         config_map = ftj_b.names(spec.source.fine_tune_job_ref)["config"]
     await kube.apply(convert_b.job(body, spec, source, base, config_map, settings))
     return {"observedGeneration": generation}, []  # the Job watch writes the phase (convert_job_event)

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from kubetune.api import parse_manifest
+from kubetune.api import ConvertJob, FineTuneJob, parse_manifest
 
 from .builders import chat as chat_b, convert as convert_b, finetune as ftj_b
 from .builders.common import Manifest
@@ -28,11 +28,11 @@ def render(doc: dict[str, Any], source: str, settings: Settings) -> list[Manifes
     meta.setdefault("namespace", "default")
     meta.setdefault("uid", PLACEHOLDER_UID)
     meta.setdefault("generation", 1)
-    spec = job.spec
-    if job.kind == "FineTuneJob":
-        return ftj_b.children(body, spec, 0, settings)
-    if job.kind == "ConvertJob":
-        source_uri = spec.source.checkpoint_uri
+    if isinstance(job, FineTuneJob):
+        return ftj_b.children(body, job.spec, 0, settings)
+    if isinstance(job, ConvertJob):
+        spec = job.spec
+        source_uri = spec.source.checkpoint_uri or ""
         base = spec.base_model.uri if spec.base_model else None
         config_map = None
         if spec.source.fine_tune_job_ref:
@@ -42,5 +42,5 @@ def render(doc: dict[str, Any], source: str, settings: Settings) -> list[Manifes
             config_map = ftj_b.names(ref)["config"]
         return [convert_b.job(body, spec, source_uri, base, config_map, settings)]
     adapters = {a.name: a.uri or f"<status.artifacts.adapter of FineTuneJob {a.fine_tune_job_ref}>"
-                for a in spec.adapters}
-    return chat_b.children(body, spec, adapters, settings)
+                for a in job.spec.adapters}
+    return chat_b.children(body, job.spec, adapters, settings)

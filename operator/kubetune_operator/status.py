@@ -50,8 +50,11 @@ def deadline_left(spec: Any, status: dict, job: dict, now: str) -> int | None:
     started = job.get("status", {}).get("startTime")
     if not started:
         return share
-    ended = (job_condition(job, "Failed") or {}).get("lastTransitionTime") or now
-    return int(share - (timestamp(ended) - timestamp(started)))
+    ended = timestamp((job_condition(job, "Failed") or {}).get("lastTransitionTime") or now)
+    begun = timestamp(started)
+    if ended is None or begun is None:  # an unreadable time: give the attempt its whole share
+        return share
+    return int(share - (ended - begun))
 
 
 def timestamp(value: str | None) -> float | None:
@@ -201,5 +204,5 @@ def chat(deployment: dict | None, status: dict, url: str, served: str, generatio
               "ready": f"{ready}/{want}",
               "conditions": set_condition(conditions, "Ready", phase == ChatPhase.READY, phase, message, now,
                                           generation)}
-    events = [("Warning" if phase == ChatPhase.FAILED else "Normal", phase, message)] if phase != status.get("phase") else []
+    events = [("Warning" if phase == ChatPhase.FAILED else "Normal", str(phase), message)] if phase != status.get("phase") else []
     return Outcome(patch, events=events)

@@ -67,15 +67,15 @@ def build(out_dir: str | Path, weights: bool = True, seed: int = 0, **config: An
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     tokenizer.save_pretrained(out)
-    config = model_config(len(tokenizer), **config)
+    llama = model_config(len(tokenizer), **config)
     if weights:
         import torch
         from transformers import LlamaForCausalLM
 
         torch.manual_seed(seed)
-        LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
+        LlamaForCausalLM(llama).save_pretrained(out, safe_serialization=True)
     else:
-        config.save_pretrained(out)
+        llama.save_pretrained(out)
     return out
 
 

@@ -7,7 +7,7 @@ import functools
 import typing
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Callable, ClassVar
+from typing import Annotated, Any, Callable, ClassVar, Final
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
@@ -15,7 +15,8 @@ from pydantic_core import PydanticCustomError
 
 GROUP = "kubetune.io"
 VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+API_VERSION: Final = "kubetune.io/v1alpha1"  # GROUP/VERSION, spelled out so it types as the Literal the kinds use
+assert API_VERSION == f"{GROUP}/{VERSION}"
 
 RULE_ERROR = "kubetune_rule"
 
@@ -81,7 +82,7 @@ def get_path(obj: Any, path: str) -> Any:
     for key in path.split("."):
         if obj is None:
             return None
-        name = field_name(type(obj), key)
+        name = field_name(type(obj), key)  # type: ignore[arg-type]  # model classes are hashable
         obj = getattr(obj, name)
     return obj
 

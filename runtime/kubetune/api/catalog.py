@@ -205,7 +205,7 @@ def _manifest(name: str, family: Family, hub_id: str, method: str, ds_name: str,
 
 # Preference training, as XTuner's dpo/orpo/reward configs: (name, family, hub id, method, scheme, lr, dataset uri,
 # format, epochs, gpus, deepspeed).
-PREFERENCE = (
+PREFERENCE: tuple[tuple[Any, ...], ...] = (
     ("internlm2_chat_1_8b_dpo_full", "internlm2", "internlm/internlm2-chat-1_8b", "dpo", "full", 5e-7,
      "hf://mlabonne/orpo-dpo-mix-40k", "orpo_dpo_mix_40k", 3, 8, "zero2"),
     ("internlm2_chat_1_8b_dpo_qlora", "internlm2", "internlm/internlm2-chat-1_8b", "dpo", "qlora", 5e-6,
@@ -293,8 +293,8 @@ def catalog() -> dict[str, dict[str, Any]]:
                 for ds_name, ds in DATASETS.items():
                     name = f"{model_name}_{method}_{ds_name}_e{ds.epochs}"
                     entries[name] = _manifest(name, family, hub_id, method, ds_name, ds)
-    for name, family, *rest in PREFERENCE:
-        entries[name] = _preference_manifest(name, FAMILIES[family], *rest)
+    for name, family_name, *rest in PREFERENCE:
+        entries[name] = _preference_manifest(name, FAMILIES[family_name], *rest)
     entries.update(_llava_entries())
     return dict(sorted(entries.items()))
 

@@ -26,7 +26,7 @@ class ServedModel(KubeModel):
 class AdapterRef(KubeModel):
     """A LoRA adapter served next to the base model, selected by its name in the request's `model` field."""
 
-    __rules__: ClassVar = (
+    __rules__: ClassVar[tuple[Rule, ...]] = (
         Rule(("fineTuneJobRef", "uri"), "set exactly one of fineTuneJobRef and uri",
              "has(self.fineTuneJobRef) != has(self.uri)", lambda ref, uri: (ref is None) != (uri is None)),
     )
@@ -59,7 +59,7 @@ class GenerationSpec(KubeModel):
 class AutoscalingSpec(KubeModel):
     """Horizontal autoscaling on in-flight requests per replica."""
 
-    __rules__: ClassVar = (
+    __rules__: ClassVar[tuple[Rule, ...]] = (
         Rule(("minReplicas", "maxReplicas"), "minReplicas must not exceed maxReplicas",
              "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
              lambda lo, hi: lo <= hi),
@@ -83,7 +83,7 @@ class AuthSpec(KubeModel):
 class ChatEndpointSpec(KubeModel):
     """What to serve, how to prompt it, and how many replicas."""
 
-    __rules__: ClassVar = (
+    __rules__: ClassVar[tuple[Rule, ...]] = (
         Rule(("system", "systemTemplate"), "set at most one of system and systemTemplate",
              "!(has(self.system) && has(self.systemTemplate))", lambda s, t: s is None or t is None),
         Rule(("adapters",), "adapter names must be unique",

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TYPE_CHECKING
 
 from pydantic import Field
 
 from .base import API_VERSION, DNS_SUBDOMAIN, Condition, KubeModel, ObjectMeta, PodResources, Rule, StorageSpec, Uri
+
+if TYPE_CHECKING:  # the API models, for the type checker only (imported at run time where used)
+    from .finetune import FineTuneJobSpec
 
 
 class ConvertOperation(StrEnum):
@@ -20,7 +23,7 @@ class ConvertOperation(StrEnum):
 class ConvertSource(KubeModel):
     """What to convert: the latest checkpoint of a FineTuneJob, or a checkpoint/model at a URI."""
 
-    __rules__: ClassVar = (
+    __rules__: ClassVar[tuple[Rule, ...]] = (
         Rule(("fineTuneJobRef", "checkpointUri"), "set exactly one of fineTuneJobRef and checkpointUri",
              "has(self.fineTuneJobRef) != has(self.checkpointUri)", lambda ref, uri: (ref is None) != (uri is None)),
     )
@@ -50,7 +53,7 @@ class OutputSpec(KubeModel):
 class ConvertJobSpec(KubeModel):
     """One conversion, run as a single-pod Job."""
 
-    __rules__: ClassVar = (
+    __rules__: ClassVar[tuple[Rule, ...]] = (
         Rule(("baseModel", "operation"), "baseModel is only used by operation merge",
              "!has(self.baseModel) || self.operation == 'merge'", lambda base, op: base is None or op == "merge"),
         Rule(("isClip", "operation"), "isClip is only valid with operation merge",
@@ -131,7 +134,7 @@ class ConvertJob(KubeModel):
     """Observed state."""
 
 
-def export_specs(job_name: str, spec: Any) -> dict[str, dict[str, Any]]:
+def export_specs(job_name: str, spec: FineTuneJobSpec) -> dict[str, dict[str, Any]]:
     """The ConvertJob specs a FineTuneJob's `export` asks for, keyed `adapter` and `merged`, in the order they run:
     the operator creates them as the job's children, `kubetune train` runs them itself. Empty when nothing is asked
     or `checkpoints.uri` is unset (no place outlives a pod to write them to). The adapter's source is the job's

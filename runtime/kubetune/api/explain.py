@@ -16,9 +16,10 @@ def explain(path: str, recursive: bool = False) -> str:
         raise KeyError(f"unknown kind {kind_alias!r}; one of: finetunejob (ftj), convertjob (cvj), chatendpoint (chat)")
     kind, node = known[kind_alias.lower()]
     for i, key in enumerate(fields):
-        node = child(node, key)
-        if node is None:
+        found = child(node, key)
+        if found is None:
             raise KeyError(f"field {'.'.join(fields[:i + 1])!r} does not exist in {kind}")
+        node = found
     lines = [f"GROUP:      {API_VERSION.split('/')[0]}", f"KIND:       {kind}", f"VERSION:    {API_VERSION.split('/')[1]}", ""]
     if fields:
         lines += [f"FIELD: {fields[-1]} <{type_name(node)}>", ""]

@@ -42,7 +42,7 @@ class ModelSpec(KubeModel):
 class DatasetSource(KubeModel):
     """One more dataset, concatenated with the main one (e.g. alpaca + alpaca_zh)."""
 
-    __rules__: ClassVar = (
+    __rules__: ClassVar[tuple[Rule, ...]] = (
         Rule(("system", "systemTemplate"), "set at most one of system and systemTemplate",
              "!(has(self.system) && has(self.systemTemplate))", lambda s, t: s is None or t is None),
     )
@@ -131,7 +131,7 @@ class OptimizerSpec(KubeModel):
 class TrainingSpec(KubeModel):
     """Optimisation loop settings."""
 
-    __rules__: ClassVar = (
+    __rules__: ClassVar[tuple[Rule, ...]] = (
         Rule(("maxSteps", "maxEpochs"), "set exactly one of maxEpochs and maxSteps, not both",
              "!(has(self.maxEpochs) && has(self.maxSteps))", lambda s, e: s is None or e is None),
     )
@@ -177,7 +177,7 @@ class TrainingSpec(KubeModel):
 class CheckpointSpec(KubeModel):
     """When checkpoints are written, how many stay, and where they go."""
 
-    __rules__: ClassVar = (
+    __rules__: ClassVar[tuple[Rule, ...]] = (
         Rule(("everySteps", "byEpoch"), "set either everySteps or byEpoch: true, not both",
              "!(has(self.everySteps) && has(self.byEpoch) && self.byEpoch)",
              lambda steps, by_epoch: steps is None or not by_epoch),
@@ -250,7 +250,7 @@ class ExportSpec(KubeModel):
 class FineTuneJobSpec(KubeModel):
     """What to fine-tune, on which data, how, and where it runs."""
 
-    __rules__: ClassVar = (
+    __rules__: ClassVar[tuple[Rule, ...]] = (
         Rule(("training.deepspeed", "method.type", "method.parameters"),
              "qlora cannot be combined with ZeRO-3: 4-bit base weights cannot be partitioned; use zero1 or zero2",
              "!has(self.method) || !has(self.method.type) || !(self.method.type == 'qlora' || "

@@ -25,6 +25,7 @@ from .convert import ConvertJob
 from .finetune import FineTuneJob, FineTuneJobSpec
 
 KINDS: dict[str, type[KubeModel]] = {"FineTuneJob": FineTuneJob, "ConvertJob": ConvertJob, "ChatEndpoint": ChatEndpoint}
+Manifest = FineTuneJob | ConvertJob | ChatEndpoint
 T = TypeVar("T", bound=KubeModel)
 
 # When a user sets one member of a group, the predefined config's other members must not survive the merge,
@@ -86,7 +87,7 @@ def read_document(path: str | Path) -> Any:
     return docs[0]
 
 
-def load_manifest(path: str | Path, kind: str | None = None, overrides: Iterable[str] = ()) -> KubeModel:
+def load_manifest(path: str | Path, kind: str | None = None, overrides: Iterable[str] = ()) -> Manifest:
     """Load a FineTuneJob, ConvertJob or ChatEndpoint from a file holding a whole manifest or a bare spec.
 
     A bare spec is taken to be of `kind` (FineTuneJob when not given). `overrides` are `--cfg-options`
@@ -95,13 +96,19 @@ def load_manifest(path: str | Path, kind: str | None = None, overrides: Iterable
     return parse_manifest(read_document(path), str(path), kind=kind, overrides=overrides)
 
 
+def load_finetunejob(path: str | Path) -> FineTuneJob:
+    job = load_manifest(path, kind="FineTuneJob")
+    assert isinstance(job, FineTuneJob)
+    return job
+
+
 def parse_manifest(data: Any, source: str = "<manifest>", kind: str | None = None,
-                   overrides: Iterable[str] = ()) -> KubeModel:
+                   overrides: Iterable[str] = ()) -> Manifest:
     """Validate an already parsed document; see `load_manifest`."""
     if not isinstance(data, dict):
         raise ManifestError(source, [("", f"expected a mapping, got {type(data).__name__}")])
     is_manifest = any(k in data for k in ("apiVersion", "kind", "spec"))
-    doc = copy.deepcopy(data) if is_manifest else {"apiVersion": API_VERSION, "kind": kind or "FineTuneJob", "spec": data}
+    doc: dict[str, Any] = copy.deepcopy(data) if is_manifest else {"apiVersion": API_VERSION, "kind": kind or "FineTuneJob", "spec": data}
     prefix = "" if is_manifest else "spec."
 
     errors: list[tuple[str, str]] = []
@@ -126,10 +133,12 @@ def parse_manifest(data: Any, source: str = "<manifest>", kind: str | None = Non
     if errors:
         raise ManifestError(source, _strip(errors, prefix))
 
+    assert isinstance(doc_kind, str)  # checked against KINDS above
     model = KINDS[doc_kind]
     spec_model = submodel(model.model_fields["spec"].annotation)
+    assert spec_model is not None
     try:
-        return model.model_validate(doc)  # the models' own validators enforce every rule
+        return model.model_validate(doc)  # type: ignore[return-value]  # KINDS' values are the Manifest kinds
     except ValidationError as exc:
         # Rules again on the raw data, so they surface together with field errors that stopped the validators.
         errors = rule_errors(spec_model, doc["spec"], "spec.")
@@ -206,7 +215,7 @@ def apply_overrides(spec: dict[str, Any], overrides: Iterable[str]) -> list[tupl
             else:
                 raise TypeError
         except (ValueError, IndexError, TypeError, AttributeError):
-            errors.append((f"spec.{key}", f"--cfg-options cannot set this path (a parent is not a mapping)"))
+            errors.append((f"spec.{key}", "--cfg-options cannot set this path (a parent is not a mapping)"))
     if keys & {"method.type", "method.parameters"} and isinstance(spec.get("method"), dict):
         _drop_blocks_of_other_methods(spec["method"], keys)
     return errors

@@ -79,7 +79,7 @@ class VisionMethodSpec(KubeModel):
     """Which LLaVA parts train: stage pretrain trains the projector alone; stage finetune trains the projector and the
     LLM (as `method.type` says: full, lora or qlora), plus LoRA on the encoder when `encoderLora` is set."""
 
-    __rules__: ClassVar = (
+    __rules__: ClassVar[tuple[Rule, ...]] = (
         Rule(("encoderLora", "stage"), "encoderLora is only valid with stage finetune (pretrain trains the projector "
              "alone)", "!has(self.encoderLora) || !has(self.stage) || self.stage == 'finetune'",
              lambda lora, stage: lora is None or stage == "finetune"),
@@ -95,7 +95,7 @@ class VisionMethodSpec(KubeModel):
 class MethodSpec(KubeModel):
     """Which parameters train, how the base is stored, and the objective."""
 
-    __rules__: ClassVar = (
+    __rules__: ClassVar[tuple[Rule, ...]] = (
         Rule(("quantization", "type", "parameters"),
              "quantization is only valid with method type qlora (or parameters qlora)",
              "!has(self.quantization) || (has(self.type) && (self.type == 'qlora' || "

@@ -114,7 +114,7 @@ class Engine:
                     self.cv.wait()
                 if self.stopping and not self.waiting and not self.running:
                     return
-                joining = []
+                joining: list[Request] = []
                 while self.waiting and len(self.running) + len(joining) < self.max_batch:
                     joining.append(self.waiting.popleft())
             try:
@@ -148,6 +148,7 @@ class Engine:
 
     def _decode(self) -> None:
         b = self.batch
+        assert b is not None  # decoding runs only while requests are running
         out = self.model(input_ids=b.last.unsqueeze(1), attention_mask=b.extended_mask(),
                          position_ids=b.positions.unsqueeze(1), use_cache=True, **{self.cache_arg: b.cache})
         b.positions = b.positions + 1  # the cache grew in place
@@ -181,6 +182,7 @@ class Engine:
             self._finish(r, "stop")
             return True
         r.generated.append(token)
+        assert r.detok is not None  # submit() gives every request its detokenizer
         text = r.detok.add(token)
         if r.detok.stopped:
             self._finish(r, "stop", text)
@@ -196,7 +198,7 @@ class Engine:
         if r.done:  # counted once, or the running gauge and stats() drift below zero
             return
         r.done = True
-        if reason == "stop" and not r.detok.stopped:
+        if reason == "stop" and r.detok is not None and not r.detok.stopped:
             text += r.detok.flush()
         self.finished += 1
         self._observe("finished", r, reason)

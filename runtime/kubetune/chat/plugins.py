@@ -18,6 +18,7 @@ import subprocess
 import sys
 import unicodedata
 import urllib.request
+from typing import Any, Callable
 
 COMMAND = re.compile(r'(Calculate|Solve|Search)\("((?:[^"\\]|\\.)*)"\)')
 COMMANDS_BLOCK = re.compile(r"<\|Commands\|>:(.*?)(?:<eoc>|$)", re.S)
@@ -32,9 +33,9 @@ class PluginError(ValueError):
     """A command the plugin cannot run; its message goes back to the model as the result."""
 
 
-_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+_BINARY: dict[type, Callable[[Any, Any], Any]] = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
            ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
-_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_UNARY: dict[type, Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 _FUNCTIONS = {name: getattr(math, name) for name in
               ("sqrt", "sin", "cos", "tan", "asin", "acos", "atan", "log", "log2", "log10", "exp", "floor", "ceil",
                "factorial", "radians", "degrees")} | {"abs": abs, "round": round, "min": min, "max": max}

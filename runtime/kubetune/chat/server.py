@@ -218,7 +218,11 @@ def _sampling(body: Any, prompt_len: int, prompt_field: str, limits: Limits) -> 
 def _submit(engine: Engine, ids: list[int], sampling: Sampling) -> tuple[Request, asyncio.Queue[Event]]:
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[Event] = asyncio.Queue()
-    job = Request(ids, sampling, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+
+    def emit(event: Event) -> None:  # from the engine's thread into this request's queue
+        loop.call_soon_threadsafe(events.put_nowait, event)
+
+    job = Request(ids, sampling, emit)
     try:
         engine.submit(job)
     except QueueFull as exc:
@@ -341,7 +345,7 @@ def serve(app: Any, engine: Engine, host: str, port: int, drain_timeout: float, 
         # uvicorn re-raises the signal after its shutdown so the process dies of it; a drained stop is a clean exit.
         getattr(server, "_captured_signals", []).clear()
 
-    server.handle_exit = handle_exit  # type: ignore[method-assign]
+    server.handle_exit = handle_exit
     log(f"serving on http://{host}:{port} (OpenAI API under /v1, /health, /metrics)")
     server.run()
     engine.shutdown(drain=False, timeout=5)

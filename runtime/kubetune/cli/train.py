@@ -7,12 +7,15 @@ import errno
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kubetune.configs import PRESETS as DEEPSPEED
 
 from .common import add_cfg_options, announce_local_differences, load_config
 from .errors import UserError
+
+if TYPE_CHECKING:  # the API models, for the type checker only (imported at run time where used)
+    from kubetune.api.finetune import FineTuneJob
 
 
 def add_parser(sub, mode: str, summary: str) -> None:
@@ -78,11 +81,11 @@ def run(args: argparse.Namespace) -> int:
                         "qlora, or a DeepSpeed preset with offload (zero2_offload, zero3_offload)") from None
 
 
-def _name(job: Any, args: argparse.Namespace) -> str:
+def _name(job: FineTuneJob, args: argparse.Namespace) -> str:
     return job.metadata.name or Path(args.config).stem
 
 
-def export(job: Any, args: argparse.Namespace) -> int:
+def export(job: FineTuneJob, args: argparse.Namespace) -> int:
     """`spec.export`, once, by the process that saw the whole run succeed (rank 0, or torchrun's parent)."""
     if args.no_export or os.environ.get("RANK", "0") != "0" or not (job.spec.export.adapter or job.spec.export.merge):
         return 0

@@ -7,19 +7,24 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator, TYPE_CHECKING
 
 from kubetune.storage import local_destination, local_path
 
 from .shards import ConvertError
+
+if TYPE_CHECKING:  # the API models, for the type checker only (imported at run time where used)
+    from kubetune.api.convert import ConvertJobSpec
+    from kubetune.api.finetune import FineTuneJob
 
 
 @contextlib.contextmanager
 def writing_to(uri: str, log: Callable[[str], None] = print) -> Iterator[Path]:
     """A local directory for the output at `uri`: the mounted or local directory itself, or (for s3://) a staging
     directory published with its manifest once everything is written, so a cut conversion is never half-published."""
-    if not uri.startswith("s3://"):
-        yield local_destination(uri)  # pvc:// and file:// name a mounted directory, never a local folder "pvc:"
+    local = local_destination(uri)  # pvc:// and file:// name a mounted directory, never a local folder "pvc:"
+    if local is not None:
+        yield local
         return
     from kubetune.storage.sync import publish
 
@@ -37,7 +42,7 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def run(spec: Any, source: str, config: Any | None = None, log: Callable[[str], None] = print) -> str:
+def run(spec: ConvertJobSpec, source: str, config: FineTuneJob | None = None, log: Callable[[str], None] = print) -> str:
     """One conversion; `source` is the checkpoint, adapter or model the spec's `source` resolves to (the caller
     resolves a fineTuneJobRef), `config` the FineTuneJob a pth_to_hf checkpoint was trained with."""
     op = spec.operation.value
@@ -77,7 +82,7 @@ def check_clip(base: Path) -> None:
         raise ConvertError(f"isClip: {base} is {kind or 'not a model directory'}, not a CLIP vision encoder")
 
 
-def export_trained(job: Any, final_checkpoint: Path, log: Callable[[str], None] = print) -> dict[str, str]:
+def export_trained(job: FineTuneJob, final_checkpoint: Path, log: Callable[[str], None] = print) -> dict[str, str]:
     """`spec.export` after a local run: the ConvertJobs the operator would create (`export_specs`), run here in the
     same order, into the same `<checkpoints.uri>/export/` layout. Returns what was written, as status.artifacts."""
     from kubetune.api.convert import ConvertJobSpec, export_specs
@@ -86,5 +91,6 @@ def export_trained(job: Any, final_checkpoint: Path, log: Callable[[str], None] 
     for which, raw in export_specs(job.metadata.name or "local", job.spec).items():
         spec = ConvertJobSpec.model_validate(raw)
         source = str(final_checkpoint) if which == "adapter" else spec.source.checkpoint_uri
+        assert source is not None  # export_specs gives the merge its adapter's URI
         written[which] = run(spec, source, job, log)
     return written

@@ -7,17 +7,20 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from kubetune.vision import projector as projector_io
 from kubetune.vision.model import ENCODER_ADAPTER, LAYOUT, LLM_ADAPTER, LLM_FULL, PROJECTOR
 
 from .shards import ConvertError
 
+if TYPE_CHECKING:  # the API models, for the type checker only (imported at run time where used)
+    from kubetune.api.finetune import FineTuneJob
+
 FORMATS = ("kubetune", "xtuner", "huggingface")
 
 
-def export(job: Any, source: Path, out: Path, dtype: Any, max_shard_size: str, safe: bool, save_format: str) -> str:
+def export(job: FineTuneJob, source: Path, out: Path, dtype: Any, max_shard_size: str, safe: bool, save_format: str) -> str:
     if save_format not in FORMATS:
         raise ConvertError(f"--save-format {save_format}: one of {', '.join(FORMATS)}")
     if save_format == "huggingface":
@@ -39,7 +42,7 @@ def export(job: Any, source: Path, out: Path, dtype: Any, max_shard_size: str, s
     return "LLaVA " + ", ".join(parts)
 
 
-def to_transformers(job: Any, source: Path, out: Path, dtype: Any, max_shard_size: str, safe: bool) -> str:
+def to_transformers(job: FineTuneJob, source: Path, out: Path, dtype: Any, max_shard_size: str, safe: bool) -> str:
     import torch
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
@@ -50,8 +53,9 @@ def to_transformers(job: Any, source: Path, out: Path, dtype: Any, max_shard_siz
     if len(projector) != 3:
         raise ConvertError(f"{source}: transformers' Llava projector has exactly 2 layers; this one has "
                            f"{(len(projector) + 1) // 2} (model.vision.projectorDepth): keep --save-format kubetune")
-    llm, encoder, tokenizer, image_id, processor_dir = merged_llava_parts(job.spec.model.uri,
-                                                                          job.spec.model.vision.encoder, source)
+    vision = job.spec.model.vision
+    assert vision is not None  # a LLaVA checkpoint comes from a spec with model.vision
+    llm, encoder, tokenizer, image_id, processor_dir = merged_llava_parts(job.spec.model.uri, vision.encoder, source)
     llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     config = LlavaConfig(vision_config=encoder.config.to_dict(), text_config=llm.config.to_dict(),
                          image_token_index=image_id, vision_feature_layer=layout["select_layer"],

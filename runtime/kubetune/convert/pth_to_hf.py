@@ -5,12 +5,15 @@ for full fine-tuning. fp16 unless `--fp32`; the training config travels along as
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable, TYPE_CHECKING
 
 import yaml
 
 from .shards import ConvertError
 from .writers import write_adapter, write_full
+
+if TYPE_CHECKING:  # the API models, for the type checker only (imported at run time where used)
+    from kubetune.api.finetune import FineTuneJob
 
 
 def checkpoint_weights(ckpt: Path) -> Path:
@@ -23,7 +26,7 @@ def checkpoint_weights(ckpt: Path) -> Path:
     raise ConvertError(f"{ckpt}: not a kubetune checkpoint (no model/ directory); pass an iter_N directory")
 
 
-def convert(job: Any, ckpt: Path, out: Path, fp32: bool = False, max_shard_size: str = "2GB", safe: bool = True,
+def convert(job: FineTuneJob, ckpt: Path, out: Path, fp32: bool = False, max_shard_size: str = "2GB", safe: bool = True,
             log: Callable[[str], None] = print, save_format: str = "kubetune") -> Path:
     import torch
 

@@ -7,12 +7,15 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .shards import ConvertError
 
+if TYPE_CHECKING:  # the API models, for the type checker only (imported at run time where used)
+    from kubetune.api.finetune import FineTuneJob
 
-def export(job: Any, source: Path, out: Path, fp32: bool, max_shard_size: str, safe: bool) -> str:
+
+def export(job: FineTuneJob, source: Path, out: Path, fp32: bool, max_shard_size: str, safe: bool) -> str:
     import torch
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification

@@ -46,7 +46,7 @@ def read_array(entry: Entry, handle: Any) -> Any:
     """The tensor as a NumPy array (bf16 and fp8 as their raw bits)."""
     import numpy as np
 
-    array = np.empty(entry.size, dtype=np.uint8)
+    array: Any = np.empty(entry.size, dtype=np.uint8)
     handle.seek(entry.start)
     handle.readinto(memoryview(array))
     return array.view(NUMPY[entry.dtype]).reshape(entry.shape)

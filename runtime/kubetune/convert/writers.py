@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TYPE_CHECKING
 
 from .shards import ConvertError, ShardWriter, parse_size, read_shard, shard_files
+
+if TYPE_CHECKING:  # the API models, for the type checker only (imported at run time where used)
+    from kubetune.api.finetune import FineTuneJob
 
 
 def _cast(dtype: Any) -> Callable[[Any], Any]:
@@ -35,7 +38,7 @@ def write_adapter(source: Path, out: Path, dtype: Any, safe: bool) -> str:
     return "PEFT adapter"
 
 
-def write_full(job: Any, source: Path, out: Path, dtype: Any, max_shard_size: str, safe: bool) -> str:
+def write_full(job: FineTuneJob, source: Path, out: Path, dtype: Any, max_shard_size: str, safe: bool) -> str:
     import torch
 
     out.mkdir(parents=True, exist_ok=True)

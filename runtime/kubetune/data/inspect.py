@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any, Callable, TYPE_CHECKING
 
 from .encode import Encoder, check_template
 from .formats import FORMATS, RowError
@@ -13,7 +13,10 @@ from .source import DataError, files_of, load_rows
 from .show import banner, masked_text, report_bad
 from .templates import PROMPT_TEMPLATES
 
-def check_custom_dataset(spec: Any, tokenizer: Any, out: Callable[[str], None] = print, samples: int = 10) -> int:
+if TYPE_CHECKING:  # the API models, for the type checker only (imported at run time where used)
+    from kubetune.api.finetune import DatasetSpec
+
+def check_custom_dataset(spec: DatasetSpec, tokenizer: Any, out: Callable[[str], None] = print, samples: int = 10) -> int:
     """Print the first sample after each stage (as XTuner does), then check every row; return the bad-row count."""
     from .preference import PAIR_FORMATS, check
 
@@ -33,7 +36,7 @@ def check_custom_dataset(spec: Any, tokenizer: Any, out: Callable[[str], None] =
         encoder = Encoder(tokenizer, effective, None if spec.pack_to_max_length else spec.max_length,
                           auto=template_name == "auto" and src.format != "pretrain")
         shown = src is not sources[0]
-        convs = []
+        convs: list[Any] = []
         for i, row in enumerate(rows):
             try:
                 conv = FORMATS[src.format](row)

@@ -14,13 +14,16 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TYPE_CHECKING
 
 from . import pack as packing
 from .encode import IGNORE_INDEX, Encoder, check_template
 from .formats import FORMATS, RowError
 from .source import DataError, files_of, fingerprint, load_rows
 from .templates import PROMPT_TEMPLATES, system_text
+
+if TYPE_CHECKING:  # the API models, for the type checker only (imported at run time where used)
+    from kubetune.api.finetune import DatasetSpec
 
 PIPELINE_VERSION = "2"  # bump when the output of the same inputs changes
 
@@ -52,7 +55,7 @@ class Source:
     files: list[Path] = field(default_factory=list)
 
 
-def sources_of(spec: Any) -> list[Source]:
+def sources_of(spec: DatasetSpec) -> list[Source]:
     out = []
     for src in [spec, *spec.concat]:
         system = system_text(src.system, src.system_template.value if src.system_template else None)
@@ -69,7 +72,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return digest.hexdigest()
 
 
-def build(spec: Any, tokenizer: Any, *, seed: int = 0, cache_root: Path | None = None, num_proc: int | None = None,
+def build(spec: DatasetSpec, tokenizer: Any, *, seed: int = 0, cache_root: Path | None = None, num_proc: int | None = None,
           log: Callable[[str], None] = print) -> Built:
     """The packed (or truncated) token sequences for `spec` (a kubetune.api DatasetSpec), cached."""
     template_name = spec.prompt_template.value
@@ -104,7 +107,7 @@ def build(spec: Any, tokenizer: Any, *, seed: int = 0, cache_root: Path | None =
     return built
 
 
-def _cache_key(spec: Any, sources: list[Source], tokenizer: Any, seed: int) -> str:
+def _cache_key(spec: DatasetSpec, sources: list[Source], tokenizer: Any, seed: int) -> str:
     digest = hashlib.sha256()
     settings = {"v": PIPELINE_VERSION, "template": spec.prompt_template.value, "max_length": spec.max_length,
                 "pack": spec.pack_to_max_length, "shuffle": spec.shuffle_before_pack, "seed": seed,
@@ -196,7 +199,7 @@ def encode_rows(batch: dict[str, list], indices: list[int], *, fmt: str, system:
     total = int(offsets[-1])
     ids = np.fromiter(itertools.chain.from_iterable(e.input_ids for e in encoded), dtype=np.int32, count=total)
     labels = np.fromiter(itertools.chain.from_iterable(e.labels for e in encoded), dtype=np.int32, count=total)
-    has_loss = np.zeros(len(encoded), dtype=bool)
+    has_loss: Any = np.zeros(len(encoded), dtype=bool)
     if total:
         labelled = (labels != IGNORE_INDEX).astype(np.int64)
         has_loss = np.add.reduceat(labelled, offsets[:-1]) > 0 if len(encoded) else has_loss
@@ -218,7 +221,9 @@ def _build(spec, tokenizer, template_name, sources, seed, num_proc, out: Path, l
     # write next to the user's files; intermediates live in the build directory and vanish with it.
     datasets.disable_caching()
     out.mkdir(parents=True)
-    parts, per_source, kept = [], [], []
+    parts: list[Any] = []
+    per_source: list[Any] = []
+    kept: list[Any] = []
     pack = spec.pack_to_max_length
     features = _encoded_features()
     for src in sources:
@@ -235,7 +240,7 @@ def _build(spec, tokenizer, template_name, sources, seed, num_proc, out: Path, l
                       fn_kwargs=dict(fmt=src.format, system=src.system, template_name=effective, tokenizer=tokenizer,
                                      max_length=None if pack else spec.max_length, where=where))
         has_loss = column(enc, "has_loss")
-        no_loss = len(has_loss) - sum(has_loss)
+        no_loss = len(has_loss) - sum(bool(x) for x in has_loss)
         offset = sum(len(part) for part in parts)
         # Samples with nothing to learn are left out by index rather than with `filter`, which would add an indices
         # mapping and force a full copy of the encoded data before packing.

@@ -11,12 +11,16 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, TYPE_CHECKING
 
 from .encode import IGNORE_INDEX, Encoder
 from .formats import RowError, openai
 from .source import DataError, files_of, load_rows
 from .templates import PROMPT_TEMPLATES, system_text
+
+if TYPE_CHECKING:  # the API models, for the type checker only (imported at run time where used)
+    from kubetune.api.finetune import DatasetSpec
+    from kubetune.api.method import MethodSpec
 
 Messages = list[dict[str, Any]]
 
@@ -148,7 +152,7 @@ def reward_token_id(tokenizer: Any, token: str | None) -> int:
     return int(ids[0])
 
 
-def encode_pairs(spec: Any, tokenizer: Any, reward_token: int | None, seed: int = 0,
+def encode_pairs(spec: DatasetSpec, tokenizer: Any, reward_token: int | None, seed: int = 0,
                  rows_of: Callable[[Any], tuple[str, list[dict[str, Any]]]] | None = None
                  ) -> tuple[list[tuple[Side, Side]], Report]:
     """Every source's rows → (chosen, rejected) sides, in file order."""
@@ -228,12 +232,15 @@ def pack_pairs(pairs: list[tuple[Side, Side]], capacity: int, shuffle: bool, see
     return out
 
 
-def method_reward_token(method: Any, tokenizer: Any) -> int | None:
+def method_reward_token(method: MethodSpec, tokenizer: Any) -> int | None:
     """The token a reward model scores at (None for dpo and orpo)."""
-    return reward_token_id(tokenizer, method.reward.reward_token) if method.type.value == "reward" else None
+    if method.type.value != "reward":
+        return None
+    assert method.reward is not None  # MethodSpec fills it for type reward
+    return reward_token_id(tokenizer, method.reward.reward_token)
 
 
-def build(spec: Any, tokenizer: Any, *, seed: int = 0, reward_token: int | None = None,
+def build(spec: DatasetSpec, tokenizer: Any, *, seed: int = 0, reward_token: int | None = None,
           log: Callable[[str], None] = lambda s: None) -> tuple[list[dict[str, Any]], Report]:
     pairs, report = encode_pairs(spec, tokenizer, reward_token, seed)
     capacity = 2 * spec.max_length if spec.pack_to_max_length else 0
@@ -244,8 +251,7 @@ def build(spec: Any, tokenizer: Any, *, seed: int = 0, reward_token: int | None 
     return sequences, report
 
 
-
-def check(spec: Any, tokenizer: Any, out: Callable[[str], None] = print) -> int:
+def check(spec: DatasetSpec, tokenizer: Any, out: Callable[[str], None] = print) -> int:
     """`check-custom-dataset` for preference data: the first pair at each stage, then every row checked; returns the
     number of rows that cannot be used (malformed, or with an empty response)."""
     from .show import banner, masked_text, report_bad
@@ -280,7 +286,7 @@ def check(spec: Any, tokenizer: Any, out: Callable[[str], None] = print) -> int:
                     out(tokenizer.decode(side.input_ids[:len(side.labels) - sum(t != IGNORE_INDEX
                                                                                 for t in side.labels)])
                         + " | " + masked_text(tokenizer, side.labels))
-                packed = pack_pairs([tuple(sides)], 2 * spec.max_length, False, 0)[0]
+                packed = pack_pairs([(sides[0], sides[1])], 2 * spec.max_length, False, 0)[0]
                 out(banner("packed sequence"))
                 out(f"sample lengths (chosen, rejected): {packed['seq_lens']}")
                 shown = True

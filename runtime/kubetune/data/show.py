@@ -29,7 +29,9 @@ def report_bad(out: Callable[[str], None], bad: list[str], uris: list[str]) -> i
 
 def masked_text(tokenizer: Any, labels: list[int]) -> str:
     """Decoded label tokens, with each run of masked positions shown as `[-100]×N`."""
-    parts, run, masked = [], [], 0
+    parts: list[str] = []
+    run: list[int] = []
+    masked = 0
     for token in labels:
         if token == IGNORE_INDEX:
             if run:

@@ -131,6 +131,13 @@ def _is_json_array(path: Path) -> bool:
 _SKIP = re.compile(r"[\s,]*")
 
 
+def _skip(text: str, pos: int) -> int:
+    """Where the separators after `pos` end (the pattern matches the empty string too)."""
+    match = _SKIP.match(text, pos)
+    assert match is not None
+    return match.end()
+
+
 def _as_json_lines(path: Path, work: Path, block: int = 1 << 22) -> Path:
     """Stream a JSON array into JSON lines, one element at a time. `datasets` would `json.load` the whole array into
     Python objects (gigabytes for a large file; XTuner issues #443, #758); JSON lines are read in Arrow blocks."""
@@ -140,14 +147,14 @@ def _as_json_lines(path: Path, work: Path, block: int = 1 << 22) -> Path:
     line, index, limit = 1, 0, max_row_bytes()
     with path.open("r", encoding="utf-8") as fin, target.open("w", encoding="utf-8") as fout:
         buf = fin.read(block)
-        pos = _SKIP.match(buf, 0).end()
+        pos = _skip(buf, 0)
         if buf[pos:pos + 1] != "[":
             raise DataError(f"{path}: expected a JSON array")
         line += buf.count("\n", 0, pos)
         pos += 1
         eof = False
         while True:
-            skip = _SKIP.match(buf, pos).end()
+            skip = _skip(buf, pos)
             line += buf.count("\n", pos, skip)
             pos = skip
             if pos >= len(buf) or (not eof and len(buf) - pos < block // 2):
@@ -205,11 +212,11 @@ def _diagnose_json(path: Path) -> None:
         _check_same_types(path, rows)
         return
     rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
+    for n, row_text in enumerate(text.splitlines(), 1):
+        if not row_text.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(row_text)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: line {n}: not valid JSON: {exc.msg}") from None
         if not isinstance(row, dict):

@@ -89,11 +89,11 @@ def trained_defaults(path: Path) -> tuple[str | None, str | None]:
     config = path / "kubetune_config.yaml"
     if not config.is_file():
         return None, None
-    from kubetune.api.loader import load_manifest
+    from kubetune.api.loader import load_finetunejob
     from kubetune.data.templates import system_text
 
     try:
-        ds = load_manifest(config, kind="FineTuneJob").spec.dataset
+        ds = load_finetunejob(config).spec.dataset
     except Exception:  # an old or hand-edited file must not stop serving; the flags still apply
         return None, None
     return ds.prompt_template.value, system_text(ds.system, ds.system_template.value if ds.system_template else None)

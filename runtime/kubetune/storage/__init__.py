@@ -5,6 +5,7 @@ HF_HUB_OFFLINE honoured, HF_TOKEN used)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -76,7 +77,7 @@ def _hf(spec: str, repo_type: str) -> Path:
 
 
 def is_remote(uri: str | None) -> bool:
-    return bool(uri) and uri.startswith("s3://")
+    return uri is not None and uri.startswith("s3://")
 
 
 def cache_root() -> Path:
@@ -105,6 +106,6 @@ def _s3(uri: str) -> Path:
     total = sum(listing.values())
     print(f"kubetune: downloading {len(listing)} files ({total / 2**20:.1f} MiB) from {uri}", flush=True)
     paths = {key: inside(target, key, f"{uri}: object {key!r}") for key in listing}  # every key, before any transfer
-    s3.parallel([lambda k=key: s3.get_file(where.join(k), paths[k]) for key in listing])
+    s3.parallel([functools.partial(s3.get_file, where.join(key), paths[key]) for key in listing])
     index.write_text(json.dumps(listing))
     return target

@@ -11,6 +11,7 @@ layout and manifest, copied and renamed into place.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -45,7 +46,7 @@ def publish(directory: Path, uri: str, log: Callable[[str], None] = print) -> No
     remote = s3.S3Uri.parse(uri)
     written = directory / MANIFEST  # a checkpoint's own, computed when it was saved
     content = json.loads(written.read_text()) if written.is_file() else manifest(directory)
-    s3.parallel([lambda rel=rel: s3.put_file(directory / rel, remote.join(rel), log) for rel in content["files"]])
+    s3.parallel([functools.partial(s3.put_file, directory / rel, remote.join(rel), log) for rel in content["files"]])
     s3.put_bytes(json.dumps(content, indent=1).encode(), remote.join(MANIFEST), log)
 
 
@@ -71,7 +72,7 @@ def download_checkpoint(remote: s3.S3Uri, step: int, work_dir: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     paths = {rel: inside(tmp, rel, f"{source.join(MANIFEST)}: entry {rel!r}") for rel in content["files"]}
-    s3.parallel([lambda rel=rel: s3.get_file(source.join(rel), paths[rel]) for rel in content["files"]])
+    s3.parallel([functools.partial(s3.get_file, source.join(rel), paths[rel]) for rel in content["files"]])
     for rel, meta in content["files"].items():
         if sha256(paths[rel]) != meta["sha256"]:
             raise StorageError(f"{source.join(rel)}: sha256 does not match the manifest; not resuming from it")

@@ -29,7 +29,8 @@ def rng_state() -> dict[str, Any]:
     import torch
 
     version, keys, gauss = random.getstate()
-    kind, np_keys, pos, has_gauss, cached = np.random.get_state()
+    legacy: Any = np.random.get_state()  # (kind, keys, pos, has_gauss, cached)
+    kind, np_keys, pos, has_gauss, cached = legacy
     state = {"python": {"version": version, "state": torch.tensor(keys, dtype=torch.int64), "gauss": gauss},
              "numpy": {"kind": kind, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(pos),
                        "has_gauss": int(has_gauss), "cached": float(cached)},
@@ -286,6 +287,7 @@ def _fetch_remote(work_dir: Path, resume: str, remote: str | None) -> None:
             raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint (no matching manifest)")
         sync.download_checkpoint(s3.S3Uri.parse(base), int(name[5:]), work_dir)
         return
+    assert remote is not None  # `auto` fetches only when there is a remote copy
     store = sync.store(remote)
     steps = store.steps()
     local = checkpoints(work_dir)

@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from kubetune.model.attention import generation_attention
+
+if TYPE_CHECKING:  # the API models, for the type checker only (imported at run time where used)
+    from kubetune.api.finetune import FineTuneJobSpec
 
 
 class Hook:
@@ -158,14 +161,14 @@ class EvaluateChat(Hook):
     """Answer `evaluation.inputs` with the training template before training, every N steps and at the end; write
     `eval_outputs_iter_N.txt` (XTuner's EvaluateChatHook)."""
 
-    def __init__(self, spec: Any, tokenizer: Any, work_dir: Path, log: Any):
+    def __init__(self, spec: FineTuneJobSpec, tokenizer: Any, work_dir: Path, log: Any):
         self.inputs = list(spec.evaluation.inputs)
         self.every = spec.evaluation.every_steps
         self.max_new_tokens = spec.evaluation.max_new_tokens
         self.tokenizer, self.work_dir, self.log = tokenizer, work_dir, log
         self.prompts = [self._prompt(spec, text) for text in self.inputs]
 
-    def _prompt(self, spec: Any, text: str) -> list[int]:
+    def _prompt(self, spec: FineTuneJobSpec, text: str) -> list[int]:
         from kubetune.data.encode import special_ids
         from kubetune.data.templates import PROMPT_TEMPLATES, system_text
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kubetune.model.attention import training_attention
 from kubetune.model.packed import accepts_logits_mask, packed_forward
@@ -24,10 +24,13 @@ from .schedule import build_optimizer, build_scheduler
 from .steps import (build_data, collator, hooks_for, objective_for, pick_seed, plan_steps, report_throughput,
                     sampling_order, save_policy, seed_everything)
 
+if TYPE_CHECKING:  # the API models, for the type checker only (imported at run time where used)
+    from kubetune.api.finetune import FineTuneJob, FineTuneJobSpec
+
 __all__ = ["run", "final_checkpoint", "TrainError"]
 
 
-def run(job: Any, work_dir: str | None, resume: str | None, config_name: str,
+def run(job: FineTuneJob, work_dir: str | None, resume: str | None, config_name: str,
         deepspeed_file: str | None = None) -> int:
     spec = job.spec
     uses_deepspeed = spec.training.deepspeed.value != "none" or deepspeed_file is not None
@@ -38,7 +41,7 @@ def run(job: Any, work_dir: str | None, resume: str | None, config_name: str,
         distributed.shutdown(dist)
 
 
-def _run(job: Any, spec: Any, dist: distributed.Dist, work_dir: str | None, resume: str | None, name: str,
+def _run(job: FineTuneJob, spec: FineTuneJobSpec, dist: distributed.Dist, work_dir: str | None, resume: str | None, name: str,
          uses_deepspeed: bool, deepspeed_file: str | None) -> int:
     import torch
 
@@ -141,7 +144,7 @@ def _run(job: Any, spec: Any, dist: distributed.Dist, work_dir: str | None, resu
     # 7. Finish uploads, report, point at the next step.
     if checkpointer.uploads:
         checkpointer.uploads.finish()
-    if dist.rank == 0:
+    if log is not None:  # rank 0
         report_throughput(model, spec, log, work)
         say(f"done: checkpoints in {work}; next: kubetune convert pth_to_hf "
             f"{work / stamp / 'config.json'} {checkpoint.checkpoints(work)[-1]} ./hf_out")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from kubetune.model.attention import MASK_IGNORES_PACKING
 from kubetune.model.dtypes import bitsandbytes_config, torch_dtype
 from kubetune.model.tokenizer import ModelLoadError
 from kubetune.storage import StorageError, local_path
+
+if TYPE_CHECKING:  # the API models, for the type checker only (imported at run time where used)
+    from kubetune.api.finetune import FineTuneJobSpec
 
 
 @dataclass
@@ -28,7 +31,7 @@ class Precision:
                          None, False)
 
 
-def resolve_precision(spec: Any, device: Any) -> Precision:
+def resolve_precision(spec: FineTuneJobSpec, device: Any) -> Precision:
     import torch
 
     wanted = spec.training.precision.value
@@ -48,7 +51,7 @@ def resolve_precision(spec: Any, device: Any) -> Precision:
     return Precision(load, None if wanted == "fp32" else compute, wanted == "fp16")
 
 
-def build_model(spec: Any, device: Any, precision: Precision, seed: int = 0,
+def build_model(spec: FineTuneJobSpec, device: Any, precision: Precision, seed: int = 0,
                 attn_implementation: str | None = None, say: Any = None) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
@@ -102,6 +105,7 @@ def build_model(spec: Any, device: Any, precision: Precision, seed: int = 0,
         from . import lora
 
         try:
+            assert spec.method.lora is not None  # MethodSpec requires it for lora and qlora
             adapter = lora.plan(model, spec.method.lora)
             torch.manual_seed(seed)  # the adapters' initial values are part of a reproducible run
             model = lora.apply(model, adapter, say)
@@ -143,10 +147,11 @@ def unquantized_share(model: Any) -> float:
     return sum(sizes[name] for name in experts) / total if experts and total else 0.0
 
 
-def _bnb_config(spec: Any, precision: Precision) -> Any:
+def _bnb_config(spec: FineTuneJobSpec, precision: Precision) -> Any:
     import torch
 
     q = spec.method.quantization
+    assert q is not None  # MethodSpec requires it for qlora
     compute = precision.autocast or torch.float32
     if q.compute_dtype.value != "auto":
         compute = torch_dtype(q.compute_dtype.value)

@@ -4,10 +4,13 @@ a labelled token; a preference method's is a chosen/rejected pair."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, TYPE_CHECKING
 
 from .targets import token_loss_sum, with_targets
 from .preference import dpo_loss, orpo_loss, reward_loss, segment_logps
+
+if TYPE_CHECKING:  # the API models, for the type checker only (imported at run time where used)
+    from kubetune.api.method import MethodSpec
 
 Objective = Callable[[Any, dict], tuple[Any, dict[str, Any]]]
 
@@ -61,7 +64,7 @@ def _flat(logits: Any) -> Any:
     return logits.reshape(-1, logits.size(-1))
 
 
-def preference(method: Any, forward: Callable[[Any, dict], Any], reference: Any = None) -> Objective:
+def preference(method: MethodSpec, forward: Callable[[Any, dict], Any], reference: Any = None) -> Objective:
     """dpo, orpo or reward. `reference` (dpo, full parameters): a frozen copy of the starting model; with adapters
     the reference is the same model with its adapters disabled, so no second copy is held."""
     import torch
@@ -87,13 +90,16 @@ def preference(method: Any, forward: Callable[[Any, dict], Any], reference: Any 
             scores = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).reshape(-1)
             scores = scores[batch["last_positions"]].float()
             r = method.reward
+            assert r is not None  # MethodSpec fills the method's own settings
             losses, metrics = reward_loss(scores[0::2], scores[1::2], r.loss_type, r.penalty, r.penalty_weight)
         elif kind == "orpo":
             sums, tokens = logps(model, batch)
             mean = sums / tokens.clamp(min=1)
+            assert method.orpo is not None
             losses, metrics = orpo_loss(mean[0::2], mean[1::2], method.orpo.beta)
         else:
             d = method.dpo
+            assert d is not None
             sums, tokens = logps(model, batch)
             ref = reference_logps(model, batch)
             if d.loss_type == "ipo":  # IPO compares per-token averages

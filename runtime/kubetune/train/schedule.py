@@ -4,7 +4,10 @@ steps, then cosine to 0 (or linear to 0, or constant), all counted in optimizer 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TYPE_CHECKING
+
+if TYPE_CHECKING:  # the API models, for the type checker only (imported at run time where used)
+    from kubetune.api.finetune import TrainingSpec
 
 WARMUP_START_FACTOR = 1e-5  # XTuner's LinearLR start_factor
 
@@ -22,7 +25,7 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_optimizer(params: list[Any], spec: Any) -> Any:
+def build_optimizer(params: list[Any], spec: TrainingSpec) -> Any:
     import torch
 
     opt = spec.optimizer
@@ -40,7 +43,7 @@ def build_optimizer(params: list[Any], spec: Any) -> Any:
     return cls(params, lr=opt.lr, betas=betas, weight_decay=opt.weight_decay, eps=opt.eps)
 
 
-def build_scheduler(optimizer: Any, total_steps: int, spec: Any) -> Any:
+def build_scheduler(optimizer: Any, total_steps: int, spec: TrainingSpec) -> Any:
     import torch
 
     warmup = int(round(spec.warmup_ratio * total_steps))

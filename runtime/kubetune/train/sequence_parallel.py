@@ -108,6 +108,7 @@ def ulysses_attention(module: Any, query: Any, key: Any, value: Any, attention_m
                       scaling: float | None = None, **kwargs: Any) -> tuple[Any, None]:
     """transformers attention function: q/k/v arrive as (B, heads, S/P, D); returns (B, S/P, heads, D)."""
     sp = _ACTIVE
+    assert sp is not None  # setup() ran before the model was built with this attention
     heads, kv_heads = query.shape[1], key.shape[1]
     if heads % sp.size:
         raise TrainError(f"training.sequenceParallelSize {sp.size} must divide the model's {heads} attention heads")

@@ -6,7 +6,7 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from . import checkpoint
 from .hooks import (EvaluateChat, Hook, Metrics, ProgressBar, ProgressFile, StopAfterStep, TensorBoard, TextLog,
@@ -14,8 +14,11 @@ from .hooks import (EvaluateChat, Hook, Metrics, ProgressBar, ProgressFile, Stop
 from .report import StatusReporter
 from .sampler import ResumableBatches
 
+if TYPE_CHECKING:  # the API models, for the type checker only (imported at run time where used)
+    from kubetune.api.finetune import FineTuneJobSpec
 
-def pick_seed(spec: Any, resume_from: Path | None) -> int:
+
+def pick_seed(spec: FineTuneJobSpec, resume_from: Path | None) -> int:
     if resume_from is not None:
         return int(json.loads((resume_from / checkpoint.STATE).read_text())["seed"])
     return spec.training.seed if spec.training.seed is not None else random.SystemRandom().randint(0, 2**31 - 1)
@@ -30,7 +33,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_data(spec: Any, seed: int, say: Any) -> tuple[Any, Any]:
+def build_data(spec: FineTuneJobSpec, seed: int, say: Any) -> tuple[Any, Any]:
     from kubetune.data.pipeline import build, summary
     from kubetune.model.tokenizer import load_tokenizer
 
@@ -58,14 +61,15 @@ def build_data(spec: Any, seed: int, say: Any) -> tuple[Any, Any]:
     return tokenizer, built.dataset
 
 
-def plan_steps(spec: Any, batches: ResumableBatches) -> int:
+def plan_steps(spec: FineTuneJobSpec, batches: ResumableBatches) -> int:
     if spec.training.max_steps:
         return spec.training.max_steps
     per_epoch = max(1, batches.batches_per_epoch() // spec.training.accumulative_counts)
+    assert spec.training.max_epochs is not None  # TrainingSpec sets 3 when neither is given
     return spec.training.max_epochs * per_epoch
 
 
-def save_policy(spec: Any, batches: ResumableBatches):
+def save_policy(spec: FineTuneJobSpec, batches: ResumableBatches):
     if spec.checkpoints.by_epoch:
         per_epoch = max(1, batches.batches_per_epoch() // spec.training.accumulative_counts)
         return lambda step: step % per_epoch == 0
@@ -73,7 +77,7 @@ def save_policy(spec: Any, batches: ResumableBatches):
     return lambda step: step % every == 0
 
 
-def collator(tokenizer: Any, spec: Any, data: Any):
+def collator(tokenizer: Any, spec: FineTuneJobSpec, data: Any):
     from kubetune.data.collate import collate
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -85,7 +89,7 @@ def collator(tokenizer: Any, spec: Any, data: Any):
     return lambda rows: collate(rows, pad_token_id=pad)
 
 
-def sampling_order(spec: Any, data: Any, dp_world: int):
+def sampling_order(spec: FineTuneJobSpec, data: Any, dp_world: int):
     """None (the sampler's plain shuffle) unless LLaVA's modality-length grouping is asked for."""
     if not (spec.model.vision and spec.dataset.group_by_modality_length):
         return None
@@ -95,11 +99,12 @@ def sampling_order(spec: Any, data: Any, dp_world: int):
     return lambda seed, epoch: modality_grouped_order(lengths, group, seed, epoch)
 
 
-def hooks_for(rank: int, spec: Any, tokenizer: Any, work: Path, log: TextLog | None) -> list[Hook]:
+def hooks_for(rank: int, spec: FineTuneJobSpec, tokenizer: Any, work: Path, log: TextLog | None) -> list[Hook]:
     """Logging and metrics on rank 0. Every rank runs the evaluation: under ZeRO-3 a forward pass gathers weights
     from all ranks, so generation must run in lockstep everywhere (only rank 0 writes)."""
     hooks: list[Hook] = []
     if rank == 0:
+        assert log is not None  # rank 0 always logs
         hooks += [log, ProgressFile(work), TensorBoard(log.dir / "vis_data"), ProgressBar()]
         port = os.environ.get("KUBETUNE_METRICS_PORT")
         if port:
@@ -114,7 +119,7 @@ def hooks_for(rank: int, spec: Any, tokenizer: Any, work: Path, log: TextLog | N
     return hooks
 
 
-def report_throughput(model: Any, spec: Any, log: TextLog, work: Path) -> None:
+def report_throughput(model: Any, spec: FineTuneJobSpec, log: TextLog, work: Path) -> None:
     scalars = (work / log.dir.name / "vis_data" / "scalars.json").read_text().splitlines()
     if not scalars:
         return
@@ -127,7 +132,7 @@ def report_throughput(model: Any, spec: Any, log: TextLog, work: Path) -> None:
     log.write(f"throughput: {tps:.0f} tokens/s, {tflops:.4f} TFLOP/s (Megatron formula)")
 
 
-def objective_for(spec: Any, model: Any, tokenizer: Any, seed: int) -> tuple[Any, Any, Any]:
+def objective_for(spec: FineTuneJobSpec, model: Any, tokenizer: Any, seed: int) -> tuple[Any, Any, Any]:
     """(model, objective, prepare) for a preference method: a reward model wraps the language model with its head;
     full-parameter DPO gets a frozen reference copy (adapters are disabled instead). SFT: (model, None, None), and
     the recipe builds the token objective over its forward (packed or sequence-parallel)."""
@@ -144,7 +149,9 @@ def objective_for(spec: Any, model: Any, tokenizer: Any, seed: int) -> tuple[Any
 
         from .reward import build_reward_model
 
-        model = build_reward_model(model, method_reward_token(method, tokenizer), seed)
+        token = method_reward_token(method, tokenizer)
+        assert token is not None  # a reward method always has its token
+        model = build_reward_model(model, token, seed)
     elif method.type.value == "dpo" and method.scheme == "full":
         import copy
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from kubetune.data.encode import IGNORE_INDEX
 from kubetune.data.formats import RowError, llava
@@ -16,6 +16,9 @@ from kubetune.storage import StorageError, local_path
 
 from .image import ImageError, ImageProcessor, open_image
 from .tokens import IMAGE_INDEX, expand
+
+if TYPE_CHECKING:  # the API models, for the type checker only (imported at run time where used)
+    from kubetune.api.finetune import DatasetSpec
 
 
 @dataclass
@@ -43,7 +46,7 @@ class LlavaData:
         return [len(r["input_ids"]) if r["image"] is not None else -len(r["input_ids"]) for r in self.rows]
 
 
-def build(spec: Any, tokenizer: Any, image_id: int, patches: int, processor: ImageProcessor,
+def build(spec: DatasetSpec, tokenizer: Any, image_id: int, patches: int, processor: ImageProcessor,
           seed: int = 0) -> LlavaData:
     """`spec` is the DatasetSpec (format llava); `tokenizer` already knows `<image>` as `image_id`."""
     from kubetune.data.encode import Encoder
@@ -77,6 +80,7 @@ def build(spec: Any, tokenizer: Any, image_id: int, patches: int, processor: Ima
     rows, cut, no_loss = [], 0, 0
     for n, (enc, image) in enumerate(zip(encoder.encode_batch(conversations), images)):
         ids, labels = expand(enc.input_ids, image_id, patches, enc.labels)
+        assert labels is not None  # training rows are encoded with their labels
         if len(ids) > spec.max_length:
             if IMAGE_INDEX in ids[spec.max_length:]:
                 cut += 1  # the image itself would be cut: nothing sensible to train on
@@ -95,7 +99,7 @@ def build(spec: Any, tokenizer: Any, image_id: int, patches: int, processor: Ima
     return LlavaData(rows, processor, spec.pad_image_to_square, report)
 
 
-def _image_folder(spec: Any, files: list[Path]) -> Path:
+def _image_folder(spec: DatasetSpec, files: list[Path]) -> Path:
     if spec.image_folder is None:
         return files[0].parent
     try:

@@ -92,6 +92,6 @@ def open_image(source: str | Path | bytes, where: str = "") -> Any:
             return Image.open(io.BytesIO(source)).convert("RGB")
         return Image.open(source).convert("RGB")
     except FileNotFoundError:
-        raise ImageError(f"{where or source}: image not found") from None
+        raise ImageError(f"{where or str(source)}: image not found") from None  # bytes never get here
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ImageError(f"{where or str(source)[:80]}: not a readable image ({exc})") from None

@@ -53,9 +53,9 @@ def encoder_source(llava: Path, visual_encoder: str | None) -> Path:
         return llava / "visual_encoder"
     for config in (llava / "kubetune_config.yaml", llava.parent / "kubetune_config.yaml"):
         if config.is_file():
-            from kubetune.api.loader import load_manifest
+            from kubetune.api.loader import load_finetunejob
 
-            vision = load_manifest(config, kind="FineTuneJob").spec.model.vision
+            vision = load_finetunejob(config).spec.model.vision
             if vision is not None:
                 return _local(vision.encoder, "model.vision.encoder")
     raise ModelLoadError(f"--llava {llava}: pass --visual-encoder (the CLIP encoder it was trained with)")

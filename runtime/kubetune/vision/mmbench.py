@@ -108,7 +108,7 @@ def run(args: Any) -> int:
         print(f"[{n + 1}/{len(rows)}] {row['index']}: {prediction!r} -> {letter or '?'}", flush=True)
     header = [k for k in results[0] if k != "hit"] + (["hit"] if "answer" in rows[0] else [])
     write_sheet(out / "mmbench_result.xlsx", header, [[r.get(k, "") for k in header] for r in results])
-    summary = accuracy(results) if "answer" in rows[0] else {"Overall": None, "note": "no answer column"}
+    summary: dict[str, Any] = accuracy(results) if "answer" in rows[0] else {"Overall": None, "note": "no answer column"}
     (out / "mmbench_result.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     if summary["Overall"] is not None:
         print(f"Overall accuracy: {summary['Overall']:.4f} ({summary['questions']} questions)")

@@ -31,7 +31,7 @@ def expand(ids: list[int], image_id: int, patches: int, labels: list[int] | None
                 out_labels += [IGNORE_INDEX] * patches
         else:
             out_ids.append(token)
-            if out_labels is not None:
+            if out_labels is not None and labels is not None:
                 out_labels.append(labels[k])
     return out_ids, out_labels
 

@@ -4,7 +4,7 @@ frozen depends on the stage), and the grouped sampling order."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from kubetune.model.tokenizer import ModelLoadError
 from kubetune.storage import StorageError, local_path
@@ -13,6 +13,9 @@ from . import projector as projector_io
 from .image import ImageProcessor
 from .model import build_llava, patches_of
 from .tokens import add_image_token
+
+if TYPE_CHECKING:  # the API models, for the type checker only (imported at run time where used)
+    from kubetune.api.finetune import FineTuneJobSpec
 
 
 def encoder_dir(uri: str, field: str = "model.vision.encoder") -> Path:
@@ -35,9 +38,10 @@ def encoder_config(path: Path, field: str = "model.vision.encoder") -> Any:
     return config
 
 
-def build_data(spec: Any, tokenizer: Any, seed: int) -> Any:
+def build_data(spec: FineTuneJobSpec, tokenizer: Any, seed: int) -> Any:
     from . import data
 
+    assert spec.model.vision is not None  # the spec's rules tie format llava to model.vision
     path = encoder_dir(spec.model.vision.encoder)
     config = encoder_config(path)
     processor = ImageProcessor.from_encoder(path, config.image_size)
@@ -54,11 +58,12 @@ def load_encoder(path: Path, dtype: Any, field: str = "model.vision.encoder") ->
                              f"({' '.join(str(exc).split())[:200]})") from None
 
 
-def with_vision(spec: Any, llm: Any, device: Any, precision: Any, seed: int) -> Any:
+def with_vision(spec: FineTuneJobSpec, llm: Any, device: Any, precision: Any, seed: int) -> Any:
     """The LLM as built for its scheme → the LLaVA module, frozen as the stage says."""
     import torch
 
     vision = spec.model.vision
+    assert vision is not None
     encoder = load_encoder(encoder_dir(vision.encoder), precision.autocast or torch.float32)
     encoder.requires_grad_(False)
     lora = spec.method.vision.encoder_lora if spec.method.vision else None
