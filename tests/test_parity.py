@@ -157,3 +157,18 @@ def test_a_chatendpoint_becomes_the_pods_serve_arguments(tmp_path):
                                                               ["<end>"], 9000)
     spec = parse_manifest(yaml.safe_load(path.read_text()), kind="ChatEndpoint").spec
     assert argv[1:-2] == serve_arguments(spec, "/a", "emo")
+
+
+def test_adapter_configs_are_written_in_one_order(tmp_path):
+    """PEFT saves target_modules from a set (its order follows the process's hash seed); checkpoints sort it, so the
+    same run gives the same bytes in every process (the operator parity test compares them)."""
+    from kubetune.train.checkpoint import stable_adapter_configs
+
+    for order in (["v_proj", "q_proj", "o_proj"], ["o_proj", "q_proj", "v_proj"]):
+        target = tmp_path / "-".join(order) / "llm_adapter"
+        target.mkdir(parents=True)
+        (target / "adapter_config.json").write_text(json.dumps({"r": 8, "target_modules": order}, indent=2,
+                                                               sort_keys=True))  # as PEFT writes it
+        stable_adapter_configs(target.parent)
+    texts = {p.read_text() for p in tmp_path.rglob("adapter_config.json")}
+    assert len(texts) == 1 and json.loads(texts.pop())["target_modules"] == ["o_proj", "q_proj", "v_proj"]

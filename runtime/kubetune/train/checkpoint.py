@@ -105,6 +105,7 @@ def _save(ck: Checkpointer, run: Any) -> Path:
         if ck.rank == 0:
             unwrapped.save_pretrained(tmp / "model", safe_serialization=True,
                                       **({"state_dict": whole} if whole is not None else {}))
+            stable_adapter_configs(tmp / "model")
             if ck.engine is None:
                 torch.save(run.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(run.scheduler.state_dict(), tmp / "scheduler.pt")
@@ -131,6 +132,17 @@ def _save(ck: Checkpointer, run: Any) -> Path:
         os.replace(tmp, final)
         prune(ck.work_dir, ck.keep)
     return final
+
+
+def stable_adapter_configs(directory: Path) -> None:
+    """PEFT writes `target_modules` from a set, in an order that changes with each process's hash seed: sorted, the
+    same run writes the same bytes (checkpoints and exports compare equal, here and in a cluster)."""
+    for path in directory.rglob("adapter_config.json"):
+        config = json.loads(path.read_text())
+        modules = config.get("target_modules")
+        if isinstance(modules, list) and modules != sorted(modules):
+            config["target_modules"] = sorted(modules)
+            path.write_text(json.dumps(config, indent=2, sort_keys=True))  # as PEFT writes it
 
 
 def has_adapters(model: Any) -> bool:
