@@ -172,3 +172,24 @@ def test_adapter_configs_are_written_in_one_order(tmp_path):
         stable_adapter_configs(target.parent)
     texts = {p.read_text() for p in tmp_path.rglob("adapter_config.json")}
     assert len(texts) == 1 and json.loads(texts.pop())["target_modules"] == ["o_proj", "q_proj", "v_proj"]
+
+
+def test_a_chatendpoint_manifest_serves_here_with_its_name_and_keys(tmp_path, tiny_dir):
+    """`kubetune serve ENDPOINT.yaml`: the model, template and name from the spec, auth kept (keys given here)."""
+    from .chatkit import Server, http
+
+    keys = tmp_path / "keys"
+    keys.write_text("sk-local-1\n")
+    doc = {"apiVersion": "kubetune.io/v1alpha1", "kind": "ChatEndpoint", "metadata": {"name": "ep"},
+           "spec": {"model": {"uri": str(tiny_dir)}, "promptTemplate": "internlm2_chat", "replicas": 2,
+                    "auth": {"apiKeySecretRef": "chat-keys"}, "generation": {"temperature": 0}}}
+    path = tmp_path / "endpoint.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    server = Server(path, tmp_path / "serve.log", "--api-key-file", str(keys))
+    try:
+        assert http("GET", f"{server.url}/v1/models")[0] == 401
+        status, _, body = http("GET", f"{server.url}/v1/models", headers={"Authorization": "Bearer sk-local-1"})
+        assert status == 200 and [m["id"] for m in body["data"]] == ["ep"], body
+    finally:
+        assert server.stop() == 0
+    assert "ignored here: replicas=2 (cluster only)" in (tmp_path / "serve.log").read_text()
