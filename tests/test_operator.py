@@ -336,6 +336,12 @@ def test_chatendpoint_becomes_ready(cluster, operator):
     assert {"startupProbe", "readinessProbe", "livenessProbe"} <= set(container)
     assert cluster.get_json("-n", NS, "hpa", "chat")["spec"]["maxReplicas"] == 4
     assert cluster.get_json("-n", NS, "pdb", "chat")["spec"]["maxUnavailable"] == 1
+    # The scale subresource names the pods, so an HPA or KEDA on the ChatEndpoint itself can count them.
+    scale = json.loads(cluster.kubectl("get", "--raw",
+                                       f"/apis/kubetune.io/v1alpha1/namespaces/{NS}/chatendpoints/chat/scale").stdout)
+    assert scale["status"]["selector"] == "app.kubernetes.io/component=server,app.kubernetes.io/instance=chat"
+    pods = cluster.get_json("-n", NS, "pods", "-l", scale["status"]["selector"])["items"]
+    assert len(pods) == cluster.get_json("-n", NS, "deployment", "chat")["status"]["replicas"] >= 1
 
 
 def test_end_to_end_the_rendered_pods_really_train(cluster, operator, tiny_dir, tmp_path):

@@ -187,6 +187,9 @@ def convert(job: dict | None, status: dict, output_uri: str, generation: int, no
 def chat(deployment: dict | None, status: dict, url: str, served: str, generation: int, now: str) -> Outcome:
     conditions = list(status.get("conditions", []))
     patch: dict[str, Any] = {"observedGeneration": generation, "url": url, "servedModel": served}
+    pods = ((deployment or {}).get("spec", {}).get("selector") or {}).get("matchLabels")
+    if pods:  # the scale subresource's labelSelectorPath: what an HPA or KEDA counts the replicas by
+        patch["selector"] = ",".join(f"{k}={v}" for k, v in sorted(pods.items()))
     st = (deployment or {}).get("status", {})
     want = (deployment or {}).get("spec", {}).get("replicas", 1)
     ready = int(st.get("readyReplicas", 0) or 0)
