@@ -36,7 +36,7 @@ def answers(model: str, adapter: str | None, template: str, prompts: list[str]) 
     """Greedy answers through kubetune's own chat path: the loader (adapter folded in) and the training template."""
     import torch
 
-    from kubetune.chat.load import load
+    from kubetune.model.load import load
     from kubetune.chat.prompt import Prompter
 
     loaded = load(model, adapter)
