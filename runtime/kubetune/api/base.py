@@ -82,7 +82,8 @@ def get_path(obj: Any, path: str) -> Any:
     for key in path.split("."):
         if obj is None:
             return None
-        name = field_name(type(obj), key)  # type: ignore[arg-type]  # model classes are hashable
+        model: type[BaseModel] = type(obj)
+        name = field_name(model, key)
         obj = getattr(obj, name)
     return obj
 

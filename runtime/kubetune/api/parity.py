@@ -8,11 +8,11 @@ docs/local-vs-cluster.md; tests/test_parity.py walks every field of the models a
 
 from __future__ import annotations
 
-import types
-import typing
 from typing import Any, Iterator
 
 from pydantic import BaseModel
+
+from .base import field_name, list_submodel, submodel
 
 HONOURED = "honoured"
 EQUIVALENT = "local equivalent"
@@ -145,25 +145,14 @@ def fields(kind: type[BaseModel]) -> Iterator[str]:
 def _walk(model: Any, prefix: str) -> Iterator[str]:
     for name, info in model.model_fields.items():
         path = f"{prefix}.{info.alias or name}"
-        inner, is_list = _model_in(info.annotation)
-        if inner is None:
-            yield path
+        items = list_submodel(info.annotation)
+        inner = submodel(info.annotation) if items is None else None
+        if items is not None:
+            yield from _walk(items, path + "[]")
+        elif inner is not None:
+            yield from _walk(inner, path)
         else:
-            yield from _walk(inner, path + ("[]" if is_list else ""))
-
-
-def _model_in(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
-    """The model inside `X`, `X | None`, `Annotated[X, ...]` or `list[X]`, and whether it is a list's items."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation, False
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is typing.Annotated:
-        return _model_in(args[0])
-    if origin is list:
-        return _model_in(args[0])[0], True
-    if origin in (typing.Union, types.UnionType):
-        return next(((m, is_list) for m, is_list in map(_model_in, args) if m is not None), (None, False))
-    return None, False
+            yield path
 
 
 def cluster_only_settings(obj: Any) -> list[tuple[str, Any]]:
@@ -184,9 +173,9 @@ def _value(obj: Any, path: str) -> tuple[bool, Any]:
     for key in path.split("."):
         if obj is None:
             return False, None
-        name = next(n for n, info in type(obj).model_fields.items() if key in (n, info.alias))
-        info = type(obj).model_fields[name]
-        obj = getattr(obj, name)
+        model: type[BaseModel] = type(obj)
+        name = field_name(model, key)
+        info, obj = model.model_fields[name], getattr(obj, name)
     if obj == info.get_default(call_default_factory=True):
         return False, None
     value = obj.model_dump(mode="json", by_alias=True) if isinstance(obj, BaseModel) else obj
