@@ -231,11 +231,11 @@ def test_one_prompt_mode_and_user_errors(cli, tiny_dir, tokenizer, tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == want.strip()
     r = cli("chat", str(tmp_path / "missing"), "--prompt", "hi")
-    assert r.returncode == 1 and "missing" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "missing" in r.stderr and "Traceback" not in r.stderr
     r = cli("chat", str(tiny_dir), "--with-plugins", "calculate", "--prompt", "1+1")
-    assert r.returncode == 1 and "--prompt-template moss_sft" in r.stderr
+    assert r.returncode == 2 and "--prompt-template moss_sft" in r.stderr
     r = cli("chat", str(tiny_dir), "--adapter", str(tmp_path), "--prompt", "hi")
-    assert r.returncode == 1 and "adapter_config.json" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "adapter_config.json" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_a_converted_model_brings_its_template(tmp_path):

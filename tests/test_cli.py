@@ -85,7 +85,7 @@ def test_copy_cfg_seed_example(tmp_path, cli):
 
 def test_copy_cfg_unknown_name(tmp_path, cli):
     out = cli("copy-cfg", "internlm2_chat_1_8b_qlora_alpaka_e3", str(tmp_path))
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert "did you mean internlm2_chat_1_8b_qlora_alpaca_e3" in out.stderr
     assert "Traceback" not in out.stderr
 
@@ -105,7 +105,7 @@ def test_train_bad_manifest_lists_every_field(tmp_path, cli):
         "spec": {"model": {"uri": "m"}, "dataset": {"uri": "d"}, "method": {"type": "qlora"},
                  "training": {"deepspeed": "zero3_offload", "maxEpochs": 3, "maxSteps": 10}}}))
     out = cli("train", str(bad))
-    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "Traceback" not in out.stderr
     for field in ("spec.method.type", "spec.training.deepspeed", "spec.training.maxEpochs", "spec.training.maxSteps"):
         assert field in out.stderr
 
@@ -119,7 +119,7 @@ def test_unreadable_files_are_clear(tmp_path, cli, content, message):
     path = tmp_path / "x.yaml"
     path.write_text(content)
     out = cli("validate", str(path))
-    assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
 
 
 def test_train_a_hub_model_offline_is_a_clear_error(cli, tmp_path):
@@ -129,20 +129,20 @@ def test_train_a_hub_model_offline_is_a_clear_error(cli, tmp_path):
     out = subprocess.run([sys.executable, "-m", "kubetune", "train", "internlm2_chat_1_8b_qlora_alpaca_e3",
                           "--cfg-options", "training.maxSteps=5", "--work-dir", str(tmp_path / "w")],
                          capture_output=True, text=True, env=env)
-    assert out.returncode == 1 and "hf://internlm/internlm2-chat-1_8b" in out.stderr
+    assert out.returncode == 2 and "hf://internlm/internlm2-chat-1_8b" in out.stderr
     assert "Traceback" not in out.stderr
     ds = subprocess.run([sys.executable, "-m", "kubetune", "train", "examples/local-alpaca.yaml", "--deepspeed",
                          "zero4"], capture_output=True, text=True, cwd=REPO)
-    assert ds.returncode == 1 and "--deepspeed zero4: not a preset" in ds.stderr and "Traceback" not in ds.stderr
+    assert ds.returncode == 2 and "--deepspeed zero4: not a preset" in ds.stderr and "Traceback" not in ds.stderr
 
 
 def test_cfg_options_errors_name_the_field(cli):
     out = cli("train", "internlm2_chat_1_8b_qlora_alpaca_e3", "--cfg-options", "training.optimizer.lr=-1",
               "dataset.promptTemplate=nope")
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert "spec.training.optimizer.lr" in out.stderr and "spec.dataset.promptTemplate" in out.stderr
-    assert cli("train", "internlm2_chat_1_8b_qlora_alpaca_e3", "--cfg-options", "noequals").returncode == 1
-    assert cli("train", "internlm2_chat_1_8b_qlora_alpaca_e3", "--deepspeed", "zero7").returncode == 1
+    assert cli("train", "internlm2_chat_1_8b_qlora_alpaca_e3", "--cfg-options", "noequals").returncode == 2
+    assert cli("train", "internlm2_chat_1_8b_qlora_alpaca_e3", "--deepspeed", "zero7").returncode == 2
 
 
 @pytest.mark.parametrize("argv,named", [
@@ -153,13 +153,13 @@ def test_cfg_options_errors_name_the_field(cli):
     (["preprocess", "refcoco", "--ann-path", "nowhere"], "--ann-path nowhere"),
 ])
 def test_vision_modes_name_the_bad_flag(argv, named, capsys):
-    assert main(argv) == 1
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert named in err and "Traceback" not in err
 
 
 def test_dataset_modes_check_the_config_first(capsys):
-    assert main(["check-custom-dataset", "nope.yaml"]) == 1
+    assert main(["check-custom-dataset", "nope.yaml"]) == 2
     assert "nope.yaml" in capsys.readouterr().err
 
 
@@ -186,8 +186,8 @@ def test_validate_and_explain(capsys):
     assert "KIND:       FineTuneJob" in out and "lr\t<number>" in out and "Peak learning rate" in out
     assert main(["explain", "chat.spec.autoscaling"]) == 0
     assert "minReplicas must not exceed maxReplicas" in capsys.readouterr().out
-    assert main(["explain", "ftj.spec.nope"]) == 1
-    assert main(["explain", "pod"]) == 1
+    assert main(["explain", "ftj.spec.nope"]) == 2
+    assert main(["explain", "pod"]) == 2
 
 
 def test_crds_check_detects_drift(tmp_path, capsys):

@@ -79,7 +79,7 @@ def test_pth_to_hf_adapter_and_full_model_load_in_plain_libraries(trained, tmp_p
     for key, value in model.state_dict().items():
         assert torch.equal(value, trained_weights[key]), key
     bad = kubetune("convert", "pth_to_hf", str(job), str(tmp_path), str(tmp_path / "x"))
-    assert bad.returncode == 1 and "not a kubetune checkpoint" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "not a kubetune checkpoint" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.parametrize("safe", [True, False])
@@ -113,7 +113,7 @@ def test_merge_refuses_an_adapter_of_another_model(trained, tmp_path, tiny_dir):
     other = build(tmp_path / "other", hidden_size=32, intermediate_size=64, num_hidden_layers=1)
     _, ckpt = trained["lora"]
     out = kubetune("convert", "merge", str(other), str(ckpt / "model"), str(tmp_path / "m"))
-    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "Traceback" not in out.stderr
     assert not (tmp_path / "m").exists()
 
 

@@ -43,16 +43,16 @@ def test_check_custom_dataset_lists_bad_rows(cli, tmp_path):
     cfg.write_text(json.dumps({"model": {"uri": str(REPO / "examples/models/tiny-chat")},
                                "dataset": {"uri": "rows.jsonl", "format": "alpaca", "promptTemplate": "internlm2_chat"}}))
     out = cli("check-custom-dataset", str(cfg))
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert "rows.jsonl: row 1: output: missing" in out.stdout and "row 3: output: missing" in out.stdout
     assert "2 row(s) cannot be used" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_wrong_format_name_and_missing_model(cli, tmp_path):
     out = cli("check-custom-dataset", "examples/local-alpaca.yaml", "--cfg-options", "dataset.format=alpacca")
-    assert out.returncode == 1 and "spec.dataset.format" in out.stderr
+    assert out.returncode == 2 and "spec.dataset.format" in out.stderr
     out = cli("check-custom-dataset", "examples/local-alpaca.yaml", "--cfg-options", "model.uri=/nope/model")
-    assert out.returncode == 1 and "/nope/model" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "/nope/model" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_template_mismatch_is_a_clean_error(cli, tmp_path):
@@ -63,7 +63,7 @@ def test_template_mismatch_is_a_clean_error(cli, tmp_path):
     tok.save_pretrained(tmp_path / "tok")
     out = cli("check-custom-dataset", "examples/local-alpaca.yaml", "--cfg-options", f"model.uri={tmp_path / 'tok'}",
               "dataset.promptTemplate=auto")
-    assert out.returncode == 1 and "chat_template" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "chat_template" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_preprocess_arxiv(cli, tmp_path):
@@ -86,6 +86,6 @@ def test_preprocess_arxiv(cli, tmp_path):
     src.write_text(src.read_text() + "{broken\n")
     before = dst.read_text()
     bad = cli("preprocess", "arxiv", str(src), str(dst))
-    assert bad.returncode == 1 and "line 5: not valid JSON" in bad.stderr
+    assert bad.returncode == 2 and "line 5: not valid JSON" in bad.stderr
     assert dst.read_text() == before  # nothing half-written
-    assert cli("preprocess", "arxiv", str(src), str(dst), "--start-date", "2020/01/01").returncode == 1
+    assert cli("preprocess", "arxiv", str(src), str(dst), "--start-date", "2020/01/01").returncode == 2

@@ -198,7 +198,7 @@ def test_hf_dataset_from_a_local_hub_cache(tmp_path, tiny_dir):
     assert "Num train sequences" in out.stdout
     missing = subprocess.run([sys.executable, "-m", "kubetune", "log-dataset", str(cfg), "--cfg-options",
                               "dataset.uri=hf://acme/absent"], capture_output=True, text=True, env=env)
-    assert missing.returncode == 1 and "not in the local Hugging Face cache" in missing.stderr
+    assert missing.returncode == 2 and "not in the local Hugging Face cache" in missing.stderr
     assert "Traceback" not in missing.stderr
 
 

@@ -23,9 +23,17 @@ def test_every_layers_error_is_one_family():
     from kubetune.train.errors import TrainError
     from kubetune.vision.image import ImageError
 
+    from kubetune.errors import ExitCode, OutOfMemory, Preempted, StorageUnavailable
+
     for kind in (ManifestError, ConvertError, TemplateMismatch, DataError, UnsupportedAttention, ModelLoadError,
-                 StorageError, TrainError, ImageError, UserError):
-        assert issubclass(kind, KubetuneError) and kind.exit_code == 1, kind
+                 StorageError, TrainError, ImageError, UserError, OutOfMemory, Preempted):
+        assert issubclass(kind, KubetuneError), kind
+    # The exit code is what the operator restarts by: an outage may pass, the rest would fail the same way.
+    assert issubclass(StorageUnavailable, StorageError) and StorageUnavailable.exit_code == ExitCode.ERROR == 1
+    assert {k.exit_code for k in (ManifestError, ConvertError, TemplateMismatch, DataError, UnsupportedAttention,
+                                  ModelLoadError, StorageError, TrainError, ImageError, UserError)} == \
+        {ExitCode.USER_ERROR}
+    assert (OutOfMemory.exit_code, Preempted.exit_code) == (3, 75)
     from kubetune.cli import errors
 
     assert errors.UserError is UserError  # the CLI raises the family's own
@@ -61,10 +69,10 @@ CASES = ["no such config", "unknown field", "bad deepspeed", "row that is not JS
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_a_user_mistake_is_one_line_and_exit_code_1(tmp_path, tiny_dir, case):
+def test_a_user_mistake_is_one_line_and_exit_code_2(tmp_path, tiny_dir, case):
     argv, named = _cases(tmp_path, tiny_dir)[case]
     out = kubetune(*argv, env={"KUBETUNE_CACHE": str(tmp_path / "cache")})
     lines = [line for line in out.stderr.splitlines() if line.startswith("kubetune: error:")]
-    assert out.returncode == 1, out.stderr[-2000:]
+    assert out.returncode == 2, out.stderr[-2000:]
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
     assert len(lines) == 1 and named in out.stderr, out.stderr[-2000:]  # a manifest lists its fields below

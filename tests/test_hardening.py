@@ -122,7 +122,7 @@ def test_h4_a_checkpoint_that_carries_code_is_refused_not_run(trained, tmp_path)
         pickle.dump({"python": RunsCode(marker)}, f)
     rewrite_manifest(work / "iter_4")
     out = resume(job, work, env)
-    assert out.returncode == 1 and "refusing to resume" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "refusing to resume" in out.stderr and "Traceback" not in out.stderr
     assert not marker.exists()
 
 
@@ -148,7 +148,7 @@ def test_m6_a_damaged_checkpoint_is_refused_and_auto_falls_back(trained):
     data[-8] ^= 0xFF
     weights.write_bytes(bytes(data))
     out = resume(job, work, env, which=str(work / "iter_4"))
-    assert out.returncode == 1 and "differ from its manifest.json" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "differ from its manifest.json" in out.stderr and "Traceback" not in out.stderr
     out = resume(job, work, env)
     assert out.returncode == 0 and "iter_2 at step 2" in out.stdout, out.stdout[-2000:]
 
@@ -161,7 +161,7 @@ def test_a_corrupt_checkpoint_with_a_matching_manifest_is_an_error_not_a_traceba
     (ckpt / "scheduler.pt").write_bytes(b"not a torch file")
     rewrite_manifest(ckpt)
     out = resume(job, work, env, which=str(ckpt))
-    assert out.returncode == 1 and f"{ckpt}: cannot resume from it" in out.stderr, out.stderr[-2000:]
+    assert out.returncode == 2 and f"{ckpt}: cannot resume from it" in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
 
 
@@ -176,19 +176,19 @@ def test_m6_nan_weights_unrelated_adapters_and_bogus_steps_are_refused(trained):
     save_file({k: torch.full_like(v, float("nan")) for k, v in original.items()}, str(weights))
     rewrite_manifest(ckpt)
     out = resume(job, work, env, which=str(ckpt))
-    assert out.returncode == 1 and "holds NaN or inf" in out.stderr
+    assert out.returncode == 2 and "holds NaN or inf" in out.stderr
 
     save_file({**original, "base_model.model.unrelated.lora_A.weight": torch.zeros(2, 2)}, str(weights))
     rewrite_manifest(ckpt)
     out = resume(job, work, env, which=str(ckpt))
-    assert out.returncode == 1 and "does not" in out.stderr and "unrelated" in out.stderr
+    assert out.returncode == 2 and "does not" in out.stderr and "unrelated" in out.stderr
 
     save_file(original, str(weights))
     state = json.loads((ckpt / "trainer_state.json").read_text())
     (ckpt / "trainer_state.json").write_text(json.dumps({**state, "step": 10**9}))
     rewrite_manifest(ckpt)
     out = resume(job, work, env, which=str(ckpt))
-    assert out.returncode == 1 and re.search(r"step 1000000000 is outside", out.stderr), out.stderr[-2000:]
+    assert out.returncode == 2 and re.search(r"step 1000000000 is outside", out.stderr), out.stderr[-2000:]
     assert "Traceback" not in out.stderr
 
 
@@ -206,7 +206,7 @@ def test_nan_loss_stops_training_without_a_checkpoint(tmp_path, tiny_dir):
     job = write_job(tmp_path, tiny_dir, alpaca_rows(16), checkpoints={"everySteps": 1, "keep": -1})
     out = kubetune("train", str(job), "--work-dir", str(tmp_path / "w"), "--cfg-options", "training.maxSteps=4",
                    f"model.uri={model}")
-    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert re.search(r"step 1: the loss is nan; training stopped without saving", out.stderr), out.stderr[-2000:]
     assert not list((tmp_path / "w").glob("iter_*"))
 
@@ -229,7 +229,7 @@ def test_h3_a_huge_row_is_refused_before_it_is_loaded(tmp_path, tiny_dir, array)
     where = "row 2 (from line 1)" if array else "line 3"
     for command in (["train", str(job), "--work-dir", str(tmp_path / "w")], ["check-custom-dataset", str(job)]):
         out = kubetune(*command, env={**os.environ, "KUBETUNE_CACHE": str(tmp_path / "cache")})
-        assert out.returncode == 1, out.stderr[-2000:]
+        assert out.returncode == 2, out.stderr[-2000:]
         assert f"{data}: {where} is over 17.0 MiB" in out.stderr and "KUBETUNE_MAX_ROW_BYTES" in out.stderr, \
             out.stderr[-2000:]
         assert "Traceback" not in out.stderr
@@ -294,7 +294,7 @@ def test_credentials_in_an_endpoint_url_never_reach_errors(tmp_path):
            "KUBETUNE_CACHE": str(tmp_path / "cache")}
     out = kubetune("convert", "pth_to_hf", "examples/local-next-letter.yaml", "s3://bucket/run/iter_1",
                    str(tmp_path / "out"), env=env)
-    assert out.returncode == 1 and "Could not connect" in out.stderr, out.stderr[-2000:]
+    assert out.returncode == 2 and "Could not connect" in out.stderr, out.stderr[-2000:]
     assert "endpoint-secret-31f" not in out.stderr + out.stdout and "AKIAEXAMPLE" not in out.stderr + out.stdout
     assert "Traceback" not in out.stderr
 
@@ -305,7 +305,7 @@ def test_deeply_nested_manifests_are_a_clear_error(tmp_path):
                     "spec: {model: {uri: hf://a/b}, dataset: {uri: x.jsonl}, x: " + "[" * 100000 + "]" * 100000 + "}\n")
     for command in (["validate", str(deep)], ["train", str(deep)]):
         out = kubetune(*command)
-        assert out.returncode == 1 and f"{deep}: nested too deeply to be a manifest" in out.stderr + out.stdout
+        assert out.returncode == 2 and f"{deep}: nested too deeply to be a manifest" in out.stderr + out.stdout
         assert "Traceback" not in out.stderr
 
 
@@ -326,7 +326,7 @@ def test_a_full_disk_is_a_clear_error_and_keeps_the_complete_checkpoints(tmp_pat
     out = subprocess.run([unshare, "--mount", "--map-root-user", "sh", "-c", script], capture_output=True, text=True,
                          env={**os.environ, "KUBETUNE_CACHE": str(tmp_path / "cache")}, timeout=600)
     err = (tmp_path / "err").read_text()
-    assert out.returncode == 1, (out.stderr, err[-2000:])
+    assert out.returncode == 2, (out.stderr, err[-2000:])
     assert "no space left on device" in err and "Traceback" not in err, err[-2000:]
     from kubetune.storage import sync
 

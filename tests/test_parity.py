@@ -105,7 +105,7 @@ def test_a_convertjob_manifest_runs_here(tmp_path, tiny_dir):
     path = tmp_path / "convert.yaml"
     path.write_text(yaml.safe_dump(convert))
     missing = kubetune("convert", str(path))
-    assert missing.returncode == 1 and "needs the FineTuneJob the checkpoint was trained with: --config" in \
+    assert missing.returncode == 2 and "needs the FineTuneJob the checkpoint was trained with: --config" in \
         missing.stderr and "Traceback" not in missing.stderr
     out = kubetune("convert", str(path), "--config", str(job))
     assert out.returncode == 0, out.stderr[-3000:]
@@ -120,7 +120,7 @@ def test_a_convertjob_manifest_runs_here(tmp_path, tiny_dir):
     by_ref = {**merge, "spec": {**merge["spec"], "source": {"fineTuneJobRef": "trained"}}}
     path.write_text(yaml.safe_dump(by_ref))
     out = kubetune("convert", str(path))
-    assert out.returncode == 1 and "source.fineTuneJobRef names a FineTuneJob in a cluster" in out.stderr
+    assert out.returncode == 2 and "source.fineTuneJobRef names a FineTuneJob in a cluster" in out.stderr
 
 
 def _endpoint(tmp_path, **spec) -> Path:
@@ -138,7 +138,7 @@ def _endpoint(tmp_path, **spec) -> Path:
 ])
 def test_what_a_chatendpoint_needs_from_a_cluster_is_refused_by_name(tmp_path, spec, reason):
     out = kubetune("serve", str(_endpoint(tmp_path, **spec)), env={"KUBETUNE_API_KEYS": ""})
-    assert out.returncode == 1 and reason in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.returncode == 2 and reason in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
 
 
 def test_a_chatendpoint_becomes_the_pods_serve_arguments(tmp_path):

@@ -208,7 +208,7 @@ def test_check_custom_dataset_shows_pairs_and_names_bad_rows(tmp_path, tiny_dir)
     data = tmp_path / "pairs.jsonl"
     data.write_text(data.read_text() + json.dumps({"prompt": "x", "chosen": "y"}) + "\n")
     out = kubetune("check-custom-dataset", str(cfg))
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert "chosen: encoded input_ids" in out.stdout and "sample lengths (chosen, rejected)" in out.stdout
     assert f"{data}: row 20: rejected: missing" in out.stdout
 

@@ -263,4 +263,4 @@ def test_a_seed_past_32_bits_is_refused_before_training(tiny_dir, tmp_path):
 
     job = write_job(tmp_path, tiny_dir, alpaca_rows(4))
     out = kubetune("train", str(job), "--seed", "4294967296")
-    assert out.returncode == 1 and "training.seed" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "training.seed" in out.stderr and "Traceback" not in out.stderr

@@ -158,10 +158,10 @@ def test_failures_are_clear(tmp_path, tiny_dir):
     cfg = write_job(tmp_path, tiny_dir, alpaca_rows())
     env = {"KUBETUNE_CACHE": str(tmp_path / "c")}
     missing = kubetune("train", str(cfg), "--cfg-options", "model.uri=/no/such/model", env=env)
-    assert missing.returncode == 1 and "/no/such/model" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.returncode == 2 and "/no/such/model" in missing.stderr and "Traceback" not in missing.stderr
     fp16 = kubetune("train", str(cfg), "--cfg-options", "training.precision=fp16", "--work-dir", str(tmp_path / "w"),
                     env=env)
-    assert fp16.returncode == 1 and "fp16 needs a GPU" in fp16.stderr and "Traceback" not in fp16.stderr
+    assert fp16.returncode == 2 and "fp16 needs a GPU" in fp16.stderr and "Traceback" not in fp16.stderr
     crash = kubetune("train", str(cfg), "--work-dir", str(tmp_path / "w2"), env={**env, "KUBETUNE_STOP_AFTER_STEP": "2"})
     assert crash.returncode != 0
 

@@ -107,7 +107,7 @@ def test_one_process_deepspeed_with_a_custom_json_offloads_the_optimizer(tmp_pat
     assert "train_micro_batch_size_per_gpu=4 in the DeepSpeed config is replaced by 1" in out.stdout
     assert_same_run(plain, offload, 3)
     bad = kubetune("train", str(job), "--deepspeed", str(tmp_path / "nope.json"), env=env)
-    assert bad.returncode == 1 and "nope.json" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "nope.json" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -136,7 +136,7 @@ def test_out_of_memory_is_a_clear_message(monkeypatch, capsys, tmp_path, job):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(engine, "run", oom)
-    assert main(["train", str(job), "--work-dir", str(tmp_path / "w")]) == 1
+    assert main(["train", str(job), "--work-dir", str(tmp_path / "w")]) == 3  # ExitCode.OUT_OF_MEMORY
     err = capsys.readouterr().err
     assert "out of memory" in err and "training.batchSize" in err and "Traceback" not in err
 

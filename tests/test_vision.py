@@ -163,7 +163,7 @@ def test_merge_is_clip_equals_peft(stages, world, tmp_path, capsys):
     for key, value in expected.items():
         assert torch.allclose(merged[key].float(), value, atol=1e-6), key
     wrong = _main(capsys, "convert", "merge", str(world["llm"]), str(adapter), str(tmp_path / "x"), "--is-clip")
-    assert wrong.returncode == 1 and "not a CLIP vision encoder" in wrong.stderr
+    assert wrong.returncode == 2 and "not a CLIP vision encoder" in wrong.stderr
 
 
 def test_chat_llava_answers_about_the_image(stages, world, capsys):
@@ -173,7 +173,7 @@ def test_chat_llava_answers_about_the_image(stages, world, capsys):
     assert out.stdout.strip()
     missing = _main(capsys, "chat", str(world["llm"]), "--llava", str(stages["ft"] / "iter_8"), "--visual-encoder",
                        str(world["clip"]), "--image", "nope.png", "--prompt", "hi")
-    assert missing.returncode == 1 and "--image nope.png: image not found" in missing.stderr
+    assert missing.returncode == 2 and "--image nope.png: image not found" in missing.stderr
 
 
 def test_mmbench_accuracy_is_what_its_predictions_imply(stages, world, tmp_path, capsys):
@@ -248,7 +248,7 @@ def test_preprocess_refcoco_then_evaluate(stages, world, tmp_path, capsys):
     (evil / "instances.json").write_text("{}")
     (evil / "refs(unc).p").write_bytes(pickle.dumps(print))  # a reference to code, not data
     refused = _main(capsys, "preprocess", "refcoco", "--ann-path", str(evil.parent), "--save-path", str(tmp_path / "o"))
-    assert refused.returncode == 1 and "refusing to load" in refused.stderr
+    assert refused.returncode == 2 and "refusing to load" in refused.stderr
 
 
 def test_modality_grouped_order_keeps_each_step_to_one_modality():
@@ -273,12 +273,12 @@ def test_bad_llava_data_names_the_row(world, tmp_path):
     bad.write_text(json.dumps(rows))
     cfg = visionkit.write_job(tmp_path / "bad.yaml", {**world, "data": bad}, "bad", "pretrain", 2)
     out = kubetune("train", str(cfg), "--work-dir", str(tmp_path / "w"))
-    assert out.returncode == 1 and "row 1: conversations[0]: a gpt turn without a human turn" in out.stderr
+    assert out.returncode == 2 and "row 1: conversations[0]: a gpt turn without a human turn" in out.stderr
     rows = json.loads(world["data"].read_text())[:3]
     rows[2]["image"] = "missing.png"
     bad.write_text(json.dumps(rows))
     out = kubetune("train", str(cfg), "--work-dir", str(tmp_path / "w"))
-    assert out.returncode == 1 and "row 2: image: missing.png not found" in out.stderr
+    assert out.returncode == 2 and "row 2: image: missing.png not found" in out.stderr
     assert "Traceback" not in out.stderr
 
 

@@ -4,32 +4,109 @@ traceback. Every layer raises its own kind (each package's errors module subclas
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from enum import IntEnum
+from pathlib import Path
+
+
+class ExitCode(IntEnum):
+    """What a `kubetune` process's exit code means. One table for both ends: the runtime exits with these; the
+    operator's podFailurePolicy and restart logic classify a failed pod by them (docs/operator.md, "Failures and
+    restarts")."""
+
+    OK = 0
+    # Anything not classified below: a crash, a storage outage, a lost peer. The operator restarts the whole gang
+    # from its newest checkpoint, up to runPolicy.maxRestarts.
+    ERROR = 1
+    # The command, config, data, model or checkpoint is wrong, or the run cannot go on as configured (a diverged
+    # loss): the same input fails the same way, so the operator fails the job at once with the message instead of
+    # retrying it. argparse's usage errors are 2 too. Every KubetuneError but StorageUnavailable (an outage may pass).
+    USER_ERROR = 2
+    # Out of memory as the runtime sees it (CUDA or host allocation); a retry would run out again. The kernel's OOM
+    # kill (the container's 137 with reason OOMKilled) is classified the same way.
+    OUT_OF_MEMORY = 3
+    # Stopped on SIGTERM after finishing the step and writing (and publishing) a checkpoint: a preemption, eviction
+    # or drain; the next attempt resumes there. sysexits' EX_TEMPFAIL ("try again later").
+    PREEMPTED = 75
+
 
 class KubetuneError(Exception):
     """A failure the user can act on, said in one line that names the field, file or row."""
 
-    exit_code = 1
+    exit_code: int = ExitCode.ERROR
 
 
 class UserError(KubetuneError):
     """A mistake in the command line, a config or a manifest."""
 
+    exit_code = ExitCode.USER_ERROR
+
 
 class DataError(KubetuneError):
     """A dataset that cannot be read or does not fit its format (names the file and row)."""
+
+    exit_code = ExitCode.USER_ERROR
 
 
 class StorageError(KubetuneError):
     """A URI that cannot be resolved or transferred; the message names it (and never a credential)."""
 
+    exit_code = ExitCode.USER_ERROR
+
+
+class StorageUnavailable(StorageError):
+    """A store that failed or could not be reached while the request itself was sound: it may pass (a restart
+    retries it)."""
+
+    exit_code = ExitCode.ERROR
+
 
 class ModelLoadError(KubetuneError):
     """A model, tokenizer or adapter that cannot be loaded as asked."""
+
+    exit_code = ExitCode.USER_ERROR
 
 
 class TrainError(KubetuneError):
     """A configuration, checkpoint or run the training engine cannot go on with."""
 
+    exit_code = ExitCode.USER_ERROR
+
 
 class ConvertError(KubetuneError):
     """A checkpoint, adapter or model that cannot be converted, merged or split."""
+
+    exit_code = ExitCode.USER_ERROR
+
+
+class OutOfMemory(UserError):
+    """The run does not fit the memory it was given; the message says what to lower."""
+
+    exit_code = ExitCode.OUT_OF_MEMORY
+
+
+class Preempted(KubetuneError):
+    """Stopped on request (SIGTERM) at a step boundary, with a complete checkpoint of that step: resume there."""
+
+    exit_code = ExitCode.PREEMPTED
+
+
+# A torchrun worker of `kubetune.train.distributed.relaunch` finds the directory it shares with its parent here.
+RANKS_ENV = "KUBETUNE_RANKS_DIR"
+
+
+def say_failure(message: str, code: int) -> int:
+    """End a failing command: the one line on stderr, the pod's termination message (what `kubectl describe pod`
+    and the operator's failure condition show; a rank's own message comes first, so its parent's does not replace
+    it) and, under torchrun, the code for the re-launching parent (torchrun reports every failure as 1)."""
+    print(f"kubetune: error: {message}", file=sys.stderr, flush=True)
+    ranks = os.environ.get(RANKS_ENV)
+    if ranks and "LOCAL_RANK" in os.environ and Path(ranks).is_dir():
+        (Path(ranks) / f"{os.environ['LOCAL_RANK']}.exit").write_text(str(int(code)))
+    termination = Path(os.environ.get("KUBETUNE_TERMINATION_LOG", "/dev/termination-log"))
+    with contextlib.suppress(OSError):
+        if termination.is_file() and not termination.read_text().strip():
+            termination.write_text(message[:4000])
+    return code

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from .errors import KubetuneError, UserError
 
 
 def add_parser(sub, mode: str, summary: str) -> None:
@@ -138,7 +138,8 @@ def crds(args: argparse.Namespace) -> int:
         if stale:
             flags = "".join(f" --{flag} {value}" for flag, value in
                             (("docs", args.docs), ("parity", args.parity), ("chart", args.chart)) if value)
-            raise UserError(f"out of date: {', '.join(stale)} (regenerate with `kubetune crds{flags}`)")
+            # A check that finds differences exits 1, as diff and linters do; a wrong argument would be 2.
+            raise KubetuneError(f"out of date: {', '.join(stale)} (regenerate with `kubetune crds{flags}`)")
         print(f"up to date: {', '.join(str(p) for p in wanted)}")
         return 0
     for path, text in wanted.items():

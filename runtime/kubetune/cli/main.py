@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from kubetune.errors import ExitCode, say_failure
+
 from .errors import KubetuneError
 from .quiet import silence_third_party
 
@@ -129,11 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         args.argv = argv  # the torchrun re-launch repeats the exact command
         return int(args.func(args) or 0)
     except KubetuneError as exc:  # every layer's user-facing failure, said in one line
-        print(f"kubetune: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return say_failure(str(exc), exc.exit_code)
     except FileNotFoundError as exc:  # a path the user gave that is not there
-        print(f"kubetune: error: {exc}", file=sys.stderr)
-        return 1
+        return say_failure(str(exc), ExitCode.USER_ERROR)
     except KeyboardInterrupt:
         print("kubetune: interrupted", file=sys.stderr)
         return 130

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from kubetune.configs import PRESETS as DEEPSPEED
 
 from .common import add_cfg_options, announce_local_differences, load_config
+from kubetune.errors import ExitCode, KubetuneError, OutOfMemory, Preempted
+
 from .errors import UserError
 
 if TYPE_CHECKING:  # the API models, for the type checker only (imported at run time where used)
@@ -40,6 +42,9 @@ def add_parser(sub, mode: str, summary: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kubetune.train.stop import StopRequest
+
+    stop = StopRequest().install()  # a pod stopped while it starts exits PREEMPTED, not as a crash
     overrides = list(args.cfg_options)
     deepspeed_file = None
     if args.deepspeed:
@@ -59,13 +64,15 @@ def run(args: argparse.Namespace) -> int:
     announce_local_differences(job)
     code = distributed.relaunch(getattr(args, "argv", None) or sys.argv[1:])
     if code is not None:
+        stop.uninstall()
         if code != 0:
-            raise UserError(f"training failed on at least one rank (exit code {code})")
+            raise _ranks_failed(code)
         return export(job, args)
     from kubetune.train.main import run as train
 
     try:
-        train(job, args.work_dir, args.resume, _name(job, args), deepspeed_file)
+        train(job, args.work_dir, args.resume, _name(job, args), deepspeed_file, stop)
+        stop.uninstall()
         return export(job, args)
     except OSError as exc:  # a full disk is the user's to fix; other OS errors are bugs or are said by their layer
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -76,9 +83,19 @@ def run(args: argparse.Namespace) -> int:
             raise _disk_full(exc) from None
         if isinstance(exc, RuntimeError) and not _out_of_memory(exc):
             raise
-        raise UserError(f"out of memory ({' '.join(str(exc).split())[:160] or type(exc).__name__}): lower "
+        raise OutOfMemory(f"out of memory ({' '.join(str(exc).split())[:160] or type(exc).__name__}): lower "
                         "training.batchSize or dataset.maxLength, enable training.gradientCheckpointing, use method "
                         "qlora, or a DeepSpeed preset with offload (zero2_offload, zero3_offload)") from None
+
+
+def _ranks_failed(code: int) -> KubetuneError:
+    """The torchrun gang's failure, with the exit code that says why (each rank said its own error above)."""
+    if code == ExitCode.PREEMPTED:
+        return Preempted("stopped by SIGTERM: every rank finished its step and the checkpoint of it was written; "
+                         "rerun with --resume auto to continue from it")
+    failed = KubetuneError(f"training failed on at least one rank (exit code {code}; its error is above)")
+    failed.exit_code = code
+    return failed
 
 
 def _name(job: FineTuneJob, args: argparse.Namespace) -> str:
@@ -87,7 +104,8 @@ def _name(job: FineTuneJob, args: argparse.Namespace) -> str:
 
 def export(job: FineTuneJob, args: argparse.Namespace) -> int:
     """`spec.export`, once, by the process that saw the whole run succeed (rank 0, or torchrun's parent)."""
-    if args.no_export or os.environ.get("RANK", "0") != "0" or not (job.spec.export.adapter or job.spec.export.merge):
+    first = os.environ.get("RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"  # one node's parent exports
+    if args.no_export or not first or not (job.spec.export.adapter or job.spec.export.merge):
         return 0
     from kubetune.api.convert import export_specs
 

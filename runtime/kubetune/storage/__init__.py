@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import StorageError
+from .errors import StorageError, StorageUnavailable
 from .paths import claim_path, inside
 
 __all__ = ["StorageError", "local_path", "local_destination", "is_remote", "PVC_ROOT_ENV"]
@@ -70,10 +70,15 @@ def _hf(spec: str, repo_type: str) -> Path:
         return Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision or None,
                                       token=os.environ.get("HF_TOKEN") or None))
     except LocalEntryNotFoundError:
-        raise StorageError(f"hf://{spec}: not in the local Hugging Face cache and the hub cannot be reached "
-                           "(HF_HUB_OFFLINE is set or there is no network)") from None
+        raise StorageUnavailable(f"hf://{spec}: not in the local Hugging Face cache and the hub cannot be reached "
+                                 "(HF_HUB_OFFLINE is set or there is no network)") from None
     except Exception as exc:  # the hub client raises many types; the user needs the message, not the class
-        raise StorageError(f"hf://{spec}: {type(exc).__name__}: {exc}") from None
+        kind = StorageError if type(exc).__name__ in _HUB_REFUSALS else StorageUnavailable
+        raise kind(f"hf://{spec}: {type(exc).__name__}: {exc}") from None
+
+
+# What the hub says about the request itself (no such repo, revision or file; gated): retrying cannot help.
+_HUB_REFUSALS = {"RepositoryNotFoundError", "RevisionNotFoundError", "EntryNotFoundError", "GatedRepoError"}
 
 
 def is_remote(uri: str | None) -> bool:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .errors import StorageError
+from .errors import StorageError, StorageUnavailable
 
 PERMISSION = {"put": "s3:PutObject", "get": "s3:GetObject", "list": "s3:ListBucket", "delete": "s3:DeleteObject"}
 DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
@@ -129,7 +129,7 @@ def explain(exc: BaseException, op: str, where: S3Uri) -> StorageError:
             or "SignatureDoesNotMatch" in str(exc):
         return StorageError(f"{where}: access denied ({code or 'AccessDenied'}): the credentials in use lack "
                             f"{PERMISSION[op]} on bucket {where.bucket}, or are not valid for this endpoint")
-    return StorageError(f"{where}: {PERMISSION[op]} failed: {type(exc).__name__}: {_scrub(str(exc))[:300]}")
+    return StorageUnavailable(f"{where}: {PERMISSION[op]} failed: {type(exc).__name__}: {_scrub(str(exc))[:300]}")
 
 
 def _scrub(text: str) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import s3
-from .errors import StorageError
+from .errors import StorageError, StorageUnavailable
 from .paths import inside
 
 MANIFEST = "manifest.json"
@@ -204,7 +204,7 @@ class CheckpointSync:
         """Wait for the last upload; if it failed, the run's only copy is on a volume that goes with the pod."""
         self.wait()
         if self.last_failed:
-            raise StorageError(f"the final checkpoint was not saved to {self.store}: {self.last_failed}")
+            raise StorageUnavailable(f"the final checkpoint was not saved to {self.store}: {self.last_failed}")
 
     def _upload(self, directory: Path) -> None:
         try:

@@ -69,6 +69,7 @@ class Checkpointer:
     engine: Any = None
     ds_config: Any = None
     uploads: Any = None  # a CheckpointSync (rank 0, with a remote checkpoints.uri)
+    gather: Callable[[Any], list[Any]] = lambda obj: [obj]  # every rank's object, in rank order (Dist)
 
     def save(self, run: Any) -> Path:
         path = _save(self, run)
@@ -96,7 +97,12 @@ def _save(ck: Checkpointer, run: Any) -> Path:
     ck.barrier()
     try:
         tmp.mkdir(parents=True, exist_ok=True)  # on a node that does not share rank 0's file system
-        torch.save(rng_state(), tmp / f"rng_rank{ck.rank}.pt")
+        # Every rank's generators, written by rank 0: what it publishes is the whole checkpoint even when each node
+        # has its own disk (a pod's emptyDir), so a gang on fresh pods resumes every rank exactly.
+        states = ck.gather(rng_state())
+        if ck.rank == 0:
+            for rank, state in enumerate(states):
+                torch.save(state, tmp / f"rng_rank{rank}.pt")
         unwrapped = getattr(run.model, "module", run.model)
         whole = None
         if ck.engine is not None:

@@ -3,12 +3,18 @@ command under torchrun (one pod per node is what the operator sets)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from kubetune.errors import RANKS_ENV, ExitCode
 
 
 @dataclass
@@ -22,6 +28,15 @@ class Dist:
             import torch.distributed as dist
 
             dist.barrier()
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
 
     def all_reduce(self, tensor: Any) -> Any:
         if self.world > 1:
@@ -49,11 +64,61 @@ def relaunch_command(argv: list[str]) -> list[str] | None:
             "-m", "kubetune", *argv]
 
 
+# The re-launching parent and its torchrun workers share a directory (RANKS_ENV): each worker leaves its pid (so the
+# parent can pass SIGTERM straight to it: torchrun's agent would give it 30 s before a SIGKILL, too little for a
+# checkpoint) and, when it fails for a classified reason, its exit code (kubetune.errors.say_failure).
+
+
 def relaunch(argv: list[str]) -> int | None:
+    """Run `argv` under torchrun; the exit code says why it failed (kubetune.errors.ExitCode), as a single process's
+    would: the workers' failure is ours, never exit 0 after a crash."""
     command = relaunch_command(argv)
     if command is None:
         return None
-    return subprocess.run(command).returncode  # the workers' failure is ours: never exit 0 after a crash
+    with tempfile.TemporaryDirectory(prefix="kubetune-ranks-") as ranks:
+        proc = subprocess.Popen(command, env={**os.environ, RANKS_ENV: ranks})
+        asked: list[int] = []
+
+        def forward(signum: int, frame: Any) -> None:
+            asked.append(signum)
+            for pid in _worker_pids(Path(ranks)) or [proc.pid]:  # workers still starting: torchrun stops them
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+
+        previous = signal.signal(signal.SIGTERM, forward)
+        try:
+            code = proc.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        return outcome(code, _recorded_exits(Path(ranks)), stopped=bool(asked))
+
+
+def outcome(code: int, recorded: list[int], stopped: bool) -> int:
+    """The gang's exit code: a rank's own classified failure first (a config, data or memory error is the cause;
+    its peers only lost it), then a stop on request, else torchrun's."""
+    if code == 0:
+        return 0
+    for cause in (ExitCode.USER_ERROR, ExitCode.OUT_OF_MEMORY):
+        if cause in recorded:
+            return cause
+    if stopped or ExitCode.PREEMPTED in recorded:
+        return ExitCode.PREEMPTED
+    return code if code > 0 else ExitCode.ERROR
+
+
+def register_worker() -> None:
+    """A torchrun worker of `relaunch` leaves its pid for the parent."""
+    ranks = os.environ.get(RANKS_ENV)
+    if ranks and "LOCAL_RANK" in os.environ:
+        (Path(ranks) / f"{os.environ['LOCAL_RANK']}.pid").write_text(str(os.getpid()))
+
+
+def _worker_pids(ranks: Path) -> list[int]:
+    return [int(p.read_text()) for p in sorted(ranks.glob("*.pid")) if p.read_text().strip().isdigit()]
+
+
+def _recorded_exits(ranks: Path) -> list[int]:
+    return [int(p.read_text()) for p in sorted(ranks.glob("*.exit")) if p.read_text().strip().isdigit()]
 
 
 def init(deepspeed: bool = False) -> Dist:

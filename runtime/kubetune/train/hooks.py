@@ -43,6 +43,21 @@ class StopAfterStep(Hook):
             os._exit(143)
 
 
+class SignalAfterStep(Hook):
+    """Preemption drill (KUBETUNE_SIGTERM_AFTER_STEP=N): right after step N the process gets SIGTERM, as a pod being
+    preempted does; the stop request then ends the run after the next step, with a checkpoint (stop.py)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def after_step(self, ctx: Any, metrics: dict[str, Any]) -> None:
+        if ctx.step == self.step:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 # What every objective reports; the rest (preference methods' rewards, accuracy, margins) is appended to the log line.
 _STANDARD = {"step", "loss", "lr", "grad_norm", "epoch", "step_time", "tokens_per_second", "eta"}
 

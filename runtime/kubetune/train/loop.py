@@ -38,6 +38,8 @@ class Run:
     hooks: list[Any] = field(default_factory=list)  # hooks.Hook
     all_reduce: Callable[[Any], Any] = lambda t: t
     engine: Any = None  # a DeepSpeed engine: it accumulates, reduces, clips and steps
+    stop: Any = None  # stop.StopRequest: SIGTERM asks every rank to end after the current step
+    stopped: bool = False  # the loop ended early on that request (main.py saves and exits PREEMPTED)
 
     @property
     def epoch(self) -> float:
@@ -90,6 +92,8 @@ def train(run: Run) -> None:
 
     for hook in run.hooks:
         hook.before_train(run)
+    if run.stop is not None:
+        run.stop.armed = True
     stream = micro_batches(run)
     started = time.perf_counter()
     first_step = run.step
@@ -120,7 +124,10 @@ def train(run: Run) -> None:
         grad_norm = optimizer_step(run)
         run.scheduler.step()
         run.step += 1
-        loss_value = float(run.all_reduce(total_loss) / run.world)
+        # One reduction carries the loss and any rank's stop request: all ranks stop after the same step.
+        asked = torch.tensor(float(run.stop is not None and run.stop.requested), device=run.device)
+        loss_sum, stop_votes = run.all_reduce(torch.stack([total_loss, asked])).tolist()
+        loss_value = loss_sum / run.world
         if not math.isfinite(loss_value):  # before any save: a diverged model must never become a checkpoint
             raise TrainError(f"step {run.step}: the loss is {loss_value}; training stopped without saving. Lower "
                              "training.optimizer.lr, keep training.maxNorm, or use precision bf16 instead of fp16; "
@@ -136,6 +143,9 @@ def train(run: Run) -> None:
         metrics |= {key: float(run.all_reduce(value) / units.clamp(min=1)) for key, value in sorted(extra.items())}
         for hook in run.hooks:
             hook.after_step(run, metrics)
+        if stop_votes > 0 and run.step < run.total_steps:
+            run.stopped = True
+            return  # no after_train: the final evaluation and reports belong to the run that finishes
     for hook in run.hooks:
         hook.after_train(run)
 

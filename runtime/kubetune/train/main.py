@@ -21,6 +21,7 @@ from .targets import with_targets
 from .model import build_model, count_parameters, resolve_precision, trainable_parameters
 from .sampler import ResumableBatches
 from .schedule import build_optimizer, build_scheduler
+from .stop import StopRequest, stopped
 from .steps import (build_data, collator, hooks_for, objective_for, pick_seed, plan_steps, report_throughput,
                     sampling_order, save_policy, seed_everything)
 
@@ -31,18 +32,20 @@ __all__ = ["run", "final_checkpoint", "TrainError"]
 
 
 def run(job: FineTuneJob, work_dir: str | None, resume: str | None, config_name: str,
-        deepspeed_file: str | None = None) -> int:
+        deepspeed_file: str | None = None, stop: StopRequest | None = None) -> int:
     spec = job.spec
     uses_deepspeed = spec.training.deepspeed.value != "none" or deepspeed_file is not None
+    stop = stop or StopRequest().install()
+    distributed.register_worker()
     dist = distributed.init(deepspeed=uses_deepspeed)
     try:
-        return _run(job, spec, dist, work_dir, resume, config_name, uses_deepspeed, deepspeed_file)
+        return _run(job, spec, dist, work_dir, resume, config_name, uses_deepspeed, deepspeed_file, stop)
     finally:
         distributed.shutdown(dist)
 
 
 def _run(job: FineTuneJob, spec: FineTuneJobSpec, dist: distributed.Dist, work_dir: str | None, resume: str | None, name: str,
-         uses_deepspeed: bool, deepspeed_file: str | None) -> int:
+         uses_deepspeed: bool, deepspeed_file: str | None, stop: StopRequest) -> int:
     import torch
 
     # 1. Work dir, log, seed.
@@ -110,7 +113,8 @@ def _run(job: FineTuneJob, spec: FineTuneJobSpec, dist: distributed.Dist, work_d
     checkpointer = checkpoint.Checkpointer(
         work, spec.checkpoints.keep, dist.rank, dist.world, dist.barrier, seed, total_steps,
         adapters_only=checkpoint.has_adapters(model), engine=engine, ds_config=ds_config,
-        uploads=CheckpointSync(remote, spec.checkpoints.keep, say) if remote and dist.rank == 0 else None)
+        uploads=CheckpointSync(remote, spec.checkpoints.keep, say) if remote and dist.rank == 0 else None,
+        gather=dist.all_gather_object)
     state = {"step": 0, "consumed": 0}
     if resume_from is not None:
         state = checkpointer.restore(resume_from, model, optimizer, scheduler, scaler)
@@ -132,18 +136,23 @@ def _run(job: FineTuneJob, spec: FineTuneJobSpec, dist: distributed.Dist, work_d
                max_norm=spec.training.max_norm, total_steps=total_steps, rank=dist.rank, world=dist.world,
                step=state["step"], consumed=state["consumed"], checkpointer=checkpointer,
                should_save=save_policy(spec, batches), hooks=hooks_for(dist.rank, spec, tokenizer, work, log),
-               all_reduce=dist.all_reduce, engine=engine)
+               all_reduce=dist.all_reduce, engine=engine, stop=stop)
     if dist.rank == 0:
         say(f"training {total_steps} steps ({spec.training.accumulative_counts} micro-batches of "
             f"{spec.training.batch_size} x {dp_world} data-parallel rank(s) each) on {len(data)} sequences; "
             f"work dir {work}")
     train(run_)
-    if not run_.should_save(total_steps):
+    if not run_.should_save(run_.step):
         checkpointer.save(run_)
 
     # 7. Finish uploads, report, point at the next step.
     if checkpointer.uploads:
         checkpointer.uploads.finish()
+    if run_.stopped:  # every rank leaves once the checkpoint is published: a peer's exit must not cut it short
+        dist.barrier()
+        if log is not None:
+            log.close()
+        raise stopped(run_.step, total_steps, str(work / f"iter_{run_.step}"))
     if log is not None:  # rank 0
         report_throughput(model, spec, log, work)
         say(f"done: checkpoints in {work}; next: kubetune convert pth_to_hf "

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, TYPE_CHECKING
 
 from . import checkpoint
-from .hooks import (EvaluateChat, Hook, Metrics, ProgressBar, ProgressFile, StopAfterStep, TensorBoard, TextLog,
-                    megatron_tflops)
+from .hooks import (EvaluateChat, Hook, Metrics, ProgressBar, ProgressFile, SignalAfterStep, StopAfterStep,
+                    TensorBoard, TextLog, megatron_tflops)
 from .report import StatusReporter
 from .sampler import ResumableBatches
 
@@ -114,6 +114,8 @@ def hooks_for(rank: int, spec: FineTuneJobSpec, tokenizer: Any, work: Path, log:
             hooks.append(reporter)
     if spec.evaluation.inputs and spec.method.type.value != "reward":  # a reward model scores, it does not chat
         hooks.append(EvaluateChat(spec, tokenizer, work, log))
+    if os.environ.get("KUBETUNE_SIGTERM_AFTER_STEP"):
+        hooks.append(SignalAfterStep(int(os.environ["KUBETUNE_SIGTERM_AFTER_STEP"])))
     if os.environ.get("KUBETUNE_STOP_AFTER_STEP"):  # last: every other hook sees the step first
         hooks.append(StopAfterStep(int(os.environ["KUBETUNE_STOP_AFTER_STEP"])))
     return hooks
