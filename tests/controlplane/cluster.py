@@ -33,7 +33,7 @@ class ControlPlaneError(RuntimeError):
 
 def binaries_missing() -> list[str]:
     names = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok", "helm",
-             "kindcheck", "monitoring-crds")
+             "kindcheck", "monitoring-crds", "kueue", "kueue-config")
     return [n for n in names if not (BIN / n).exists()]
 
 
