@@ -28,8 +28,8 @@ FTJ = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
 
 
 class Operator:
-    def __init__(self, cluster, log, kubeconfig):
-        self.cluster, self.log, self.kubeconfig = cluster, log, kubeconfig
+    def __init__(self, cluster, log, kubeconfig, namespace: str = NS):
+        self.cluster, self.log, self.kubeconfig, self.namespace = cluster, log, kubeconfig, namespace
         self.start()
 
     def start(self) -> None:
@@ -40,7 +40,7 @@ class Operator:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kubetune_operator"], stdout=self.handle, stderr=subprocess.STDOUT,
             # One namespace: the session's control plane also holds the 2113 catalogue jobs of test_controlplane.
-            env={**self.cluster.env(), "KUBECONFIG": str(self.kubeconfig), "KUBETUNE_NAMESPACE": NS,
+            env={**self.cluster.env(), "KUBECONFIG": str(self.kubeconfig), "KUBETUNE_NAMESPACE": self.namespace,
                  "PYTHONUNBUFFERED": "1",
                  "KUBETUNE_OPERATOR_METRICS_PORT": str(self.metrics_port),
                  "KUBETUNE_OPERATOR_HEALTH": f"http://127.0.0.1:{self.health_port}/healthz"})
@@ -55,12 +55,13 @@ class Operator:
         self.handle.close()
 
 
-def install_chart_rbac(cluster, work: Path) -> Path:
-    """The chart's ServiceAccount and RBAC for a single-namespace install watching NS; a kubeconfig with its token."""
+def install_chart_rbac(cluster, work: Path, namespace: str = NS, *helm_args: str) -> Path:
+    """The chart's ServiceAccount and RBAC for a single-namespace install watching `namespace`; a kubeconfig with its
+    token."""
     rendered = subprocess.run(
         [str(BIN / "helm"), "template", OPERATOR_ACCOUNT, str(REPO / "charts" / "kubetune"), "-n", OPERATOR_NAMESPACE,
-         "--set", f"operator.watchNamespace={NS}", "--show-only", "templates/serviceaccount.yaml",
-         "--show-only", "templates/rbac.yaml"], capture_output=True, text=True, check=True).stdout
+         "--set", f"operator.watchNamespace={namespace}", "--show-only", "templates/serviceaccount.yaml",
+         "--show-only", "templates/rbac.yaml", *helm_args], capture_output=True, text=True, check=True).stdout
     cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
     cluster.kubectl("apply", "-f", "-", input=rendered)
     token = cluster.kubectl("create", "token", OPERATOR_ACCOUNT, "-n", OPERATOR_NAMESPACE,
@@ -139,6 +140,48 @@ def test_a_failed_pod_restarts_the_whole_gang_then_fails_after_max_restarts(clus
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert "always-fails-a2" in failed["message"] and "always-fails-a2-" in failed["message"]  # names the pod
     assert "Restarting" in _events(cluster, "always-fails")
+
+
+def test_failures_are_handled_by_cause(cluster, operator):
+    """docs/operator.md "Failures and restarts": an eviction restarts the gang without using maxRestarts; a user
+    error (exit 2) and an OOM kill fail at once with the pod's own words; evictions past maxDisruptions fail."""
+    _create(cluster, "evicted-once", runPolicy={"maxRestarts": 0})
+    _create(cluster, "bad-data", runPolicy={"maxRestarts": 3})
+    _create(cluster, "oom-killed", runPolicy={"maxRestarts": 3})
+    _create(cluster, "evicted-always", runPolicy={"maxRestarts": 3, "maxDisruptions": 2})
+
+    status = _wait_phase(cluster, "ftj", "evicted-once", ("Succeeded", "Failed"))
+    assert (status["phase"], status["restarts"], status["disruptions"]) == ("Succeeded", 0, 1), status
+    assert status["lastFailure"]["cause"] == "Disruption" and "EvictionByEvictionAPI" in status["lastFailure"]["message"]
+    assert cluster.get_json("-n", NS, "job", "evicted-once-a1")["spec"]["template"]["metadata"]["labels"][
+        "kubetune.io/attempt"] == "1"
+
+    status = _wait_phase(cluster, "ftj", "bad-data", ("Succeeded", "Failed"))
+    assert (status["phase"], status["restarts"]) == ("Failed", 0), status
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "UserError" and "row 17: not valid JSON" in failed["message"]
+    assert status["lastFailure"]["exitCode"] == 2 and status["lastFailure"]["pod"].startswith("bad-data-a0-")
+
+    status = _wait_phase(cluster, "ftj", "oom-killed", ("Succeeded", "Failed"))
+    assert (status["phase"], status["restarts"], status["lastFailure"]["cause"]) == ("Failed", 0, "OutOfMemory")
+    assert "OOMKilled" in status["message"] and "resources.memory" in status["message"]
+
+    status = _wait_phase(cluster, "ftj", "evicted-always", ("Succeeded", "Failed"), timeout=90)
+    assert (status["phase"], status["restarts"], status["disruptions"]) == ("Failed", 0, 2), status
+    assert "maxDisruptions (2)" in status["message"] and "DeletionByTaintManager" in status["message"]
+    for name in ("evicted-once", "bad-data", "oom-killed", "evicted-always"):
+        cluster.kubectl("delete", "-n", NS, "ftj", name, "--wait=false")
+
+
+def test_a_job_the_apiserver_refuses_fails_with_its_words(cluster, operator):
+    _create(cluster, "bad-toleration", resources={"nodes": 1, "gpusPerNode": 1,
+                                                  "tolerations": [{"key": "gpu", "operator": "Sometimes"}]})
+    status = _wait_phase(cluster, "ftj", "bad-toleration", ("Failed",))
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "Rejected"
+    assert 'tolerations[0].operator: Unsupported value: "Sometimes"' in failed["message"], failed["message"]
+    assert "Rejected" in _events(cluster, "bad-toleration")
+    cluster.kubectl("delete", "-n", NS, "ftj", "bad-toleration")
 
 
 def test_suspend_deletes_the_pods_and_resume_recreates_them(cluster, operator):
@@ -468,6 +511,12 @@ def test_a_spec_change_to_a_running_job_is_surfaced(cluster, operator):
     cluster.wait_for(surfaced, "a SpecApplied=False condition", 60)
     status = _status(cluster, "ftj", "changes")
     assert status["phase"] == "Running" and status["observedGeneration"] == 2
+    applied = next(c for c in status["conditions"] if c["type"] == "SpecApplied")
+    assert "the apiserver said:" in applied["message"] and "field is immutable" in applied["message"]
+    # What can never change is refused up front, by the CRD's transition rules.
+    refused = cluster.kubectl("patch", "-n", NS, "ftj", "changes", "--type=merge", "-p",
+                              '{"spec":{"model":{"uri":"hf://org/other"}}}', check=False)
+    assert refused.returncode != 0 and "spec.model cannot change" in refused.stderr
     cluster.kubectl("delete", "-n", NS, "ftj", "changes")
 
 

@@ -89,11 +89,23 @@ def test_finetune_gang_job():
                                                                                                  SETTINGS))
 
 
-def test_kueue_suspends_and_labels_the_job_and_pvcs_are_mounted():
+def test_kueue_labels_the_job_which_is_created_suspended_and_never_applied_so_and_pvcs_are_mounted():
+    from kubetune_operator.builders.common import created_suspended
+
     body, spec = _parent("FineTuneJob", "q", {**BASE, **FINETUNE_CASES["kueue"]})
+    body["metadata"]["labels"] = {"kueue.x-k8s.io/priority-class": "from-label", "team": "nlp"}
     job = finetune.children(body, spec, 0, SETTINGS)[-1]
-    assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    # spec.suspend is Kueue's once the Job exists: only the create carries it, the applied manifest never does.
+    assert "suspend" not in job["spec"] and created_suspended(job) == {"spec": {"suspend": True}}
+    labels = job["metadata"]["labels"]
+    assert labels["kueue.x-k8s.io/queue-name"] == "team-a" and labels["kueue.x-k8s.io/priority-class"] == "from-label"
+    assert "team" not in labels
+    spec.run_policy.workload_priority_class = "urgent"  # the spec's field wins over the label
+    assert finetune.children(body, spec, 0, SETTINGS)[-1]["metadata"]["labels"][
+        "kueue.x-k8s.io/priority-class"] == "urgent"
     assert job["spec"]["activeDeadlineSeconds"] == 86400
+    body, spec = _parent("FineTuneJob", "u", BASE)
+    assert created_suspended(finetune.children(body, spec, 0, SETTINGS)[-1]) is None
     body, spec = _parent("FineTuneJob", "p", {**BASE, **FINETUNE_CASES["pvc-source"]})
     children = finetune.children(body, spec, 0, SETTINGS)
     pod = children[-1]["spec"]["template"]["spec"]

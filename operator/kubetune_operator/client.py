@@ -14,13 +14,35 @@ PLURALS = {"ConfigMap": "configmaps", "ServiceAccount": "serviceaccounts", "Serv
            "Role": "roles", "RoleBinding": "rolebindings", "Job": "jobs", "Deployment": "deployments",
            "HorizontalPodAutoscaler": "horizontalpodautoscalers", "PodDisruptionBudget": "poddisruptionbudgets",
            "Pod": "pods", "Event": "events", "FineTuneJob": "finetunejobs", "ConvertJob": "convertjobs",
-           "ChatEndpoint": "chatendpoints"}
+           "ChatEndpoint": "chatendpoints", "Workload": "workloads"}
 
 
 class ApiError(Exception):
     def __init__(self, status: int, body: str):
         super().__init__(f"{status}: {body[:500]}")
         self.status = status
+        try:  # a metav1.Status: its message is what the apiserver (or an admission webhook) said
+            self.message = said(json.loads(body))[:1000]
+        except (ValueError, AttributeError):
+            self.message = body[:1000]
+
+    @property
+    def refused(self) -> bool:
+        """The object itself was refused (invalid, or denied by an admission webhook), not the request failing."""
+        return self.status == 422 or (self.status in (400, 403) and "admission webhook" in self.message)
+
+
+def said(status: dict) -> str:
+    """A metav1.Status in a line: per field, the apiserver's verdict without the rejected value it repeats (an
+    immutable pod template is dumped whole, kilobytes long)."""
+    message = str(status.get("message") or status)
+    causes = (status.get("details") or {}).get("causes") or []
+    if not causes:
+        return message
+    verdicts = [f"{c.get('field', '')}: {str(c.get('message', '')).rpartition(': ')[2]}"
+                if str(c.get("message", "")).startswith("Invalid value") else f"{c.get('field', '')}: {c.get('message')}"
+                for c in causes]
+    return f"{message.split(': ', 1)[0]}: {'; '.join(verdicts)}"
 
 
 class NotOwned(Exception):
@@ -70,17 +92,25 @@ class Kube:
                 raise ApiError(response.status, text)
             return json.loads(text) if text else None
 
-    async def apply(self, manifest: dict) -> dict:
+    async def apply(self, manifest: dict, initial: dict | None = None) -> dict:
         """Server-side apply, forced (the operator owns its children's fields), but never onto an object that exists
         without this manifest's owner: a child name matching a user's Role or ConfigMap must not rewrite it, nor
-        adopt it for the garbage collector (a confused deputy)."""
+        adopt it for the garbage collector (a confused deputy). `initial` is merged into the object only when it is
+        created (a plain create): fields another controller takes over afterwards, which no apply then claims."""
         m = manifest["metadata"]
         owners = {o["uid"] for o in m.get("ownerReferences", ())}
-        if owners:
+        if owners or initial:
             current = await self.get(manifest["apiVersion"], manifest["kind"], m["namespace"], m["name"])
             theirs = {o.get("uid") for o in ((current or {}).get("metadata") or {}).get("ownerReferences", ())}
-            if current is not None and not owners & theirs:
+            if current is not None and owners and not owners & theirs:
                 raise NotOwned(manifest["kind"], m["name"])
+            if current is None and initial:
+                try:
+                    return await self._request("POST", path(manifest["apiVersion"], manifest["kind"], m["namespace"]),
+                                               _merged(manifest, initial), params={"fieldManager": self.field_manager})
+                except ApiError as exc:
+                    if exc.status != 409:  # created meanwhile: apply onto it like any existing object
+                        raise
         return await self._request("PATCH", path(manifest["apiVersion"], manifest["kind"], m["namespace"], m["name"]),
                                    manifest, "application/apply-patch+yaml",
                                    {"fieldManager": self.field_manager, "force": "true"})
@@ -106,6 +136,13 @@ class Kube:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _merged(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merged(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
 
 
 class Connection:

@@ -11,8 +11,12 @@ from kubetune.api.convert import export_specs
 
 from . import labels as label_keys, metrics, status as st
 from .builders import chat as chat_b, convert as convert_b, finetune as ftj_b
+from .builders.common import created_suspended
 from .client import ApiError, Kube, NotOwned
+from .failures import classify
 from .settings import Settings
+
+KUEUE_API = "kueue.x-k8s.io/v1beta2"
 
 
 class Waiting(Exception):
@@ -68,7 +72,7 @@ async def finetune(kube: Kube, body: dict, settings: Settings) -> tuple[dict, li
     spec, rejected = parse_or_reject(body, "FineTuneJob")
     if rejected:
         return rejected
-    attempt = int(status.get("restarts", 0))
+    attempt = st.attempt(status)
     jname = ftj_b.job_name(meta["name"], attempt)
     if status.get("phase") in st.FINISHED:
         return {"observedGeneration": generation}, []
@@ -79,20 +83,28 @@ async def finetune(kube: Kube, body: dict, settings: Settings) -> tuple[dict, li
     *supporting, job_manifest = ftj_b.children(body, spec, attempt, settings)
     await apply_in_order(kube, supporting)
     try:
-        await kube.apply(job_manifest)  # last, once what it mounts exists
+        await apply_job(kube, job_manifest)  # last, once what it mounts exists
     except ApiError as exc:
-        if exc.status != 422:
+        if not exc.refused:
             raise
-        # A running Job's pod template is immutable: the change waits for the next attempt, and says so.
         job = await kube.get("batch/v1", "Job", meta["namespace"], jname)
+        if job is None:  # nothing runs: the spec asks for a Job Kubernetes will not take
+            return fail(body, "Rejected", f"the training Job {jname} was refused: {exc.message}")
+        # A running Job's pod template is immutable: the change waits for the next attempt, and says so.
         outcome = st.finetune(job, status, spec, generation, st.now_iso())
-        message = ("the spec changed while the job runs; its pods keep the old spec until the next attempt "
-                   "(suspend and resume to apply it now)")
+        message = (f"the spec changed while the job runs; its pods keep the old spec until the next attempt "
+                   f"(suspend and resume to apply it now); the apiserver said: {exc.message}")
         outcome.patch["conditions"] = st.set_condition(outcome.patch.get("conditions", []), "SpecApplied", False,
                                                        "RunningWithPreviousSpec", message, st.now_iso(), generation)
         return outcome.patch, outcome.events + [("Warning", "RunningWithPreviousSpec", message)]
     # The phase is the Job watch's to write (finetune_job_event): a phase computed here could land after a newer one.
     return {"observedGeneration": generation}, []
+
+
+async def apply_job(kube: Kube, job: dict) -> None:
+    """A Job is created once with what only its creation may set (a queued Job's `suspend`, then Kueue's), and
+    otherwise applied like every child."""
+    await kube.apply(job, initial=created_suspended(job))
 
 
 async def apply_in_order(kube: Kube, children: list[dict]) -> None:
@@ -111,21 +123,22 @@ async def finetune_job_event(kube: Kube, job: dict, settings: Settings) -> tuple
         return None, {}, []
     ns = parent["metadata"]["namespace"]
     status = dict(parent.get("status") or {})
-    if labels.get(ftj_b.ATTEMPT_LABEL) != str(int(status.get("restarts", 0))):
+    if labels.get(ftj_b.ATTEMPT_LABEL) != str(st.attempt(status)):
         return None, {}, []
     try:
         spec = parse(parent, "FineTuneJob")
     except ManifestError:
         return None, {}, []
     generation = parent["metadata"].get("generation", 1)
-    outcome = st.finetune(job, status, spec, generation, st.now_iso())
+    observed = await observe(kube, job, spec)
+    outcome = st.finetune(job, status, spec, generation, st.now_iso(), observed)
     if outcome.restart:
         metrics.RESTARTS.labels(ns, parent["metadata"]["name"]).inc()
         await kube.delete("batch/v1", "Job", ns, job["metadata"]["name"])
         parent_next = {**parent, "status": {**status, **outcome.patch}}
-        *supporting, job_manifest = ftj_b.children(parent_next, spec, int(outcome.patch["restarts"]), settings)
+        *supporting, job_manifest = ftj_b.children(parent_next, spec, st.attempt(parent_next["status"]), settings)
         await apply_in_order(kube, supporting)
-        await kube.apply(job_manifest)
+        await apply_job(kube, job_manifest)
     phase = outcome.patch.get("phase")
     if phase == st.Phase.RUNNING and status.get("phase") != st.Phase.RUNNING:
         created = st.timestamp(parent["metadata"].get("creationTimestamp"))
@@ -140,12 +153,33 @@ async def finetune_job_event(kube: Kube, job: dict, settings: Settings) -> tuple
     return parent, outcome.patch, outcome.events
 
 
+async def observe(kube: Kube, job: dict, spec: Any) -> st.Observed:
+    """What the status logic needs besides the Job: why its pods failed (read before the Job and its pods are
+    deleted for the next attempt), or why Kueue suspended it (its Workload, found by the Job's uid)."""
+    ns = job["metadata"]["namespace"]
+    if st.job_condition(job, "Failed") is not None:
+        pods = await kube.list("v1", "Pod", ns, selector=f"batch.kubernetes.io/job-name={job['metadata']['name']}")
+        return st.Observed(failure=classify(pods))
+    if spec.run_policy.queue_name and (job.get("spec") or {}).get("suspend"):
+        try:
+            workloads = await kube.list(KUEUE_API, "Workload", ns,
+                                        selector=f"kueue.x-k8s.io/job-uid={job['metadata']['uid']}")
+        except ApiError as exc:  # Kueue installed after the chart (no rule to read it): say Queued, not why
+            if exc.status != 403:
+                raise
+            workloads = []
+        evicted = [c for w in workloads for c in (w.get("status") or {}).get("conditions") or []
+                   if c.get("type") == "Evicted" and c.get("status") == "True"]
+        return st.Observed(eviction=evicted[0] if evicted else None)
+    return st.Observed()
+
+
 async def pods_refused(kube: Kube, body: dict) -> tuple[dict, list] | None:
     """Why the current attempt's Job cannot create its pods (Pod Security, a quota, a webhook), as a condition and a
     Warning event on the FineTuneJob; None when nothing is refused or it is already reported. The Job controller
     keeps retrying, so the phase stays and the condition clears when pods appear."""
     meta, status = body["metadata"], dict(body.get("status") or {})
-    jname = ftj_b.job_name(meta["name"], int(status.get("restarts", 0)))
+    jname = ftj_b.job_name(meta["name"], st.attempt(status))
     refused = await kube.list("v1", "Event", meta["namespace"],
                               fields=f"involvedObject.kind=Job,involvedObject.name={jname},reason=FailedCreate")
     if not refused:
@@ -245,7 +279,7 @@ async def convert(kube: Kube, body: dict, settings: Settings) -> tuple[dict, lis
         source = checkpoint["uri"]
         base = base or (ref or {}).get("spec", {}).get("model", {}).get("uri")
         config_map = ftj_b.names(spec.source.fine_tune_job_ref)["config"]
-    await kube.apply(convert_b.job(body, spec, source, base, config_map, settings))
+    await apply_job(kube, convert_b.job(body, spec, source, base, config_map, settings))
     return {"observedGeneration": generation}, []  # the Job watch writes the phase (convert_job_event)
 
 

@@ -8,7 +8,9 @@ from typing import Any
 
 from kubetune.api.chat import ChatPhase
 from kubetune.api.convert import ConvertPhase
-from kubetune.api.finetune import FineTunePhase as Phase
+from kubetune.api.finetune import FailureCause as Cause, FineTunePhase as Phase
+
+from .failures import Failure
 
 FINISHED = (Phase.SUCCEEDED, Phase.FAILED)  # the same two words end a ConvertJob
 
@@ -71,6 +73,21 @@ def job_condition(job: dict | None, type_: str) -> dict | None:
     return None
 
 
+def attempt(status: dict) -> int:
+    """The current attempt's number (its Job is `<name>-a<attempt>`): every whole-gang restart, for a failure or a
+    disruption, starts the next one."""
+    return int(status.get("restarts", 0) or 0) + int(status.get("disruptions", 0) or 0)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the operator read besides the Job: why its failed pods failed, and Kueue's eviction of a suspended Job
+    (its Workload's Evicted condition)."""
+
+    failure: Failure | None = None
+    eviction: dict | None = None
+
+
 @dataclass
 class Outcome:
     patch: dict[str, Any]
@@ -78,10 +95,10 @@ class Outcome:
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
 
 
-def finetune(job: dict | None, status: dict, spec: Any, generation: int, now: str) -> Outcome:
+def finetune(job: dict | None, status: dict, spec: Any, generation: int, now: str,
+             observed: Observed = Observed()) -> Outcome:
     """The FineTuneJob's status from its current attempt's Job."""
     conditions = list(status.get("conditions", []))
-    restarts = int(status.get("restarts", 0))
     phase = status.get("phase")
     patch: dict[str, Any] = {"observedGeneration": generation}
     events: list[tuple[str, str, str]] = []
@@ -109,31 +126,18 @@ def finetune(job: dict | None, status: dict, spec: Any, generation: int, now: st
         conditions = set_condition(conditions, "Running", False, "Succeeded", "training finished", now, generation)
         conditions = set_condition(conditions, "Succeeded", True, "Succeeded", patch["message"], now, generation)
     elif (failed := job_condition(job, "Failed")) is not None:
-        why = f"{failed.get('reason', 'Failed')}: {failed.get('message', 'a pod failed')}"
-        left = deadline_left(spec, status, job, now)
-        if failed.get("reason") == "DeadlineExceeded" or (left is not None and left <= 0):
-            failed = {**failed, "reason": "DeadlineExceeded"}  # a restart would only run past it again
-            why = f"runPolicy.activeDeadlineSeconds ({spec.run_policy.active_deadline_seconds} s) passed: {why}"
-        elif restarts < spec.run_policy.max_restarts:
-            restarts += 1
-            patch["restarts"] = restarts
-            if left is not None:
-                patch["attemptDeadlineSeconds"] = left
-            message = (f"restart {restarts}/{spec.run_policy.max_restarts} after {job['metadata']['name']} failed "
-                       f"({why}); the new gang resumes from the latest checkpoint")
-            moved(Phase.RESTARTING, "Restarting", message, "Warning")
-            conditions = set_condition(conditions, "Running", False, "Restarting", message, now, generation)
-            return Outcome(patch | {"conditions": conditions}, restart=True, events=events)
-        message = f"{job['metadata']['name']} failed after {restarts} restart(s): {why}"
-        moved(Phase.FAILED, "Failed", message, "Warning")
-        patch["completionTime"] = failed.get("lastTransitionTime") or now
-        conditions = set_condition(conditions, "Running", False, "Failed", message, now, generation)
-        conditions = set_condition(conditions, "Failed", True, failed.get("reason", "Failed"), message, now,
-                                   generation)
+        return _failed(job, failed, status, spec, generation, now, observed.failure, conditions)
     elif job.get("spec", {}).get("suspend"):
-        moved(Phase.PENDING, "Queued", "waiting for Kueue to admit the Job "
-                                   f"(queue {spec.run_policy.queue_name})" if spec.run_policy.queue_name
-              else "the Job is suspended")
+        queue = spec.run_policy.queue_name
+        if observed.eviction is not None:
+            why = f"{observed.eviction.get('reason', 'Evicted')}: {observed.eviction.get('message', '')}".rstrip(": ")
+            moved(Phase.PREEMPTED, "Preempted", f"preempted by Kueue ({why}); queued again in {queue}, resumes from "
+                  "its newest checkpoint when admitted (no restart used)", "Warning")
+            conditions = set_condition(conditions, "Preempted", True, observed.eviction.get("reason", "Evicted"),
+                                       why, now, generation)
+        else:
+            moved(Phase.QUEUED, "Queued", f"waiting for Kueue to admit the Job (queue {queue})" if queue
+                  else "the Job is suspended")
     else:
         st = job.get("status", {})
         nodes = spec.resources.nodes
@@ -144,6 +148,9 @@ def finetune(job: dict | None, status: dict, spec: Any, generation: int, now: st
             if any(c["type"] == "PodsCreated" for c in conditions):  # a refusal reported earlier is over
                 conditions = set_condition(conditions, "PodsCreated", True, "Created", "pods created", now,
                                            generation)
+            if any(c["type"] == "Preempted" and c["status"] == "True" for c in conditions):
+                conditions = set_condition(conditions, "Preempted", False, "Readmitted",
+                                           "admitted again after a preemption", now, generation)
         else:
             moved(Phase.INITIALIZING, "Initializing", f"{ready}/{nodes} pod(s) ready")
         if not status.get("startTime") and st.get("startTime"):
@@ -153,6 +160,59 @@ def finetune(job: dict | None, status: dict, spec: Any, generation: int, now: st
             if job is not None or any(c["type"] == "Created" for c in conditions) else conditions
         patch["conditions"] = conditions
     return Outcome(patch, events=events)
+
+
+def _failed(job: dict, failed: dict, status: dict, spec: Any, generation: int, now: str, failure: Failure | None,
+            conditions: list[dict]) -> Outcome:
+    """A failed attempt: restart the gang (a disruption, or a crash within maxRestarts) or fail the job (a user
+    error, out of memory, the deadline, or out of restarts), with the cause in status.lastFailure."""
+    name = job["metadata"]["name"]
+    why = (f"{failure.cause} in pod {failure.pod}: {failure.message}" if failure
+           else f"{failed.get('reason', 'Failed')}: {failed.get('message', 'a pod failed')}")
+    last = failure.to_status(now) if failure else {"cause": str(Cause.ERROR), "message": why[:1000], "time": now}
+    left = deadline_left(spec, status, job, now)
+    if failed.get("reason") == "DeadlineExceeded" or (left is not None and left <= 0):
+        why = f"runPolicy.activeDeadlineSeconds ({spec.run_policy.active_deadline_seconds} s) passed: {why}"
+        last = {"cause": str(Cause.DEADLINE), "message": why[:1000], "time": now}
+        return _fail(name, why, Cause.DEADLINE, status, failed, generation, now, last, conditions)
+    cause = failure.cause if failure else Cause.ERROR
+    counter, limit, verdict = _retry(cause, status, spec.run_policy)
+    if counter is None:
+        return _fail(name, f"{why}; {verdict}", cause, status, failed, generation, now, last, conditions)
+    count = int(status.get(counter, 0) or 0) + 1
+    message = (f"restart after disruption {count}/{limit} ({name}: {why}); the new gang resumes from the latest "
+               "checkpoint, maxRestarts untouched" if counter == "disruptions" else
+               f"restart {count}/{limit} after {name} failed ({why}); the new gang resumes from the latest checkpoint")
+    patch: dict[str, Any] = {"observedGeneration": generation, counter: count, "phase": Phase.RESTARTING,
+                             "message": message, "lastFailure": last,
+                             "conditions": set_condition(conditions, "Running", False, "Restarting", message, now,
+                                                         generation)}
+    if left is not None:
+        patch["attemptDeadlineSeconds"] = left
+    return Outcome(patch, restart=True, events=[("Warning", "Restarting", message)])
+
+
+def _retry(cause: Cause, status: dict, policy: Any) -> tuple[str | None, int, str]:
+    """(the status counter a restart uses, its limit, why not) for a failure of this cause."""
+    if cause in (Cause.USER_ERROR, Cause.OUT_OF_MEMORY):
+        return None, 0, "not restarted: the same input fails the same way"
+    if cause == Cause.DISRUPTION:
+        if int(status.get("disruptions", 0) or 0) < policy.max_disruptions:
+            return "disruptions", policy.max_disruptions, ""
+        return None, 0, f"not restarted: runPolicy.maxDisruptions ({policy.max_disruptions}) reached"
+    if int(status.get("restarts", 0) or 0) < policy.max_restarts:
+        return "restarts", policy.max_restarts, ""
+    return None, 0, f"runPolicy.maxRestarts ({policy.max_restarts}) reached"
+
+
+def _fail(name: str, why: str, cause: Cause, status: dict, failed: dict, generation: int, now: str, last: dict,
+          conditions: list[dict]) -> Outcome:
+    message = f"{name} failed after {int(status.get('restarts', 0) or 0)} restart(s): {why}"
+    conditions = set_condition(conditions, "Running", False, "Failed", message, now, generation)
+    conditions = set_condition(conditions, "Failed", True, str(cause), message, now, generation)
+    patch = {"observedGeneration": generation, "phase": Phase.FAILED, "message": message, "lastFailure": last,
+             "conditions": conditions, "completionTime": failed.get("lastTransitionTime") or now}
+    return Outcome(patch, events=[("Warning", "Failed", message)] if status.get("phase") != Phase.FAILED else [])
 
 
 def convert(job: dict | None, status: dict, output_uri: str, generation: int, now: str) -> Outcome:
@@ -174,6 +234,8 @@ def convert(job: dict | None, status: dict, output_uri: str, generation: int, no
         conditions = set_condition(conditions, "Failed", True, failed.get("reason", "Failed"), patch["message"], now,
                                    generation)
         events.append(("Warning", "Failed", patch["message"]))
+    elif (job.get("spec") or {}).get("suspend"):
+        patch |= {"phase": ConvertPhase.QUEUED, "message": "waiting for Kueue to admit the Job"}
     else:
         patch |= {"phase": ConvertPhase.RUNNING, "message": "converting"}
         if job.get("status", {}).get("startTime") and not status.get("startTime"):

@@ -41,6 +41,24 @@ def metadata(parent: Manifest, name: str, component: str, extra_labels: dict[str
             "ownerReferences": [owner_reference(parent)]}
 
 
+KUEUE_PREFIX = "kueue.x-k8s.io/"
+QUEUE_LABEL, PRIORITY_LABEL = KUEUE_PREFIX + "queue-name", KUEUE_PREFIX + "priority-class"
+
+
+def kueue_labels(parent: Manifest, queue: str | None, priority: str | None) -> dict[str, str]:
+    """What Kueue reads from a Job: the parent's own `kueue.x-k8s.io/*` labels (as Kueue's docs put them on a
+    workload), then the spec's queue and WorkloadPriorityClass, which win."""
+    own = {k: v for k, v in (parent["metadata"].get("labels") or {}).items() if k.startswith(KUEUE_PREFIX)}
+    return own | {k: v for k, v in ((QUEUE_LABEL, queue), (PRIORITY_LABEL, priority)) if v}
+
+
+def created_suspended(job: Manifest) -> dict[str, Any] | None:
+    """What a queued Job is created with and never applied again: `spec.suspend: true`. Kueue admits the Job by
+    unsuspending it and preempts it by suspending it; after creation the field is Kueue's, and an operator that
+    applied it (on a restart, an upgrade, a spec edit) would suspend every admitted gang it touched."""
+    return {"spec": {"suspend": True}} if QUEUE_LABEL in job["metadata"]["labels"] else None
+
+
 def container_security() -> dict[str, Any]:
     return {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..settings import Settings
-from .common import WORK_DIR, Manifest, child_name, metadata, pod_spec, pvc_volumes, resources, storage_env
+from .common import (WORK_DIR, Manifest, child_name, kueue_labels, metadata, pod_spec, pvc_volumes, resources,
+                     storage_env)
 
 
 def job_name(name: str) -> str:
@@ -40,10 +41,11 @@ def job(parent: Manifest, spec: Any, source_uri: str, base_uri: str | None, conf
         volumes.append({"name": "config", "configMap": {"name": config_map}})
         mounts.append({"name": "config", "mountPath": "/etc/kubetune", "readOnly": True})
     container = {"name": "convert", "command": command(spec, source_uri, base_uri, config_path),
-                 "env": storage_env(spec.storage, settings),
+                 "env": storage_env(spec.storage, settings), "terminationMessagePolicy": "FallbackToLogsOnError",
                  "resources": resources(spec.resources, spec.resources.gpus),
                  "volumeMounts": mounts, "workingDir": WORK_DIR}
     pod = pod_spec(spec.resources, settings, container, volumes, None) | {"restartPolicy": "Never"}
-    meta = metadata(parent, job_name(name), "convert")
+    meta = metadata(parent, job_name(name), "convert",
+                    kueue_labels(parent, spec.queue_name, spec.workload_priority_class))
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
             "spec": {"backoffLimit": 2, "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": pod}}}

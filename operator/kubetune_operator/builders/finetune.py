@@ -12,7 +12,9 @@ from kubetune.api import API_VERSION, GROUP
 
 from .. import labels as label_keys
 from ..settings import Settings
-from .common import CONFIG_DIR, WORK_DIR, Manifest, child_name, metadata, pod_spec, pvc_volumes, resources, storage_env
+from ..failures import pod_failure_policy
+from .common import (CONFIG_DIR, WORK_DIR, Manifest, child_name, kueue_labels, metadata, pod_spec, pvc_volumes,
+                     resources, storage_env)
 
 ATTEMPT_LABEL = label_keys.ATTEMPT
 # Rank 0 serves kubetune_train_* here (the chart's PodMonitor scrapes the port named "metrics").
@@ -83,9 +85,7 @@ def job(parent: Manifest, spec: Any, attempt: int, settings: Settings, n: dict[s
     jname = job_name(name, attempt)
     res, policy = spec.resources, spec.run_policy
     nodes, gpus = res.nodes, res.gpus_per_node
-    extra = {ATTEMPT_LABEL: str(attempt)}
-    if policy.queue_name:
-        extra["kueue.x-k8s.io/queue-name"] = policy.queue_name
+    extra = {ATTEMPT_LABEL: str(attempt)} | kueue_labels(parent, policy.queue_name, policy.workload_priority_class)
     env = [{"name": "NNODES", "value": str(nodes)}, {"name": "NPROC_PER_NODE", "value": str(max(gpus, 1))},
            {"name": "NODE_RANK", "valueFrom": {"fieldRef": {
                "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
@@ -108,22 +108,24 @@ def job(parent: Manifest, spec: Any, attempt: int, settings: Settings, n: dict[s
                   {"name": "metrics", "containerPort": METRICS_PORT}],
         "resources": resources(res, gpus),
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}] + mounts,
+        # The runtime writes its one-line error there; a crash without one leaves its log's tail instead. Either
+        # is what the failure condition quotes (failures.py).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     pod = pod_spec(res, settings, container, [{"name": "config", "configMap": {"name": n["config"]}}] + volumes,
                    n["account"])
-    pod |= {"restartPolicy": "Never", "subdomain": n["service"]}
+    pod |= {"restartPolicy": "Never", "subdomain": n["service"],
+            "terminationGracePeriodSeconds": res.termination_grace_period_seconds}
     template_meta = {"labels": metadata(parent, jname, "trainer", extra)["labels"]}
     job_spec: dict[str, Any] = {
         "completionMode": "Indexed", "completions": nodes, "parallelism": nodes,
         # A gang: one failed pod fails the Job at once; the operator restarts the whole gang from the checkpoint.
         "backoffLimit": 0,
-        "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {"operator": "NotIn", "values": [0]}}]},
+        "podFailurePolicy": pod_failure_policy(),
         "template": {"metadata": template_meta, "spec": pod},
     }
     if policy.active_deadline_seconds:  # a restarted gang gets what the earlier attempts left (status logic)
         job_spec["activeDeadlineSeconds"] = (parent.get("status") or {}).get("attemptDeadlineSeconds") \
             or policy.active_deadline_seconds
-    if policy.queue_name:  # Kueue admits (unsuspends) the Job when its quota allows
-        job_spec["suspend"] = True
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata(parent, jname, "trainer", extra),
             "spec": job_spec}

@@ -143,6 +143,16 @@ KubeObjectList = Annotated[
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# Kueue's names as its labels carry them: a LocalQueue (kueue.x-k8s.io/queue-name), a WorkloadPriorityClass
+# (kueue.x-k8s.io/priority-class).
+QueueName = Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]
+PriorityClassName = Annotated[str, Field(pattern=DNS_SUBDOMAIN, max_length=63)]
+
+
+def unchangeable(why: str) -> dict[str, Any]:
+    """A CEL transition rule for a field that cannot change once the resource exists: `kubectl apply` is refused
+    up front, with `why`, instead of the operator finding out while the job runs."""
+    return {"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": why}]}
 URI_PATTERN = r"^((hf|s3|pvc|file)://\S+|[^:\s]+)$"
 Uri = Annotated[str, Field(pattern=URI_PATTERN, min_length=1, max_length=2048)]
 """`hf://org/name[@rev]`, `s3://bucket/prefix`, `pvc://claim/path`, `file:///path` or a plain local path (relative

@@ -8,7 +8,8 @@ from typing import Annotated, Any, ClassVar, Literal, TYPE_CHECKING
 
 from pydantic import Field
 
-from .base import API_VERSION, DNS_SUBDOMAIN, Condition, KubeModel, ObjectMeta, PodResources, Rule, StorageSpec, Uri
+from .base import (API_VERSION, DNS_SUBDOMAIN, Condition, KubeModel, ObjectMeta, PodResources, PriorityClassName,
+                   QueueName, Rule, StorageSpec, Uri)
 
 if TYPE_CHECKING:  # the API models, for the type checker only (imported at run time where used)
     from .finetune import FineTuneJobSpec
@@ -87,6 +88,11 @@ class ConvertJobSpec(KubeModel):
     """The adapter belongs to a CLIP vision encoder (LLaVA)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the merge arithmetic runs."""
+    queue_name: QueueName | None = None
+    """Kueue LocalQueue (`kueue.x-k8s.io/queue-name`): the Job is created suspended and runs when Kueue admits it.
+    A FineTuneJob's export ConvertJobs take its queue."""
+    workload_priority_class: PriorityClassName | None = None
+    """Kueue WorkloadPriorityClass (`kueue.x-k8s.io/priority-class`)."""
     resources: PodResources = Field(default_factory=PodResources)
     """Pod size and placement."""
     storage: StorageSpec = Field(default_factory=StorageSpec)
@@ -95,6 +101,7 @@ class ConvertJobSpec(KubeModel):
 
 class ConvertPhase(StrEnum):
     PENDING = "Pending"
+    QUEUED = "Queued"  # waiting for Kueue to admit it
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
@@ -104,7 +111,7 @@ class ConvertJobStatus(KubeModel):
     """Observed state."""
 
     phase: ConvertPhase | None = None
-    """Pending, Running, Succeeded or Failed."""
+    """Pending, Queued, Running, Succeeded or Failed."""
     observed_generation: int | None = None
     """The .metadata.generation the operator last acted on."""
     conditions: list[Condition] = Field(default_factory=list)
@@ -143,10 +150,12 @@ def export_specs(job_name: str, spec: FineTuneJobSpec) -> dict[str, dict[str, An
         return {}
     root = spec.checkpoints.uri.rstrip("/") + "/export"
     storage = spec.storage.to_dict()
+    queue = {k: v for k, v in (("queueName", spec.run_policy.queue_name),
+                                ("workloadPriorityClass", spec.run_policy.workload_priority_class)) if v}
     out = {"adapter": {"operation": "pth_to_hf", "source": {"fineTuneJobRef": job_name},
-                       "output": {"uri": f"{root}/hf"}, "storage": storage}}
+                       "output": {"uri": f"{root}/hf"}, "storage": storage} | queue}
     if spec.export.merge and spec.method.scheme != "full":
         base = {"uri": spec.model.uri} | ({"trustRemoteCode": True} if spec.model.trust_remote_code else {})
         out["merged"] = {"operation": "merge", "source": {"checkpointUri": f"{root}/hf"}, "baseModel": base,
-                         "output": {"uri": f"{root}/merged"}, "storage": storage}
+                         "output": {"uri": f"{root}/merged"}, "storage": storage} | queue
     return out

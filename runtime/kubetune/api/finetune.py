@@ -8,7 +8,8 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from .base import (API_VERSION, DNS_LABEL, Condition, KubeModel, ObjectMeta, PodSettings, Rule, StorageSpec, Uri)
+from .base import (API_VERSION, Condition, KubeModel, ObjectMeta, PodSettings, PriorityClassName, QueueName,
+                   Rule, StorageSpec, Uri, unchangeable)
 from .enums import (PREFERENCE_FORMATS, PREFERENCE_METHODS, DatasetFormat, DeepSpeedPreset, DType, FileType,
                     LrSchedule, OptimizerType, Precision, PromptTemplate, SystemTemplate)
 from .method import DpoSpec, LoraSpec, MethodSpec, OrpoSpec, QuantizationSpec, RewardSpec  # noqa: F401 (re-exported)
@@ -219,6 +220,9 @@ class FineTuneResources(PodSettings):
     """Pods in the gang (torchrun --nnodes)."""
     gpus_per_node: int = Field(default=0, ge=0, le=64)
     """GPUs per pod (torchrun --nproc_per_node, the `nvidia.com/gpu` limit); 0 trains on CPU."""
+    termination_grace_period_seconds: int = Field(default=300, ge=1, le=86400)
+    """Time a pod gets between SIGTERM (a preemption, eviction or drain) and SIGKILL: the current step finishes and
+    a checkpoint of it is written and uploaded in it, so size it for one checkpoint write of this model."""
 
 
 class RunPolicy(KubeModel):
@@ -234,8 +238,17 @@ class RunPolicy(KubeModel):
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     """Delete the FineTuneJob, and with it its Job and pods, this long after it finished and its exports are done
     (checkpoints and exported artifacts in storage stay)."""
-    queue_name: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)] | None = None
-    """Kueue LocalQueue; the Job is created suspended with `kueue.x-k8s.io/queue-name` and Kueue admits it."""
+    max_disruptions: int = Field(default=10, ge=0, le=1000)
+    """Whole-gang restarts after disruptions (a pod preempted, evicted or drained: its DisruptionTarget condition)
+    that do not count against maxRestarts; past this many the job fails, so a node that keeps failing cannot loop it
+    forever. A Kueue preemption is no restart (the Job is only suspended) and counts against neither."""
+    queue_name: QueueName | None = None
+    """Kueue LocalQueue: the Job is created suspended with `kueue.x-k8s.io/queue-name` and Kueue admits it (and may
+    preempt it: the job then waits as Preempted and resumes from its newest checkpoint when admitted again). The
+    export ConvertJobs go to the same queue."""
+    workload_priority_class: PriorityClassName | None = None
+    """Kueue WorkloadPriorityClass (`kueue.x-k8s.io/priority-class`): which queued jobs are admitted first and which
+    running ones Kueue may preempt for them. A `kueue.x-k8s.io/priority-class` label on the FineTuneJob works too."""
 
 
 class ExportSpec(KubeModel):
@@ -339,10 +352,13 @@ class FineTuneJobSpec(KubeModel):
 
     base_config: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=253)] | None = None
     """A predefined config (`kubetune list-cfg`) that the fields set here override."""
-    model: Annotated[ModelSpec, Field(json_schema_extra=RECIPE)] = None  # type: ignore[assignment]
-    """The base model."""
-    method: Annotated[MethodSpec, Field(json_schema_extra=RECIPE)] = Field(default_factory=MethodSpec)
-    """full, lora or qlora, with adapter and quantization settings."""
+    model: Annotated[ModelSpec, Field(json_schema_extra=RECIPE | unchangeable(
+        "spec.model cannot change: the job's checkpoints were trained from it; create a new FineTuneJob"))] = None  # type: ignore[assignment]
+    """The base model. Cannot change once created (its checkpoints are of this model)."""
+    method: Annotated[MethodSpec, Field(json_schema_extra=RECIPE | unchangeable(
+        "spec.method cannot change: the job's checkpoints hold what this method trains; create a new "
+        "FineTuneJob"))] = Field(default_factory=MethodSpec)
+    """full, lora or qlora, with adapter and quantization settings. Cannot change once created."""
     dataset: Annotated[DatasetSpec, Field(json_schema_extra=RECIPE)] = None  # type: ignore[assignment]
     """Training data, template and packing."""
     training: Annotated[TrainingSpec, Field(json_schema_extra=RECIPE)] = Field(default_factory=TrainingSpec)
@@ -352,7 +368,9 @@ class FineTuneJobSpec(KubeModel):
     evaluation: Annotated[EvaluationSpec, Field(json_schema_extra=RECIPE)] = Field(default_factory=EvaluationSpec)
     """Sample generations during training."""
     resources: FineTuneResources = Field(default_factory=FineTuneResources)
-    """Pods, GPUs and placement."""
+    """Pods, GPUs and placement. Like dataset, training and checkpoints, a change reaches a running job at its next
+    attempt (a restart, a re-admission after preemption, or suspend and resume); the job says so meanwhile
+    (condition SpecApplied=False)."""
     storage: StorageSpec = Field(default_factory=StorageSpec)
     """Credentials and endpoint for s3:// and hf:// URIs."""
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
@@ -369,6 +387,32 @@ class FineTunePhase(StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     SUSPENDED = "Suspended"
+    QUEUED = "Queued"  # waiting for Kueue to admit it
+    PREEMPTED = "Preempted"  # admitted once, evicted by Kueue; queued again, resumes from its newest checkpoint
+
+
+class FailureCause(StrEnum):
+    DISRUPTION = "Disruption"  # preempted, evicted, drained: the gang restarts without using maxRestarts
+    USER_ERROR = "UserError"  # the config, data or model: fails at once, retrying cannot help
+    OUT_OF_MEMORY = "OutOfMemory"  # fails at once with what to lower
+    ERROR = "Error"  # a crash: the gang restarts, up to maxRestarts
+    DEADLINE = "DeadlineExceeded"  # runPolicy.activeDeadlineSeconds passed
+    REJECTED = "Rejected"  # the apiserver or an admission webhook refused a child the operator made
+
+
+class Failure(KubeModel):
+    """The last attempt's failure, as the operator classified it (docs/operator.md, "Failures and restarts")."""
+
+    cause: FailureCause | None = None
+    """Disruption, UserError, OutOfMemory, Error, DeadlineExceeded or Rejected."""
+    pod: str | None = None
+    """The pod it was read from."""
+    exit_code: int | None = None
+    """That pod's exit code (kubetune's: 2 user error, 3 out of memory, 75 stopped on SIGTERM)."""
+    message: str | None = None
+    """Its termination message (the runtime's own error line), condition or the apiserver's words."""
+    time: datetime | None = None
+    """When the operator saw it."""
 
 
 class Progress(KubeModel):
@@ -416,17 +460,21 @@ class FineTuneJobStatus(KubeModel):
     """Observed state, written by the operator and (progress only) by rank 0."""
 
     phase: FineTunePhase | None = None
-    """Pending, Initializing, Running, Restarting, Succeeded, Failed or Suspended."""
+    """Pending, Queued, Initializing, Running, Restarting, Preempted, Succeeded, Failed or Suspended."""
     observed_generation: int | None = None
     """The .metadata.generation the operator last acted on."""
     conditions: list[Condition] = Field(default_factory=list)
-    """Created, Running, Succeeded, Failed, Suspended."""
+    """Created, Running, Preempted, SpecApplied, PodsCreated, Succeeded, Failed, Suspended."""
     start_time: datetime | None = None
     """When the first pod started."""
     completion_time: datetime | None = None
     """When the run succeeded or finally failed."""
     restarts: int = 0
-    """Whole-gang restarts so far."""
+    """Whole-gang restarts after failures so far (runPolicy.maxRestarts bounds them)."""
+    disruptions: int = 0
+    """Whole-gang restarts after disruptions so far (runPolicy.maxDisruptions bounds them)."""
+    last_failure: Failure | None = None
+    """What ended the last failed attempt, and why."""
     attempt_deadline_seconds: int | None = None
     """The current attempt's share of runPolicy.activeDeadlineSeconds: what the earlier attempts left of it."""
     message: str | None = None

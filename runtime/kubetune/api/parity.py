@@ -83,12 +83,17 @@ FINETUNE: dict[str, Entry] = {
     "spec.resources.nodes": (CLUSTER, "pods in the gang: NNODES/NODE_RANK (or torchrun) start processes here"),
     "spec.resources.gpusPerNode": (CLUSTER, "GPUs per pod: NPROC_PER_NODE (or torchrun) starts one process per GPU "
                                             "here"),
+    "spec.resources.terminationGracePeriodSeconds": (CLUSTER, "the pod's time after SIGTERM; here SIGTERM (or kill) "
+                                                              "stops the run after its step, with a checkpoint, too"),
     **_storage(),
     "spec.runPolicy.suspend": (CLUSTER, "a run here starts when you start it"),
     "spec.runPolicy.maxRestarts": (CLUSTER, "rerun with --resume auto to continue from the newest checkpoint"),
     "spec.runPolicy.activeDeadlineSeconds": (CLUSTER, "the Job's deadline: stop a run here yourself"),
     "spec.runPolicy.ttlSecondsAfterFinished": (CLUSTER, "deletes the Kubernetes objects; nothing to delete here"),
+    "spec.runPolicy.maxDisruptions": (CLUSTER, "preemptions and evictions happen to pods; a run stopped here by "
+                                               "SIGTERM continues with --resume auto"),
     "spec.runPolicy.queueName": (CLUSTER, "Kueue admits cluster Jobs only"),
+    "spec.runPolicy.workloadPriorityClass": (CLUSTER, "Kueue's priority among cluster Jobs"),
     **_same(HONOURED, "after training, the ConvertJobs the operator would create run here: <checkpoints.uri>/export/"
                       "hf and /export/merged, the same layout (skipped, and said, without checkpoints.uri, as the "
                       "cluster's ExportSkipped event; --no-export skips it)", "spec.export", "adapter", "merge"),
@@ -108,6 +113,8 @@ CONVERT: dict[str, Entry] = {
                                                  "runs the model's code"),
     **_pod("spec.resources"),
     "spec.resources.gpus": (CLUSTER, "the pod's GPU limit: device auto uses a GPU here when one is visible"),
+    "spec.queueName": (CLUSTER, "Kueue admits cluster Jobs only"),
+    "spec.workloadPriorityClass": (CLUSTER, "Kueue's priority among cluster Jobs"),
     **_storage(),
 }
 
