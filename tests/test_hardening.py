@@ -294,7 +294,7 @@ def test_credentials_in_an_endpoint_url_never_reach_errors(tmp_path):
            "KUBETUNE_CACHE": str(tmp_path / "cache")}
     out = kubetune("convert", "pth_to_hf", "examples/local-next-letter.yaml", "s3://bucket/run/iter_1",
                    str(tmp_path / "out"), env=env)
-    assert out.returncode == 2 and "Could not connect" in out.stderr, out.stderr[-2000:]
+    assert out.returncode == 1 and "Could not connect" in out.stderr, out.stderr[-2000:]
     assert "endpoint-secret-31f" not in out.stderr + out.stdout and "AKIAEXAMPLE" not in out.stderr + out.stdout
     assert "Traceback" not in out.stderr
 

@@ -1,4 +1,4 @@
-"""Why a gang failed, from its pods: the exit codes the runtime gives (kubetune.errors.ExitCode), the kubelet's
+"""Why a gang failed, from its pods: the exit codes the runtime gives (kubetune.api.errors.ExitCode), the kubelet's
 OOMKilled, and the DisruptionTarget condition Kubernetes puts on a pod it preempts, evicts or drains. Pure: pods in,
 one classified failure out. docs/operator.md ("Failures and restarts") is the table for users."""
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubetune.api.finetune import FailureCause as Cause
-from kubetune.errors import ExitCode
+from kubetune.api.errors import ExitCode
 
 SIGKILLED = 137  # 128 + SIGKILL: with reason OOMKilled, the kernel's OOM killer
 

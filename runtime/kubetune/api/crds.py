@@ -91,7 +91,11 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], recipe: bool = False) -
             target = node.pop(key)
             ref = target if key == "$ref" else target[0]["$ref"]
             resolved = dict(defs[ref.rsplit("/", 1)[-1]])
+            # The model's own rules and the field's (a transition rule) both apply.
+            rules = resolved.get("x-kubernetes-validations", []) + node.get("x-kubernetes-validations", [])
             resolved.update(node)
+            if rules:
+                resolved["x-kubernetes-validations"] = rules
             node = resolved
     if "anyOf" in node and not node.get("x-kubernetes-int-or-string"):
         options = [o for o in node.pop("anyOf") if o.get("type") != "null"]

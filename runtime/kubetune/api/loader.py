@@ -15,7 +15,7 @@ from typing import Any, Iterable, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from kubetune.errors import UserError
+from .errors import UserError
 
 from . import catalog
 from .base import API_VERSION, RULE_ERROR, KubeModel, field_name, get_path, list_submodel, submodel

@@ -70,7 +70,7 @@ def relaunch_command(argv: list[str]) -> list[str] | None:
 
 
 def relaunch(argv: list[str]) -> int | None:
-    """Run `argv` under torchrun; the exit code says why it failed (kubetune.errors.ExitCode), as a single process's
+    """Run `argv` under torchrun; the exit code says why it failed (kubetune.api.errors.ExitCode), as a single process's
     would: the workers' failure is ours, never exit 0 after a crash."""
     command = relaunch_command(argv)
     if command is None:
