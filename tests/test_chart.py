@@ -211,10 +211,12 @@ def test_the_admission_policy_keeps_pod_powers_with_who_has_them(cluster, monito
                     "verbs": ["use"]}]}))
     plane.kubectl("create", "rolebinding", "alice-irsa", "--role=use-irsa", "--user=alice", "-n", ns)
 
-    def create(user: str, name: str, storage: dict | None = None, **resources: object) -> subprocess.CompletedProcess:
+    def create(user: str, name: str, storage: dict | None = None, export: dict | None = None,
+               **resources: object) -> subprocess.CompletedProcess:
         doc = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name, "namespace": ns},
                "spec": {"model": {"uri": "hf://org/model"}, "dataset": {"uri": "s3://data/train.jsonl"},
-                        "resources": resources, **({"storage": storage} if storage else {})}}
+                        "resources": resources, **({"storage": storage} if storage else {}),
+                        **({"export": export} if export else {})}}
         return plane.kubectl("create", "--dry-run=server", "--as", user, "-f", "-", input=yaml.safe_dump(doc),
                              check=False)
 
@@ -232,6 +234,15 @@ def test_the_admission_policy_keeps_pod_powers_with_who_has_them(cluster, monito
         assert refused.returncode != 0 and "spec.resources.env: alice may not fill" in refused.stderr
         refused = create("alice", "j", storage={"secretRef": "admin-token"})
         assert refused.returncode != 0 and "spec.storage.secretRef: alice may not hand the Secret" in refused.stderr
+        for powers in ({"hostNetwork": True}, {"capabilities": ["IPC_LOCK"]}):  # the node's network, RDMA
+            refused = create("alice", "j", **powers)
+            assert refused.returncode != 0 and "spec.resources: alice may not give the pods" in refused.stderr
+            assert create("bob", "j", **powers).returncode == 0, powers
+        # The export pods are the operator's to create: their identity is checked on the FineTuneJob.
+        refused = create("alice", "j", export={"resources": {"serviceAccountName": "admin"}})
+        assert refused.returncode != 0 and "spec.export.resources: alice may not set" in refused.stderr
+        assert create("alice", "j", export={"resources": {"memory": "64Gi"}}).returncode == 0
+        assert create("bob", "j", export={"resources": {"serviceAccountName": "admin"}}).returncode == 0
         assert create("alice", "j", env=[{"name": "NCCL_DEBUG", "value": "INFO"}]).returncode == 0
         for allowed in ({}, {"serviceAccountName": "s3-irsa"}, {"image": "registry.example.com/ml/kubetune:1"}):
             proc = create("alice", "j", **allowed)

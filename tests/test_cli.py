@@ -250,3 +250,19 @@ def test_third_party_notices_are_silenced_unless_verbose():
                               env={**__import__("os").environ, **env})
         assert proc.returncode == 0, proc.stderr
         assert {w for w in ("ours", "bnb-notice", "ds-notice", "hf-notice") if w in proc.stderr} == shown, env
+
+
+def test_validate_warns_where_a_gpu_cluster_would_treat_a_valid_spec_badly(tmp_path, capsys):
+    spec = {"model": {"uri": "hf://a/b"}, "dataset": {"uri": "s3://x/y.json"}, "training": {"deepspeed": "zero2"},
+            "resources": {"nodes": 2}}
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
+                                   "metadata": {"name": "w"}, "spec": spec}))
+    assert main(["validate", str(job)]) == 0  # valid; the warnings go to stderr
+    err = capsys.readouterr().err
+    assert "would be BestEffort" in err and "spec.resources.workVolume: a multi-node DeepSpeed job" in err
+    spec["resources"] = {"nodes": 2, "gpusPerNode": 8, "workVolume": {"claimName": "shared"}}
+    job.write_text(yaml.safe_dump({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
+                                   "metadata": {"name": "w"}, "spec": spec}))
+    assert main(["validate", str(job)]) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -28,8 +28,9 @@ FTJ = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
 
 
 class Operator:
-    def __init__(self, cluster, log, kubeconfig, namespace: str = NS):
+    def __init__(self, cluster, log, kubeconfig, namespace: str = NS, env: dict[str, str] | None = None):
         self.cluster, self.log, self.kubeconfig, self.namespace = cluster, log, kubeconfig, namespace
+        self.env = env or {}  # chart settings beyond the defaults (KUBETUNE_NETWORK_POLICY...)
         self.start()
 
     def start(self) -> None:
@@ -43,7 +44,7 @@ class Operator:
             env={**self.cluster.env(), "KUBECONFIG": str(self.kubeconfig), "KUBETUNE_NAMESPACE": self.namespace,
                  "PYTHONUNBUFFERED": "1",
                  "KUBETUNE_OPERATOR_METRICS_PORT": str(self.metrics_port),
-                 "KUBETUNE_OPERATOR_HEALTH": f"http://127.0.0.1:{self.health_port}/healthz"})
+                 "KUBETUNE_OPERATOR_HEALTH": f"http://127.0.0.1:{self.health_port}/healthz", **self.env})
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         self.proc.send_signal(sig)
@@ -382,7 +383,7 @@ def test_chatendpoint_becomes_ready(cluster, operator):
     # The scale subresource names the pods, so an HPA or KEDA on the ChatEndpoint itself can count them.
     scale = json.loads(cluster.kubectl("get", "--raw",
                                        f"/apis/kubetune.io/v1alpha1/namespaces/{NS}/chatendpoints/chat/scale").stdout)
-    assert scale["status"]["selector"] == "app.kubernetes.io/component=server,app.kubernetes.io/instance=chat"
+    assert scale["status"]["selector"] == "app.kubernetes.io/component=server,kubetune.io/chatendpoint=chat"
     pods = cluster.get_json("-n", NS, "pods", "-l", scale["status"]["selector"])["items"]
     assert len(pods) == cluster.get_json("-n", NS, "deployment", "chat")["status"]["replicas"] >= 1
 

@@ -38,6 +38,14 @@ FINETUNE_CASES = {
               "resources": {"gpusPerNode": 1}},
     "pvc-source": {"model": {"uri": "pvc://models/internlm2"}, "dataset": {"uri": "pvc://datasets/emo.json"},
                    "resources": {"serviceAccountName": "s3-irsa"}},
+    # What a platform engineer sets on an RDMA GPU cluster (docs/install.md, "GPU cluster checklist").
+    "gpu-cluster": {"checkpoints": {"uri": "pvc://checkpoints/emo"},
+                    "resources": {"nodes": 2, "gpusPerNode": 8, "gpuResourceName": "nvidia.com/gpu",
+                                  "extraResources": {"rdma/ib": 1}, "capabilities": ["IPC_LOCK"],
+                                  "hostNetwork": True, "shmSize": "64Gi",
+                                  "workVolume": {"create": True, "storageClassName": "cephfs", "size": "2Ti"},
+                                  "cacheVolume": {"claimName": "model-cache"},
+                                  "env": [{"name": "NCCL_IB_HCA", "value": "mlx5"}]}},
 }
 
 
@@ -99,7 +107,7 @@ def test_kueue_labels_the_job_which_is_created_suspended_and_never_applied_so_an
     assert "suspend" not in job["spec"] and created_suspended(job) == {"spec": {"suspend": True}}
     labels = job["metadata"]["labels"]
     assert labels["kueue.x-k8s.io/queue-name"] == "team-a" and labels["kueue.x-k8s.io/priority-class"] == "from-label"
-    assert "team" not in labels
+    assert labels["team"] == "nlp"  # the parent's own labels are copied (cost labels, Istio opt-out)
     spec.run_policy.workload_priority_class = "urgent"  # the spec's field wins over the label
     assert finetune.children(body, spec, 0, SETTINGS)[-1]["metadata"]["labels"][
         "kueue.x-k8s.io/priority-class"] == "urgent"
@@ -227,3 +235,63 @@ def test_cluster_storage_defaults_fill_only_what_the_spec_leaves_empty():
     plain = finetune.children(*_parent("FineTuneJob", "emo", {**BASE, "storage": {}}), 0, SETTINGS)[-1]
     names = {e["name"] for e in plain["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert not names & {"AWS_ACCESS_KEY_ID", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"}
+
+
+def test_a_network_policy_admits_the_gang_and_metrics_only_when_the_chart_asks():
+    from dataclasses import replace
+
+    body, spec = _parent("FineTuneJob", "np", {**BASE, **FINETUNE_CASES["multi-node"]})
+    assert not [c for c in finetune.children(body, spec, 0, SETTINGS) if c["kind"] == "NetworkPolicy"]
+    settings = replace(SETTINGS, network_policy=True, metrics_namespace="monitoring")
+    children = finetune.children(body, spec, 0, settings)
+    policy = next(c for c in children if c["kind"] == "NetworkPolicy")
+    gang = {"matchLabels": {"kubetune.io/finetunejob": "np", "app.kubernetes.io/component": "trainer"}}
+    pod_labels = children[-1]["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"] == gang and gang["matchLabels"].items() <= pod_labels.items()
+    assert policy["spec"]["ingress"] == [
+        {"from": [{"podSelector": gang}]},
+        {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+         "ports": [{"protocol": "TCP", "port": 9100}]}]
+
+
+def test_export_convertjobs_keep_the_jobs_identity_unless_export_resources_says_otherwise():
+    from kubetune.api.convert import export_specs
+
+    job = {**FINETUNE_CASES["multi-node"]["resources"], "serviceAccountName": "s3-irsa", "image": "reg/kt:1",
+           "cacheVolume": {"claimName": "models"}, "cpu": "96"}
+    _, spec = _parent("FineTuneJob", "ident", {**BASE, "resources": job})
+    adapter = export_specs("ident", spec)["adapter"]["resources"]
+    assert {k: adapter[k] for k in ("serviceAccountName", "image", "memory", "nodeSelector", "tolerations",
+                                    "priorityClassName", "cacheVolume")} == {
+        "serviceAccountName": "s3-irsa", "image": "reg/kt:1", "memory": "512Gi", "nodeSelector": {"pool": "h100"},
+        "tolerations": job["tolerations"], "priorityClassName": "training", "cacheVolume": {"claimName": "models"}}
+    assert "cpu" not in adapter and "gpus" not in adapter  # a merge needs memory, not the gang's cores and GPUs
+    _, spec = _parent("FineTuneJob", "ident", {**BASE, "resources": job,
+                                               "export": {"resources": {"memory": "64Gi", "gpus": 1}}})
+    adapter = export_specs("ident", spec)["adapter"]["resources"]
+    assert (adapter["memory"], adapter["gpus"], adapter["serviceAccountName"]) == ("64Gi", 1, "s3-irsa")
+
+
+def test_a_deployment_whose_selector_an_older_operator_set_is_replaced():
+    import asyncio
+
+    from kubetune_operator.reconcile import replace_if_reselected
+
+    class Kube:
+        def __init__(self, current):
+            self.current, self.deleted = current, []
+
+        async def get(self, *args):
+            return self.current
+
+        async def delete(self, *args):
+            self.deleted.append(args)
+
+    body, spec = _parent("ChatEndpoint", "bot", {"model": {"uri": "hf://org/model"}})
+    deployment = next(c for c in chat.children(body, spec, {}, SETTINGS) if c["kind"] == "Deployment")
+    old = {"spec": {"selector": {"matchLabels": {"app.kubernetes.io/instance": "bot",
+                                                 "app.kubernetes.io/component": "server"}}}}
+    for current, deleted in ((old, 1), (deployment, 0), (None, 0)):
+        kube = Kube(current)
+        asyncio.run(replace_if_reselected(kube, deployment))
+        assert len(kube.deleted) == deleted

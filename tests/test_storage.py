@@ -2,6 +2,7 @@
 s3:// and from an offline Hugging Face cache, checkpoints that survive SIGKILL, retried faults, cut uploads that are
 never resumed from, credential errors that fail fast without leaking the secret."""
 
+import json
 import os
 import shutil
 import signal
@@ -276,3 +277,38 @@ def test_the_specs_storage_block_is_honoured_locally_without_environment_variabl
     out = subprocess.run([sys.executable, "-m", "kubetune", "train", str(job), "--work-dir", str(tmp_path / "w2")],
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 2 and "Traceback" not in out.stderr
+
+
+def test_fetch_fills_a_shared_cache_once_for_a_gang_and_for_later_jobs(s3, tmp_path, tiny_dir):
+    """`kubetune fetch` (the trainer pods' init container with resources.cacheVolume): two pods of one gang start
+    at once on the same cache volume; one downloads under the volume's lock, the other waits and finds it all there;
+    a later job of the same model on the same volume downloads nothing; training then reads from the cache."""
+    upload_tree(tiny_dir, "models/cached")
+    from kubetune.storage import s3 as s3mod
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("\n".join(json.dumps(r) for r in alpaca_rows(8)) + "\n")
+    s3mod.put_file(rows, s3mod.S3Uri(BUCKET, "data/cached.jsonl"))
+    job = tmp_path / "job.yaml"
+    spec = ({"model": {"uri": f"s3://{BUCKET}/models/cached"},
+                                  "dataset": {"uri": f"s3://{BUCKET}/data/cached.jsonl", "format": "alpaca",
+                                              "promptTemplate": "default", "maxLength": 64},
+                                  "training": {"maxSteps": 1, "precision": "fp32", "gradientCheckpointing": False}})
+    job.write_text(json.dumps({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
+                               "metadata": {"name": "cached"}, "spec": spec}))
+    volume = tmp_path / "cache-volume"
+    env = {**os.environ, **s3["env"], "KUBETUNE_CACHE_VOLUME": str(volume), "KUBETUNE_CACHE": str(volume / "kubetune"),
+           "HF_HOME": str(volume / "huggingface")}
+    pods = [subprocess.Popen([sys.executable, "-m", "kubetune", "fetch", str(job)], env={**env, "NODE_RANK": str(r)},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in pods]
+    assert [p.returncode for p in pods] == [0, 0], outputs
+    said = sorted("already cached:" if "already cached:" in o else "downloaded" for o in outputs)
+    assert said == ["already cached:", "downloaded"], outputs
+    assert (volume / "kubetune" / "s3" / BUCKET / "models" / "cached" / "model.safetensors").is_file()
+    later = kubetune("fetch", str(job), env={k: env[k] for k in env if k not in os.environ or env[k] != os.environ[k]})
+    assert later.returncode == 0 and "already cached:" in later.stdout, later.stdout + later.stderr
+    trained = kubetune("train", str(job), "--work-dir", str(tmp_path / "w"), env={
+        k: env[k] for k in env if k not in os.environ or env[k] != os.environ[k]})
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert "downloading" not in trained.stdout  # everything came from the cache volume

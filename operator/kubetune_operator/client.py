@@ -14,7 +14,8 @@ PLURALS = {"ConfigMap": "configmaps", "ServiceAccount": "serviceaccounts", "Serv
            "Role": "roles", "RoleBinding": "rolebindings", "Job": "jobs", "Deployment": "deployments",
            "HorizontalPodAutoscaler": "horizontalpodautoscalers", "PodDisruptionBudget": "poddisruptionbudgets",
            "Pod": "pods", "Event": "events", "FineTuneJob": "finetunejobs", "ConvertJob": "convertjobs",
-           "ChatEndpoint": "chatendpoints", "Workload": "workloads"}
+           "ChatEndpoint": "chatendpoints", "Workload": "workloads", "PersistentVolumeClaim": "persistentvolumeclaims",
+           "NetworkPolicy": "networkpolicies"}
 
 
 class ApiError(Exception):

@@ -6,7 +6,6 @@ from __future__ import annotations
 from kubetune.api import GROUP
 
 NAME = "app.kubernetes.io/name"
-INSTANCE = "app.kubernetes.io/instance"
 COMPONENT = "app.kubernetes.io/component"
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "kubetune-operator"
@@ -20,7 +19,9 @@ def owner(kind: str) -> str:
 
 
 def of(kind: str, name: str, component: str) -> dict[str, str]:
-    return {NAME: "kubetune", INSTANCE: name, COMPONENT: component, MANAGED_BY: MANAGER, owner(kind): name}
+    # No app.kubernetes.io/instance: Argo CD tracks its applications' objects by that label, and a child carrying
+    # it would be taken for (and pruned as) an object of the Argo application of that name.
+    return {NAME: "kubetune", COMPONENT: component, MANAGED_BY: MANAGER, owner(kind): name}
 
 
 def parent_of_job(labels: dict[str, str]) -> str | None:
@@ -30,5 +31,5 @@ def parent_of_job(labels: dict[str, str]) -> str | None:
     return "ConvertJob" if owner("ConvertJob") in labels else None
 
 
-def selector(name: str, component: str) -> dict[str, str]:
-    return {INSTANCE: name, COMPONENT: component}
+def selector(kind: str, name: str, component: str) -> dict[str, str]:
+    return {owner(kind): name, COMPONENT: component}

@@ -279,7 +279,9 @@ async def convert(kube: Kube, body: dict, settings: Settings) -> tuple[dict, lis
         source = checkpoint["uri"]
         base = base or (ref or {}).get("spec", {}).get("model", {}).get("uri")
         config_map = ftj_b.names(spec.source.fine_tune_job_ref)["config"]
-    await apply_job(kube, convert_b.job(body, spec, source, base, config_map, settings))
+    *claims, job = convert_b.children(body, spec, source, base, config_map, settings)
+    await apply_in_order(kube, claims)
+    await apply_job(kube, job)
     return {"observedGeneration": generation}, []  # the Job watch writes the phase (convert_job_event)
 
 
@@ -325,9 +327,20 @@ async def chat(kube: Kube, body: dict, settings: Settings) -> tuple[dict, list]:
                 raise Waiting(f"FineTuneJob {a.fine_tune_job_ref} has not exported an adapter yet")
         adapters[a.name] = uri
     for child in chat_b.children(body, spec, adapters, settings):
+        if child["kind"] == "Deployment":
+            await replace_if_reselected(kube, child)
         await kube.apply(child)
     # The Deployment watch writes the phase (chat_deployment_event); this only says where and what is served.
     return {"observedGeneration": generation, "url": _url(meta), "servedModel": ",".join(adapters) or meta["name"]}, []
+
+
+async def replace_if_reselected(kube: Kube, deployment: dict) -> None:
+    """A Deployment's selector cannot change: one made by an operator that selected pods by other labels (before
+    kubetune 0.1.0 selected app.kubernetes.io/instance) is deleted, and the apply that follows creates it anew."""
+    meta = deployment["metadata"]
+    current = await kube.get("apps/v1", "Deployment", meta["namespace"], meta["name"])
+    if current and current["spec"]["selector"] != deployment["spec"]["selector"]:
+        await kube.delete("apps/v1", "Deployment", meta["namespace"], meta["name"])
 
 
 def _url(meta: dict) -> str:

@@ -40,7 +40,7 @@ def render(doc: dict[str, Any], source: str, settings: Settings) -> list[Manifes
             source_uri = f"<status.latestCheckpoint.uri of FineTuneJob {ref}>"
             base = base or f"<spec.model.uri of FineTuneJob {ref}>"
             config_map = ftj_b.names(ref)["config"]
-        return [convert_b.job(body, spec, source_uri, base, config_map, settings)]
+        return convert_b.children(body, spec, source_uri, base, config_map, settings)
     adapters = {a.name: a.uri or f"<status.artifacts.adapter of FineTuneJob {a.fine_tune_job_ref}>"
                 for a in job.spec.adapters}
     return chat_b.children(body, job.spec, adapters, settings)

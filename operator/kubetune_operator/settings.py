@@ -18,6 +18,10 @@ class Settings:
     storage_endpoint: str | None = None
     storage_region: str | None = None
     storage_path_style: bool = False
+    # A NetworkPolicy per FineTuneJob: its pods take traffic only from each other, and metrics only from pods of
+    # the monitoring namespace (the chart's networkPolicy values).
+    network_policy: bool = False
+    metrics_namespace: str | None = None
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -27,6 +31,8 @@ class Settings:
                    storage_secret=env.get("KUBETUNE_DEFAULT_STORAGE_SECRET") or None,
                    storage_endpoint=env.get("KUBETUNE_DEFAULT_S3_ENDPOINT") or None,
                    storage_region=env.get("KUBETUNE_DEFAULT_S3_REGION") or None,
-                   storage_path_style=env.get("KUBETUNE_DEFAULT_S3_PATH_STYLE", "").lower() in ("1", "true"))
+                   storage_path_style=env.get("KUBETUNE_DEFAULT_S3_PATH_STYLE", "").lower() in ("1", "true"),
+                   network_policy=env.get("KUBETUNE_NETWORK_POLICY", "").lower() in ("1", "true"),
+                   metrics_namespace=env.get("KUBETUNE_METRICS_NAMESPACE") or None)
 
 

@@ -9,7 +9,7 @@ from kubetune.api.chat import serve_arguments
 
 from .. import labels as label_keys
 from ..settings import Settings
-from .common import Manifest, metadata, pod_spec, pvc_volumes, resources, storage_env
+from .common import Manifest, metadata, pod_spec, pvc_volumes, resources, storage_env, template_metadata, volume_claims
 
 KEY_DIR = "/etc/kubetune/keys"
 
@@ -28,7 +28,9 @@ def vllm_command(spec: Any, model_uri: str, adapters: dict[str, str], port: int)
 
 
 def children(parent: Manifest, spec: Any, adapters: dict[str, str], settings: Settings) -> list[Manifest]:
-    out = [deployment(parent, spec, adapters, settings), service(parent, settings)]
+    shared = spec.replicas > 1 or spec.autoscaling is not None  # replicas land on several nodes
+    out = [*volume_claims(parent, spec.resources, shared), deployment(parent, spec, adapters, settings),
+           service(parent, settings)]
     if spec.autoscaling:
         out.append(hpa(parent, spec))
     if (spec.autoscaling and spec.autoscaling.min_replicas > 1) or spec.replicas > 1:
@@ -59,14 +61,14 @@ def deployment(parent: Manifest, spec: Any, adapters: dict[str, str], settings: 
         "readinessProbe": probe | {"periodSeconds": 5, "failureThreshold": 2},
         "livenessProbe": probe | {"periodSeconds": 20, "failureThreshold": 3, "timeoutSeconds": 5},
     }
-    pod = pod_spec(spec.resources, settings, container, volumes, None)
+    pod = pod_spec(parent, spec.resources, settings, container, volumes, None)
     # Draining in-flight answers needs longer than Kubernetes' default 30 s grace period.
     pod["terminationGracePeriodSeconds"] = 60
     meta = metadata(parent, name, "server")
-    selector = label_keys.selector(name, "server")
+    selector = label_keys.selector("ChatEndpoint", name, "server")
     deploy_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector},
-        "template": {"metadata": {"labels": meta["labels"]}, "spec": pod},
+        "template": {"metadata": template_metadata(parent, meta["labels"]), "spec": pod},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
     }
     if not spec.autoscaling:  # with an HPA, the HPA owns replicas
@@ -77,7 +79,7 @@ def deployment(parent: Manifest, spec: Any, adapters: dict[str, str], settings: 
 def service(parent: Manifest, settings: Settings) -> Manifest:
     name = parent["metadata"]["name"]
     return {"apiVersion": "v1", "kind": "Service", "metadata": metadata(parent, name, "server"),
-            "spec": {"selector": label_keys.selector(name, "server"),
+            "spec": {"selector": label_keys.selector("ChatEndpoint", name, "server"),
                      "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}
 
 
@@ -96,4 +98,4 @@ def hpa(parent: Manifest, spec: Any) -> Manifest:
 def pdb(parent: Manifest) -> Manifest:
     name = parent["metadata"]["name"]
     return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": metadata(parent, name, "server"),
-            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": label_keys.selector(name, "server")}}}
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": label_keys.selector("ChatEndpoint", name, "server")}}}

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
-from kubetune.api import API_VERSION
+from kubetune.api import API_VERSION, GROUP
 
 from .. import labels as label_keys
 from ..settings import Settings
@@ -37,7 +38,7 @@ def owner_reference(parent: Manifest) -> dict[str, Any]:
 def metadata(parent: Manifest, name: str, component: str, extra_labels: dict[str, str] | None = None) -> dict:
     meta = parent["metadata"]
     return {"name": name, "namespace": meta["namespace"],
-            "labels": labels(parent["kind"], meta["name"], component) | (extra_labels or {}),
+            "labels": copied(meta.get("labels"), (KUEUE_PREFIX,)) | labels(parent["kind"], meta["name"], component) | (extra_labels or {}),
             "ownerReferences": [owner_reference(parent)]}
 
 
@@ -59,9 +60,10 @@ def created_suspended(job: Manifest) -> dict[str, Any] | None:
     return {"spec": {"suspend": True}} if QUEUE_LABEL in job["metadata"]["labels"] else None
 
 
-def container_security() -> dict[str, Any]:
+def container_security(add: Sequence[Any] = ()) -> dict[str, Any]:
+    capabilities: dict[str, Any] = {"drop": ["ALL"]} | ({"add": [str(c) for c in add]} if add else {})
     return {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+            "capabilities": capabilities, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def pod_security() -> dict[str, Any]:
@@ -88,13 +90,25 @@ def storage_env(storage: Any, settings: Settings) -> list[dict[str, Any]]:
     return env
 
 
-def pvc_volumes(uris: list[str | None]) -> tuple[list[dict], list[dict]]:
-    """`pvc://CLAIM/path` sources mounted read-only at /mnt/pvc/CLAIM, where the runtime looks for them."""
-    claims = sorted({u[len("pvc://"):].split("/", 1)[0] for u in uris if u and u.startswith("pvc://")})
-    volumes = [{"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": c, "readOnly": True}}
+def pvc_volumes(uris: list[str | None], writable: Sequence[str | None] = ()) -> tuple[list[dict], list[dict]]:
+    """`pvc://CLAIM/path` sources mounted at /mnt/pvc/CLAIM, where the runtime looks for them: read-only, except the
+    claims of `writable` URIs (where checkpoints are written)."""
+    def claim(uri: str | None) -> str | None:
+        return uri[len("pvc://"):].split("/", 1)[0] if uri and uri.startswith("pvc://") else None
+
+    rw = {c for c in map(claim, writable) if c}
+    claims = sorted({c for c in map(claim, [*uris, *writable]) if c})
+    volumes = [{"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": c} | ({} if c in rw else {"readOnly": True})}
                for i, c in enumerate(claims)]
-    mounts = [{"name": f"pvc-{i}", "mountPath": f"/mnt/pvc/{c}", "readOnly": True} for i, c in enumerate(claims)]
+    mounts = [{"name": f"pvc-{i}", "mountPath": f"/mnt/pvc/{c}"} | ({} if c in rw else {"readOnly": True})
+              for i, c in enumerate(claims)]
     return volumes, mounts
+
+
+# Requests of a GPU pod that sets no cpu/memory: enough that it is Burstable (never evicted first as BestEffort)
+# and small enough for any GPU node (an 8-GPU node has well over 32 cores and 256Gi).
+CPU_PER_GPU, MEMORY_PER_GPU_GI = 4, 32
+TMP_SIZE = "16Gi"  # /tmp's sizeLimit: compile caches and tokenizer scratch, never checkpoints
 
 
 def resources(pod: Any, gpus: int) -> dict[str, Any]:
@@ -104,7 +118,12 @@ def resources(pod: Any, gpus: int) -> dict[str, Any]:
         if value is not None:
             limits[key] = requests[key] = str(value)
     if gpus:
-        limits["nvidia.com/gpu"] = str(gpus)
+        limits[pod.gpu_resource_name] = str(gpus)
+        requests.setdefault("cpu", str(CPU_PER_GPU * gpus))
+        requests.setdefault("memory", f"{MEMORY_PER_GPU_GI * gpus}Gi")
+    limits |= {k: str(v) for k, v in pod.extra_resources.items()}
+    if pod.work_volume.size and not _is_claim(pod.work_volume):  # what the kubelet may use on the node's disk
+        requests["ephemeral-storage"] = str(pod.work_volume.size)
     out: dict[str, Any] = {}
     if limits:
         out["limits"] = limits
@@ -113,26 +132,73 @@ def resources(pod: Any, gpus: int) -> dict[str, Any]:
     return out
 
 
-def pod_spec(pod: Any, settings: Settings, container: dict[str, Any], volumes: list[dict],
+def _is_claim(volume: Any) -> bool:
+    return bool(volume.claim_name or volume.create)
+
+
+def claim_name(parent: Manifest, volume: Any, which: str) -> str:
+    return volume.claim_name or child_name(parent["metadata"]["name"], which, 253)
+
+
+def volume_claims(parent: Manifest, pod: Any, shared: bool) -> list[Manifest]:
+    """The PersistentVolumeClaims `create` asks for: one per resource (not per attempt), so a restarted gang finds
+    its checkpoints and downloads again; owned by the resource, deleted with it."""
+    out = []
+    for which, volume in (("work", pod.work_volume), ("cache", pod.cache_volume)):
+        if volume is None or not volume.create:
+            continue
+        mode = volume.access_mode or ("ReadWriteMany" if shared else "ReadWriteOnce")
+        spec: dict[str, Any] = {"accessModes": [mode], "resources": {"requests": {"storage": str(volume.size or
+                                                                                             "100Gi")}}}
+        if volume.storage_class_name:
+            spec["storageClassName"] = volume.storage_class_name
+        out.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                    "metadata": metadata(parent, claim_name(parent, volume, which), which), "spec": spec})
+    return out
+
+
+def _volume(parent: Manifest, volume: Any, which: str) -> dict[str, Any]:
+    if _is_claim(volume):
+        return {"name": which, "persistentVolumeClaim": {"claimName": claim_name(parent, volume, which)}}
+    return {"name": which, "emptyDir": {"sizeLimit": str(volume.size)} if volume.size else {}}
+
+
+CACHE_DIR = "/cache"
+
+
+def cache_env(pod: Any) -> list[dict[str, Any]]:
+    """Where downloads go: the cache volume when there is one (hf:// into HF_HOME, s3:// and datasets into
+    KUBETUNE_CACHE), else under the work dir."""
+    if pod.cache_volume is None:
+        return [{"name": "KUBETUNE_CACHE", "value": f"{WORK_DIR}/.cache"}]
+    return [{"name": "KUBETUNE_CACHE", "value": f"{CACHE_DIR}/kubetune"},
+            {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
+            {"name": "KUBETUNE_CACHE_VOLUME", "value": CACHE_DIR}]
+
+
+def pod_spec(parent: Manifest, pod: Any, settings: Settings, container: dict[str, Any], volumes: list[dict],
              service_account: str | None) -> dict[str, Any]:
-    """A hardened pod around one container: writable emptyDirs for the work dir, caches and /tmp, memory /dev/shm."""
+    """A hardened pod around one container: the work volume, writable emptyDirs for /tmp, memory /dev/shm, the
+    cache volume when asked; the parent's labels and annotations go on the pod template (`template_metadata`)."""
     container = dict(container)
     container.setdefault("image", pod.image or settings.image)
     if pod.image_pull_policy or settings.image_pull_policy:
         container["imagePullPolicy"] = pod.image_pull_policy or settings.image_pull_policy
-    container["securityContext"] = container_security()
-    container["env"] = container.get("env", []) + [{"name": "HOME", "value": WORK_DIR},
-                                                   {"name": "KUBETUNE_CACHE", "value": f"{WORK_DIR}/.cache"}] \
+    container["securityContext"] = container_security(pod.capabilities)
+    container["env"] = container.get("env", []) + [{"name": "HOME", "value": WORK_DIR}] + cache_env(pod) \
         + list(pod.env)
-    container["volumeMounts"] = container.get("volumeMounts", []) + [
-        {"name": "work", "mountPath": WORK_DIR}, {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "dshm", "mountPath": "/dev/shm"}] + list(pod.volume_mounts)
+    mounts = [{"name": "work", "mountPath": WORK_DIR}, {"name": "tmp", "mountPath": "/tmp"},
+              {"name": "dshm", "mountPath": "/dev/shm"}]
+    own = [_volume(parent, pod.work_volume, "work"), {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}},
+           {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": str(pod.shm_size)}}]
+    if pod.cache_volume is not None:
+        mounts.append({"name": "cache", "mountPath": CACHE_DIR})
+        own.append(_volume(parent, pod.cache_volume, "cache"))
+    container["volumeMounts"] = container.get("volumeMounts", []) + mounts + list(pod.volume_mounts)
     spec: dict[str, Any] = {
         "containers": [container],
         "securityContext": pod_security(),
-        "volumes": [{"name": "work", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}},
-                    {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": str(pod.shm_size)}}]
-        + volumes + list(pod.volumes),
+        "volumes": own + volumes + list(pod.volumes),
     }
     if service_account or pod.service_account_name:
         spec["serviceAccountName"] = pod.service_account_name or service_account
@@ -140,4 +206,27 @@ def pod_spec(pod: Any, settings: Settings, container: dict[str, Any], volumes: l
                        ("affinity", pod.affinity), ("priorityClassName", pod.priority_class_name)):
         if value:
             spec[key] = value
+    if pod.host_network:  # the node's interfaces (RDMA); names still resolve through the cluster's DNS
+        spec |= {"hostNetwork": True, "dnsPolicy": "ClusterFirstWithHostNet"}
     return spec
+
+
+# Ours, or set by kubectl, Argo CD, Helm or kopf on the parent: about the parent itself, never copied to its children
+# (Argo CD's tracking label on a child would make Argo prune it as an object missing from git).
+NOT_COPIED = (f"{GROUP}/", "kubectl.kubernetes.io/", "argocd.argoproj.io/", "kopf.zalando.org/", "meta.helm.sh/",
+              "app.kubernetes.io/instance", "app.kubernetes.io/managed-by", "app.kubernetes.io/name",
+              "app.kubernetes.io/component")
+
+
+def copied(values: dict[str, str] | None, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    return {k: v for k, v in (values or {}).items() if not k.startswith(NOT_COPIED + skip)}
+
+
+def template_metadata(parent: Manifest, labels: dict[str, str]) -> dict[str, Any]:
+    """A pod template's metadata: the child's labels, and the parent's annotations (Kueue topology requests, Istio
+    opt-out, cost tags) as pods read them."""
+    out: dict[str, Any] = {"labels": dict(labels)}
+    annotations = copied(parent["metadata"].get("annotations"))
+    if annotations:
+        out["annotations"] = annotations
+    return out

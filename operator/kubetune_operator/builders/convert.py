@@ -6,7 +6,7 @@ from typing import Any
 
 from ..settings import Settings
 from .common import (WORK_DIR, Manifest, child_name, kueue_labels, metadata, pod_spec, pvc_volumes, resources,
-                     storage_env)
+                     storage_env, template_metadata, volume_claims)
 
 
 def job_name(name: str) -> str:
@@ -36,7 +36,7 @@ def job(parent: Manifest, spec: Any, source_uri: str, base_uri: str | None, conf
         settings: Settings) -> Manifest:
     name = parent["metadata"]["name"]
     config_path = "/etc/kubetune/job.yaml" if config_map else None
-    volumes, mounts = pvc_volumes([source_uri, base_uri, spec.output.uri])
+    volumes, mounts = pvc_volumes([source_uri, base_uri], writable=[spec.output.uri])
     if config_map:  # pth_to_hf needs the training config: the FineTuneJob's own ConfigMap
         volumes.append({"name": "config", "configMap": {"name": config_map}})
         mounts.append({"name": "config", "mountPath": "/etc/kubetune", "readOnly": True})
@@ -44,8 +44,15 @@ def job(parent: Manifest, spec: Any, source_uri: str, base_uri: str | None, conf
                  "env": storage_env(spec.storage, settings), "terminationMessagePolicy": "FallbackToLogsOnError",
                  "resources": resources(spec.resources, spec.resources.gpus),
                  "volumeMounts": mounts, "workingDir": WORK_DIR}
-    pod = pod_spec(spec.resources, settings, container, volumes, None) | {"restartPolicy": "Never"}
+    pod = pod_spec(parent, spec.resources, settings, container, volumes, None) | {"restartPolicy": "Never"}
     meta = metadata(parent, job_name(name), "convert",
                     kueue_labels(parent, spec.queue_name, spec.workload_priority_class))
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
-            "spec": {"backoffLimit": 2, "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": pod}}}
+            "spec": {"backoffLimit": 2, "template": {"metadata": template_metadata(parent, meta["labels"]), "spec": pod}}}
+
+
+def children(parent: Manifest, spec: Any, source_uri: str, base_uri: str | None, config_map: str | None,
+             settings: Settings) -> list[Manifest]:
+    """The claims `resources` asks the operator to create, then the Job."""
+    return [*volume_claims(parent, spec.resources, False),
+            job(parent, spec, source_uri, base_uri, config_map, settings)]

@@ -4,6 +4,7 @@ run `kubetune train` as one gang."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import yaml
@@ -14,7 +15,7 @@ from .. import labels as label_keys
 from ..settings import Settings
 from ..failures import pod_failure_policy
 from .common import (CONFIG_DIR, WORK_DIR, Manifest, child_name, kueue_labels, metadata, pod_spec, pvc_volumes,
-                     resources, storage_env)
+                     resources, storage_env, template_metadata, volume_claims)
 
 ATTEMPT_LABEL = label_keys.ATTEMPT
 # Rank 0 serves kubetune_train_* here (the chart's PodMonitor scrapes the port named "metrics").
@@ -35,8 +36,10 @@ def job_name(name: str, attempt: int) -> str:
 def children(parent: Manifest, spec: Any, attempt: int, settings: Settings) -> list[Manifest]:
     """Everything one attempt needs, in apply order (the Job last, once what it mounts exists)."""
     n = names(parent["metadata"]["name"])
-    return [config_map(parent, spec, n), service_account(parent, n), role(parent, n),
-            role_binding(parent, spec, n), service(parent, n), job(parent, spec, attempt, settings, n)]
+    policy = [network_policy(parent, n, settings)] if settings.network_policy else []
+    return [*volume_claims(parent, spec.resources, spec.resources.nodes > 1), config_map(parent, spec, n),
+            service_account(parent, n), role(parent, n), role_binding(parent, spec, n), service(parent, n),
+            *policy, job(parent, spec, attempt, settings, n)]
 
 
 def config_map(parent: Manifest, spec: Any, n: dict[str, str]) -> Manifest:
@@ -80,6 +83,23 @@ def service(parent: Manifest, n: dict[str, str]) -> Manifest:
                                   label_keys.COMPONENT: "trainer"}}}
 
 
+def network_policy(parent: Manifest, n: dict[str, str], settings: Settings) -> Manifest:
+    """The gang's pods take connections from each other only (torchrun's rendezvous, NCCL's sockets on ports it
+    picks), and on the metrics port from the monitoring namespace's pods. Egress stays open: S3, the hub, the
+    apiserver (progress) are the cluster's to restrict."""
+    gang = {"podSelector": {"matchLabels": {label_keys.owner("FineTuneJob"): parent["metadata"]["name"],
+                                            label_keys.COMPONENT: "trainer"}}}
+    metrics_from: dict[str, Any] = {"namespaceSelector": {}}
+    if settings.metrics_namespace:
+        metrics_from = {"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": settings.metrics_namespace}}}
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": metadata(parent, n["service"], "workers"),
+            "spec": gang | {"policyTypes": ["Ingress"], "ingress": [
+                {"from": [copy.deepcopy(gang)]},
+                {"from": [metrics_from], "ports": [{"protocol": "TCP", "port": METRICS_PORT}]}]}}
+
+
 def job(parent: Manifest, spec: Any, attempt: int, settings: Settings, n: dict[str, str]) -> Manifest:
     name = parent["metadata"]["name"]
     jname = job_name(name, attempt)
@@ -95,9 +115,10 @@ def job(parent: Manifest, spec: Any, attempt: int, settings: Settings, n: dict[s
            {"name": "KUBETUNE_ATTEMPT", "value": str(attempt)},
            {"name": "KUBETUNE_METRICS_PORT", "value": str(METRICS_PORT)}] + storage_env(spec.storage, settings)
     vision = spec.model.vision  # LLaVA: the encoder, a pretrain-stage projector and the images are read too
-    volumes, mounts = pvc_volumes([spec.model.uri, spec.dataset.uri, spec.checkpoints.uri, spec.dataset.image_folder]
+    volumes, mounts = pvc_volumes([spec.model.uri, spec.dataset.uri, spec.dataset.image_folder]
                                   + [c.uri for c in spec.dataset.concat]
-                                  + ([vision.encoder, vision.projector] if vision else []))
+                                  + ([vision.encoder, vision.projector] if vision else []),
+                                  writable=[spec.checkpoints.uri])  # checkpoints are written (and resumed) there
     container = {
         "name": "trainer",
         # --no-export: the job's export ConvertJobs convert once, after the whole gang succeeded.
@@ -112,11 +133,20 @@ def job(parent: Manifest, spec: Any, attempt: int, settings: Settings, n: dict[s
         # is what the failure condition quotes (failures.py).
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    pod = pod_spec(res, settings, container, [{"name": "config", "configMap": {"name": n["config"]}}] + volumes,
-                   n["account"])
+    pod = pod_spec(parent, res, settings, container,
+                   [{"name": "config", "configMap": {"name": n["config"]}}] + volumes, n["account"])
+    if res.cache_volume is not None:
+        # Every pod waits for the cache before torchrun starts; the first downloads (the volume's lock), so one
+        # download serves the gang, its restarts and later jobs on the same claim. An init container, not a
+        # download Job: it runs as the pod (its service account, secrets, node and network), and Kueue admits
+        # one workload.
+        main = pod["containers"][0]
+        pod["initContainers"] = [copy.deepcopy({k: v for k, v in main.items()
+                                                if k not in ("name", "command", "ports", "resources")})
+                                 | {"name": "fetch", "command": ["kubetune", "fetch", f"{CONFIG_DIR}/job.yaml"]}]
     pod |= {"restartPolicy": "Never", "subdomain": n["service"],
             "terminationGracePeriodSeconds": res.termination_grace_period_seconds}
-    template_meta = {"labels": metadata(parent, jname, "trainer", extra)["labels"]}
+    template_meta = template_metadata(parent, metadata(parent, jname, "trainer", extra)["labels"])
     job_spec: dict[str, Any] = {
         "completionMode": "Indexed", "completions": nodes, "parallelism": nodes,
         # A gang: one failed pod fails the Job at once; the operator restarts the whole gang from the checkpoint.

@@ -3,7 +3,8 @@
 Torch-free and kopf-free: the operator, the CLI and the CRD generator all import it.
 """
 
-from .base import API_VERSION, GROUP, VERSION, Condition, KubeModel, ObjectMeta, PodResources, Rule, StorageSpec
+from .base import API_VERSION, GROUP, VERSION, Condition, KubeModel, ObjectMeta, Rule, StorageSpec
+from .pods import PodResources
 from .chat import ChatEndpoint, ChatEndpointSpec, ChatEndpointStatus
 from .convert import ConvertJob, ConvertJobSpec, ConvertJobStatus
 from .enums import (DatasetFormat, DeepSpeedPreset, DType, FileType, MethodType, OptimizerType, Precision,

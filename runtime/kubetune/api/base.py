@@ -197,44 +197,6 @@ class Condition(KubeModel):
     """The .metadata.generation this condition was computed from."""
 
 
-class PodSettings(KubeModel):
-    """Where and how the pods run."""
-
-    image: str | None = None
-    """Container image; the operator's default runtime image when unset."""
-    image_pull_policy: typing.Literal["Always", "IfNotPresent", "Never"] | None = None
-    """Image pull policy; Kubernetes' default when unset."""
-    cpu: Quantity | None = None
-    """CPU request and limit per pod, e.g. `8` or `7500m`."""
-    memory: Quantity | None = None
-    """Memory request and limit per pod, e.g. `64Gi`."""
-    shm_size: Quantity = "8Gi"
-    """Size of the memory-backed /dev/shm (NCCL and dataloader workers need more than the container default)."""
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    """Node labels the pods must match."""
-    tolerations: KubeObjectList = Field(default_factory=list)
-    """Pod tolerations (corev1.Toleration), passed through unchanged."""
-    affinity: KubeObject | None = None
-    """Pod affinity (corev1.Affinity), passed through unchanged."""
-    priority_class_name: str | None = None
-    """PriorityClass of the pods."""
-    service_account_name: str | None = None
-    """Service account of the pods, e.g. one bound to an IAM role for S3 (IRSA)."""
-    env: KubeObjectList = Field(default_factory=list)
-    """Extra environment variables (corev1.EnvVar)."""
-    volumes: KubeObjectList = Field(default_factory=list)
-    """Extra volumes (corev1.Volume); mount them with volumeMounts."""
-    volume_mounts: KubeObjectList = Field(default_factory=list)
-    """Extra volume mounts (corev1.VolumeMount) for the main container."""
-
-
-class PodResources(PodSettings):
-    """A single pod's placement and size."""
-
-    gpus: int = Field(default=0, ge=0)
-    """`nvidia.com/gpu` limit of the pod; 0 runs on CPU."""
-
-
 class StorageSpec(KubeModel):
     """Credentials and endpoint for s3:// URIs (hf:// reads HF_TOKEN from the same secret)."""
 

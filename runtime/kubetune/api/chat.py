@@ -7,8 +7,9 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from .base import (API_VERSION, DNS_LABEL, DNS_SUBDOMAIN, Condition, KubeModel, ObjectMeta, PodResources, Rule,
-                   StorageSpec, Uri)
+from .base import (API_VERSION, DNS_LABEL, DNS_SUBDOMAIN, Condition, KubeModel, ObjectMeta, Rule, StorageSpec,
+                   Uri)
+from .pods import PodResources
 from .enums import DType, PromptTemplate, SystemTemplate
 
 

@@ -8,8 +8,9 @@ from typing import Annotated, Any, ClassVar, Literal, TYPE_CHECKING
 
 from pydantic import Field
 
-from .base import (API_VERSION, DNS_SUBDOMAIN, Condition, KubeModel, ObjectMeta, PodResources, PriorityClassName,
-                   QueueName, Rule, StorageSpec, Uri)
+from .base import (API_VERSION, DNS_SUBDOMAIN, Condition, KubeModel, ObjectMeta, PriorityClassName, QueueName,
+                   Rule, StorageSpec, Uri)
+from .pods import PodResources
 
 if TYPE_CHECKING:  # the API models, for the type checker only (imported at run time where used)
     from .finetune import FineTuneJobSpec
@@ -150,12 +151,27 @@ def export_specs(job_name: str, spec: FineTuneJobSpec) -> dict[str, dict[str, An
         return {}
     root = spec.checkpoints.uri.rstrip("/") + "/export"
     storage = spec.storage.to_dict()
+    resources = inherited_resources(spec.resources, spec.export.resources)
     queue = {k: v for k, v in (("queueName", spec.run_policy.queue_name),
                                 ("workloadPriorityClass", spec.run_policy.workload_priority_class)) if v}
     out = {"adapter": {"operation": "pth_to_hf", "source": {"fineTuneJobRef": job_name},
-                       "output": {"uri": f"{root}/hf"}, "storage": storage} | queue}
+                       "output": {"uri": f"{root}/hf"}, "storage": storage, "resources": resources} | queue}
     if spec.export.merge and spec.method.scheme != "full":
         base = {"uri": spec.model.uri} | ({"trustRemoteCode": True} if spec.model.trust_remote_code else {})
         out["merged"] = {"operation": "merge", "source": {"checkpointUri": f"{root}/hf"}, "baseModel": base,
-                         "output": {"uri": f"{root}/merged"}, "storage": storage} | queue
+                         "output": {"uri": f"{root}/merged"}, "storage": storage,
+                         "resources": resources} | queue
     return out
+
+
+INHERITED = ("image", "image_pull_policy", "service_account_name", "node_selector", "tolerations", "affinity",
+             "priority_class_name", "memory", "cache_volume", "env", "volumes", "volume_mounts")
+
+
+def inherited_resources(job: Any, export: PodResources) -> dict[str, Any]:
+    """The export pods' settings: `export.resources`, where a field is at its default the training pods' own (a
+    value equal to the default counts as unset: the apiserver stamps schema defaults into the stored object)."""
+    merged = export.model_copy(update={
+        name: getattr(job, name) for name in INHERITED
+        if getattr(export, name) == PodResources.model_fields[name].get_default(call_default_factory=True)})
+    return merged.model_dump(mode="json", by_alias=True, exclude_defaults=True)

@@ -6,8 +6,9 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from .base import (API_VERSION, KubeModel, ObjectMeta, PodSettings, PriorityClassName, QueueName,
-                   Rule, StorageSpec, Uri, unchangeable)
+from .base import (API_VERSION, KubeModel, ObjectMeta, PriorityClassName, QueueName, Rule, StorageSpec, Uri,
+                   unchangeable)
+from .pods import PodResources, PodSettings
 from .enums import (PREFERENCE_FORMATS, PREFERENCE_METHODS, DatasetFormat, DeepSpeedPreset, DType, FileType,
                     LrSchedule, OptimizerType, Precision, PromptTemplate, SystemTemplate)
 from .method import DpoSpec, LoraSpec, MethodSpec, OrpoSpec, QuantizationSpec, RewardSpec  # noqa: F401 (re-exported)
@@ -259,6 +260,10 @@ class ExportSpec(KubeModel):
     """Convert the final checkpoint to Hugging Face format (a PEFT adapter, or the full model for method full)."""
     merge: bool = False
     """Also merge the adapter into the base model (lora and qlora only)."""
+    resources: PodResources = Field(default_factory=PodResources)
+    """The export ConvertJobs' pods. What is left at its default is the job's own: image, pull policy, service
+    account (the same IRSA role reads and writes its storage), node selector, tolerations, affinity, priority class,
+    memory, cache volume, env, volumes and mounts; CPU, GPUs and the work volume are the export's own."""
 
 
 class FineTuneJobSpec(KubeModel):

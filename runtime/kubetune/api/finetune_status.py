@@ -4,6 +4,7 @@ by the operator (and, progress only, by rank 0)."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 from enum import StrEnum
 
 from pydantic import Field
@@ -79,6 +80,19 @@ class CheckpointRef(KubeModel):
     """When its upload completed."""
 
 
+class CacheStatus(KubeModel):
+    """The cache volume's download before training (resources.cacheVolume), written by the first pod."""
+
+    state: Literal["Fetching", "Ready"] | None = None
+    """Fetching while the model and data are downloaded (the gang waits), Ready once they are all there."""
+    bytes: int | None = None
+    """Bytes in the cache volume so far."""
+    downloaded: bool | None = None
+    """Whether this job downloaded anything; false when another job had cached it all."""
+    uris: list[str] = Field(default_factory=list)
+    """What was fetched."""
+
+
 class Artifacts(KubeModel):
     """Exported results."""
 
@@ -115,5 +129,7 @@ class FineTuneJobStatus(KubeModel):
     """Live training progress."""
     latest_checkpoint: CheckpointRef | None = None
     """The newest complete checkpoint."""
+    cache: CacheStatus | None = None
+    """The cache volume's download, when resources.cacheVolume is set."""
     artifacts: Artifacts | None = None
     """Exported adapter and merged model."""

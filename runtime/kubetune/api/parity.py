@@ -31,9 +31,19 @@ _POD = ("image", "imagePullPolicy", "cpu", "memory", "shmSize", "nodeSelector", 
         "priorityClassName", "serviceAccountName", "volumes", "volumeMounts")
 
 
+_FABRIC = ("gpuResourceName", "extraResources", "capabilities", "hostNetwork")
+_VOLUME = ("claimName", "create", "storageClassName", "accessMode", "size")
+
+
 def _pod(prefix: str) -> dict[str, Entry]:
     return {**_same(CLUSTER, "pod placement and size: this machine's processes run where you start them", prefix,
                     *_POD),
+            **_same(CLUSTER, "the pod's devices, capabilities and network: this machine's are used as they are",
+                    prefix, *_FABRIC),
+            **_same(EQUIVALENT, "the work dir is --work-dir (./work_dirs/<name>) on this machine's disk", prefix,
+                    *(f"workVolume.{f}" for f in _VOLUME)),
+            **_same(EQUIVALENT, "downloads go to $HF_HOME and $KUBETUNE_CACHE here (`kubetune fetch` fills them "
+                    "once, under the same lock the pods take)", prefix, *(f"cacheVolume.{f}" for f in _VOLUME)),
             f"{prefix}.env": (CLUSTER, "extra container environment: set the variables in your shell here")}
 
 
@@ -80,6 +90,10 @@ FINETUNE: dict[str, Entry] = {
                                        "resumes from it"),
     **_same(HONOURED, _TRAINS, "spec.evaluation", "everySteps", "inputs", "maxNewTokens"),
     **_pod("spec.resources"),
+    **{k: (CLUSTER, "the export ConvertJobs' pods: here the export runs in this process after training")
+       for k in _pod("spec.export.resources")},
+    "spec.export.resources.gpus": (CLUSTER, "the export ConvertJobs' pods: here the export runs in this process "
+                                            "after training"),
     "spec.resources.nodes": (CLUSTER, "pods in the gang: NNODES/NODE_RANK (or torchrun) start processes here"),
     "spec.resources.gpusPerNode": (CLUSTER, "GPUs per pod: NPROC_PER_NODE (or torchrun) starts one process per GPU "
                                             "here"),

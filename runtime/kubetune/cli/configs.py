@@ -89,6 +89,7 @@ def validate(args: argparse.Namespace) -> int:
     import yaml
 
     from kubetune.api import ManifestError, load_manifest
+    from kubetune.api.pods import pod_warnings
 
     failed = 0
     for file in args.files:
@@ -102,6 +103,8 @@ def validate(args: argparse.Namespace) -> int:
         print(f"{file}: valid {obj.kind} {name}")
         if getattr(getattr(getattr(obj, "spec", None), "model", None), "trust_remote_code", False):
             print(TRUSTS_REMOTE_CODE, file=sys.stderr)
+        for warning in pod_warnings(obj.spec):
+            print(f"{file}: warning: {warning}", file=sys.stderr)
         if args.show:
             print(yaml.safe_dump(obj.to_dict(), sort_keys=False, allow_unicode=True), end="")
     if failed:

@@ -79,6 +79,7 @@ MODES: dict[str, tuple[str, str]] = {
     "list-cfg": ("configs", "list the predefined configs"),
     "copy-cfg": ("configs", "copy a predefined config to a directory"),
     "train": ("train", "fine-tune an LLM"),
+    "fetch": ("fetch", "download a job's models and datasets into the cache once"),
     "convert": ("convert", "pth_to_hf, merge or split a model"),
     "chat": ("chat", "chat with an LLM in the terminal"),
     "serve": ("chat", "serve an OpenAI-compatible chat API"),

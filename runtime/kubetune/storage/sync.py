@@ -187,7 +187,6 @@ class CheckpointSync:
         self.keep, self.log = keep, log
         self.thread: threading.Thread | None = None
         self.failures = _failure_counter()
-        self.warned_rng = False
         self.last_failed: str | None = None
 
     def submit(self, directory: Path) -> None:
@@ -220,17 +219,18 @@ class CheckpointSync:
             self.log(f"checkpoint {directory.name}: upload failed, training goes on: {exc}")
 
     def _check_complete_locally(self, directory: Path) -> None:
-        """Without DeepSpeed, other nodes' ranks add only their RNG state (each pod has its own disk): upload the
-        rest, and those ranks re-seed on resume. DeepSpeed's per-rank optimizer partitions are essential."""
+        """Every rank's RNG state is written by rank 0; DeepSpeed's optimizer partitions are written by each rank
+        where it runs, so on per-node disks (each pod its own emptyDir) rank 0 holds only its node's: such a
+        checkpoint could not be resumed, and is not published."""
         state = json.loads((directory / "trainer_state.json").read_text())
-        missing = [r for r in range(int(state.get("world_size", 1))) if not (directory / f"rng_rank{r}.pt").exists()]
-        if missing and (directory / "deepspeed").exists():
-            raise StorageError(f"files of ranks {missing} are not on this node's disk; multi-node DeepSpeed runs with "
-                               "a remote checkpoints.uri need the work dir on a shared volume (a ReadWriteMany PVC)")
-        if missing and not self.warned_rng:
-            self.log(f"checkpoint {directory.name}: the RNG states of ranks {missing} live on other nodes; on resume "
-                     "those ranks re-seed (the data order and weights are exact)")
-            self.warned_rng = True
+        partitions = directory / "deepspeed"
+        if partitions.is_dir():
+            missing = [r for r in range(int(state.get("world_size", 1)))
+                       if not any(partitions.rglob(f"*zero_pp_rank_{r}_*optim_states.pt"))]
+            if missing:
+                raise StorageError(f"the DeepSpeed partitions of ranks {missing} are not in {directory} (they are on "
+                                   "other nodes' disks): a multi-node DeepSpeed run publishes checkpoints only with "
+                                   "its work dir on one shared volume (resources.workVolume, a ReadWriteMany claim)")
 
 
 def _failure_counter():

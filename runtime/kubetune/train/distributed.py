@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,20 @@ class Dist:
         out: list[Any] = [None] * self.world
         dist.all_gather_object(out, obj)
         return out
+
+    def shares_with_rank0(self, directory: Path) -> bool:
+        """Whether `directory` here is rank 0's own (one file system: a shared work volume) rather than a disk of
+        this node's: rank 0 leaves a file named by a fresh token, every rank looks for it."""
+        token = self.all_gather_object(uuid.uuid4().hex if self.rank == 0 else None)[0]
+        probe = directory / f".rank0-{token}"
+        if self.rank == 0:
+            probe.touch()
+        self.barrier()
+        seen = probe.exists()
+        self.barrier()
+        if self.rank == 0:
+            probe.unlink()
+        return seen
 
     def all_reduce(self, tensor: Any) -> Any:
         if self.world > 1:

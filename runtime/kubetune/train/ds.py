@@ -19,7 +19,9 @@ TAG = "state"  # DeepSpeed's own sub-directory inside iter_N/deepspeed
 # weights_only=False, so anything else would run as code): its enums and config records, seen in its ZeRO 1-3 files.
 ALLOWED_GLOBALS = frozenset({"deepspeed.runtime.zero.config.ZeroStageEnum",
                              "deepspeed.runtime.fp16.loss_scaler.LossScaler",
-                             "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler"})
+                             "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+                             # ZeRO-1/2 optimizer states map parameters to slices with it: two ints, no code
+                             "deepspeed.utils.tensor_fragment.fragment_address"})
 
 
 def load_config(preset: str, path: str | None) -> dict[str, Any]:

@@ -6,6 +6,7 @@ Events: before_train(run), after_step(run, metrics), after_train(run); `run` is 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, TYPE_CHECKING
@@ -157,7 +158,11 @@ class Metrics(Hook):
     def __init__(self, port: int):
         from prometheus_client import Gauge, start_http_server
 
-        start_http_server(port)
+        try:
+            start_http_server(port)
+        except OSError as exc:  # a port taken on a hostNetwork node (node-exporter): metrics never stop training
+            print(f"kubetune: cannot serve metrics on port {port}: {exc}; training goes on without them",
+                  file=sys.stderr, flush=True)
         names = {"loss": "Mean loss of the last step", "learning_rate": "Learning rate",
                  "tokens_per_second": "Trained (non-padding) tokens per second, all ranks", "step": "Optimizer steps done",
                  "total_steps": "Optimizer steps in the run", "epoch": "Fractional epoch",

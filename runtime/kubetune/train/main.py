@@ -55,7 +55,10 @@ def _run(job: FineTuneJob, spec: FineTuneJobSpec, dist: distributed.Dist, work_d
     log = TextLog(work, stamp, spec.training.log_every_steps) if dist.rank == 0 else None
     say = log.write if log else (lambda line: None)
     remote = checkpoint_destination(spec.checkpoints.uri, work)
-    resume_from = checkpoint.find_resume(work, resume, remote, fetch=dist.local_rank == 0, barrier=dist.barrier)
+    # One download per file system: each node's first rank, unless the work dir is rank 0's too (a shared volume).
+    shared = dist.shares_with_rank0(work)  # every rank takes part
+    fetch = dist.local_rank == 0 and (dist.rank == 0 or not shared)
+    resume_from = checkpoint.find_resume(work, resume, remote, fetch=fetch, barrier=dist.barrier)
     seed = pick_seed(spec, resume_from)
     seed_everything(seed)
     if dist.rank == 0:

@@ -49,7 +49,7 @@ class StatusReporter(Hook):
         checkpoint = self._checkpoint()
         if checkpoint:
             status["latestCheckpoint"] = checkpoint
-        self._patch(status)
+        self.patch(status)
 
     def _checkpoint(self) -> dict[str, Any] | None:
         marker = self.work_dir / "last_checkpoint"
@@ -64,7 +64,7 @@ class StatusReporter(Hook):
         uri = f"{self.checkpoint_uri.rstrip('/')}/{name}" if self.checkpoint_uri else local
         return {"step": step, "uri": uri, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
-    def _patch(self, status: dict[str, Any]) -> None:
+    def patch(self, status: dict[str, Any]) -> None:
         group_version = API_VERSION
         url = f"{self.api}/apis/{group_version}/namespaces/{self.namespace}/finetunejobs/{self.name}/status"
         token = os.environ.get("KUBETUNE_STATUS_TOKEN")
