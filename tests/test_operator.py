@@ -562,6 +562,48 @@ def test_an_endpoint_rolls_to_a_newer_exported_adapter(cluster, operator):
     assert "AdapterUpdated" in _events(cluster, "rolls")
 
 
+def test_a_work_claim_per_job_and_a_deployment_an_older_operator_left(cluster, operator):
+    """`workVolume.create` makes one claim per job, owned by it. A ChatEndpoint whose Deployment an older operator
+    made (pods selected by app.kubernetes.io/instance, an immutable selector) gets it replaced, not a failing
+    apply."""
+    _create(cluster, "claimed", resources={"nodes": 2, "gpusPerNode": 1, "workVolume": {"create": True, "size": "10Gi"}})
+    cluster.wait_for(lambda: cluster.kubectl("get", "-n", NS, "pvc", "claimed-work", check=False).returncode == 0,
+                     "the job's work claim", 60)
+    claim = cluster.get_json("-n", NS, "pvc", "claimed-work")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # 2 nodes share it
+    assert claim["metadata"]["ownerReferences"][0]["name"] == "claimed"
+
+    doc = {"apiVersion": "kubetune.io/v1alpha1", "kind": "ChatEndpoint",
+           "spec": {"model": {"uri": "s3://models/merged/"}, "replicas": 1}}
+    _create(cluster, "legacy", doc)
+    cluster.wait_for(lambda: cluster.kubectl("get", "-n", NS, "deployment", "legacy", check=False).returncode == 0,
+                     "the endpoint's Deployment", 60)
+    operator.stop()
+    current = cluster.get_json("-n", NS, "deployment", "legacy")
+    old_labels = {"app.kubernetes.io/instance": "legacy", "app.kubernetes.io/component": "server"}
+    template = current["spec"]["template"]
+    template["metadata"]["labels"] = old_labels
+    cluster.kubectl("delete", "-n", NS, "deployment", "legacy", "--wait=true")
+    cluster.kubectl("create", "-f", "-", input=json.dumps({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "legacy", "namespace": NS, "labels": old_labels,
+                     "ownerReferences": current["metadata"]["ownerReferences"]},
+        "spec": {"replicas": 1, "selector": {"matchLabels": old_labels}, "template": template}}))
+    old_uid = cluster.get_json("-n", NS, "deployment", "legacy")["metadata"]["uid"]
+    operator.start()
+    cluster.kubectl("patch", "-n", NS, "chat", "legacy", "--type=merge", "-p", '{"spec": {"replicas": 2}}')
+
+    def replaced() -> bool:
+        got = cluster.get_json("-n", NS, "deployment", "legacy") if cluster.kubectl(
+            "get", "-n", NS, "deployment", "legacy", check=False).returncode == 0 else None
+        return bool(got) and got["metadata"]["uid"] != old_uid and got["spec"]["replicas"] == 2
+    cluster.wait_for(replaced, "the old Deployment replaced", 90)
+    selector = cluster.get_json("-n", NS, "deployment", "legacy")["spec"]["selector"]["matchLabels"]
+    assert selector == {"kubetune.io/chatendpoint": "legacy", "app.kubernetes.io/component": "server"}
+    for kind, name in (("ftj", "claimed"), ("chat", "legacy")):
+        cluster.kubectl("delete", "-n", NS, kind, name, "--wait=false")
+
+
 def _granted_rules() -> set[tuple[str, str, str]]:
     """(apiGroup, resource, verb) the chart grants the operator, for the single-namespace install the fixture uses."""
     rendered = subprocess.run(

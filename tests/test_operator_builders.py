@@ -289,9 +289,11 @@ def test_a_deployment_whose_selector_an_older_operator_set_is_replaced():
 
     body, spec = _parent("ChatEndpoint", "bot", {"model": {"uri": "hf://org/model"}})
     deployment = next(c for c in chat.children(body, spec, {}, SETTINGS) if c["kind"] == "Deployment")
-    old = {"spec": {"selector": {"matchLabels": {"app.kubernetes.io/instance": "bot",
+    old = {"metadata": {"ownerReferences": [{"uid": "uid-bot"}]},
+           "spec": {"selector": {"matchLabels": {"app.kubernetes.io/instance": "bot",
                                                  "app.kubernetes.io/component": "server"}}}}
-    for current, deleted in ((old, 1), (deployment, 0), (None, 0)):
+    someone_elses = {**old, "metadata": {"ownerReferences": [{"uid": "uid-other"}]}}
+    for current, deleted in ((old, 1), (deployment, 0), (None, 0), (someone_elses, 0)):
         kube = Kube(current)
         asyncio.run(replace_if_reselected(kube, deployment))
         assert len(kube.deleted) == deleted

@@ -242,3 +242,19 @@ def test_a_deepspeed_gang_on_a_shared_work_volume_resumes_whole_and_its_pvc_chec
     assert exported.keys() == after.keys()
     assert all(torch.equal(exported[k], after[k].to(exported[k].dtype)) for k in after)
     cluster.kubectl("delete", "-n", NS, "ftj", "shared", "--wait=false")
+
+
+def test_kubectl_scale_on_a_chatendpoint_reaches_its_deployment(cluster, operator):
+    """The scale subresource is what an HPA or KEDA drives (status.selector names the pods): `kubectl scale` sets
+    spec.replicas and the operator rolls it into the Deployment."""
+    doc = {"apiVersion": "kubetune.io/v1alpha1", "kind": "ChatEndpoint", "metadata": {"name": "scaled", "namespace": NS},
+           "spec": {"model": {"uri": "s3://models/merged/"}, "replicas": 1}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(doc))
+    cluster.wait_for(lambda: cluster.kubectl("get", "-n", NS, "deployment", "scaled", check=False).returncode == 0,
+                     "the endpoint's Deployment", 60)
+    cluster.kubectl("scale", "-n", NS, "chatendpoint", "scaled", "--replicas=3")
+    cluster.wait_for(lambda: cluster.get_json("-n", NS, "deployment", "scaled")["spec"]["replicas"] == 3,
+                     "the Deployment scaled to 3", 60)
+    cluster.wait_for(lambda: (cluster.get_json("-n", NS, "chat", "scaled").get("status") or {}).get("selector")
+                     == "app.kubernetes.io/component=server,kubetune.io/chatendpoint=scaled", "status.selector", 60)
+    cluster.kubectl("delete", "-n", NS, "chat", "scaled", "--wait=false")

@@ -339,7 +339,10 @@ async def replace_if_reselected(kube: Kube, deployment: dict) -> None:
     kubetune 0.1.0 selected app.kubernetes.io/instance) is deleted, and the apply that follows creates it anew."""
     meta = deployment["metadata"]
     current = await kube.get("apps/v1", "Deployment", meta["namespace"], meta["name"])
-    if current and current["spec"]["selector"] != deployment["spec"]["selector"]:
+    ours = {o["uid"] for o in meta["ownerReferences"]}
+    theirs = {o.get("uid") for o in ((current or {}).get("metadata") or {}).get("ownerReferences", ())}
+    # Only our own: someone else's Deployment of that name is left for the apply to refuse (NotOwned).
+    if current and ours & theirs and current["spec"]["selector"] != deployment["spec"]["selector"]:
         await kube.delete("apps/v1", "Deployment", meta["namespace"], meta["name"])
 
 
