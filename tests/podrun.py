@@ -32,3 +32,20 @@ def start(container: dict, secret: dict[str, str], paths: dict[str, Path], env: 
     return subprocess.Popen([sys.executable, "-m", "kubetune", *argv[1:]],
                             env={**os.environ, **container_env(container, secret), **env},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def tiny_lora_spec(model: Path, tmp: Path, rows: int, **training) -> dict:
+    """A FineTuneJob spec that trains `model` (the tiny Llama) with LoRA on `rows` alpaca rows written under `tmp`:
+    fp32, one sample a step, a log line every step; `training` overrides."""
+    import json
+
+    from .test_train import alpaca_rows
+
+    data = tmp / "data.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in alpaca_rows(rows)) + "\n")
+    return {"model": {"uri": str(model)},
+            "method": {"type": "lora", "lora": {"r": 4, "alpha": 8, "targetModules": ["q_proj", "v_proj"]}},
+            "dataset": {"uri": str(data), "format": "alpaca", "promptTemplate": "default", "maxLength": 64,
+                        "packToMaxLength": False},
+            "training": {"batchSize": 1, "accumulativeCounts": 1, "precision": "fp32", "gradientCheckpointing": False,
+                         "logEverySteps": 1, **training}}

@@ -149,16 +149,7 @@ def test_a_deepspeed_gang_on_a_shared_work_volume_resumes_whole_and_its_pvc_chec
     import torch
     from safetensors.torch import load_file
 
-    from .test_train import alpaca_rows
-
-    data = tmp_path / "data.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in alpaca_rows(32)) + "\n")
-    spec = {"model": {"uri": str(tiny_dir)},
-            "method": {"type": "lora", "lora": {"r": 4, "alpha": 8, "targetModules": ["q_proj", "v_proj"]}},
-            "dataset": {"uri": str(data), "format": "alpaca", "promptTemplate": "default", "maxLength": 64,
-                        "packToMaxLength": False},
-            "training": {"maxSteps": 8, "batchSize": 1, "accumulativeCounts": 1, "precision": "fp32",
-                         "gradientCheckpointing": False, "logEverySteps": 1, "seed": 3, "deepspeed": "zero2"},
+    spec = {**podrun.tiny_lora_spec(tiny_dir, tmp_path, 32, maxSteps=8, seed=3, deepspeed="zero2"),
             "checkpoints": {"everySteps": 4, "keep": 2, "uri": "pvc://ckpts/shared"}, "storage": {},
             "resources": {"nodes": 2, "gpusPerNode": 1, "serviceAccountName": "irsa-runner", "memory": "8Gi",
                           "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],

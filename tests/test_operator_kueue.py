@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from . import podrun
 from .controlplane.cluster import OPERATOR_USER
 from .controlplane.kueue import LOCAL_QUEUE, start_kueue
 from .test_operator import FTJ, Operator, install_chart_rbac
@@ -174,30 +175,13 @@ class Gang:
     the container's PID 1 (the re-launching parent), then the exit code."""
 
     def __init__(self, cluster, job_name: str, tmp, config, secret: dict, port: int, label: str, extra: dict):
-        import base64
-        import os
-        import subprocess
-        import sys
-
         container = cluster.get_json("-n", NS, "job", job_name)["spec"]["template"]["spec"]["containers"][0]
-        resolved = {}
-        for e in container["env"]:
-            ref = e.get("valueFrom", {}).get("secretKeyRef")
-            if "value" in e:
-                resolved[e["name"]] = e["value"]
-            elif ref and ref["key"] in secret:
-                resolved[e["name"]] = base64.b64decode(secret[ref["key"]]).decode()
-        self.procs = []
-        for rank in range(2):
-            env = {**os.environ, **resolved, **extra, "NODE_RANK": str(rank), "ADDR": "127.0.0.1", "PORT": str(port),
-                   "HOME": str(tmp / f"home-{label}{rank}"), "KUBETUNE_CACHE": str(tmp / f"cache{rank}")}
-            argv = [a.replace("/etc/kubetune/job.yaml", str(config)).replace("/work/run",
-                                                                             str(tmp / f"work-{label}{rank}"))
-                    for a in container["command"]]
-            assert argv[:2] == ["kubetune", "train"] and "--resume" in argv
-            self.procs.append(subprocess.Popen([sys.executable, "-m", "kubetune", *argv[1:]], env=env,
-                                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                               start_new_session=True))
+        assert container["command"][:2] == ["kubetune", "train"] and "--resume" in container["command"]
+        self.procs = [podrun.start(container, secret, {"/etc/kubetune/job.yaml": config,
+                                                       "/work/run": tmp / f"work-{label}{rank}"},
+                                   {**extra, "NODE_RANK": str(rank), "ADDR": "127.0.0.1", "PORT": str(port),
+                                    "HOME": str(tmp / f"home-{label}{rank}"), "KUBETUNE_CACHE": str(tmp / f"cache{rank}")})
+                      for rank in range(2)]
         self.work0 = tmp / f"work-{label}0"
 
     def steps(self) -> int:
@@ -245,7 +229,6 @@ def test_a_preempted_training_loses_nothing_and_ends_with_the_weights_of_an_unin
     from kubetune.errors import ExitCode
 
     from .s3server import ACCESS, SECRET, start_versitygw
-    from .test_train import alpaca_rows
 
     gateway, endpoint = start_versitygw(tmp_path / "s3")
     try:
@@ -254,14 +237,7 @@ def test_a_preempted_training_loses_nothing_and_ends_with_the_weights_of_an_unin
         s3.create_bucket(Bucket="preempt")
         cluster.kubectl("create", "secret", "generic", "s3-preempt", "-n", NS,
                         f"--from-literal=AWS_ACCESS_KEY_ID={ACCESS}", f"--from-literal=AWS_SECRET_ACCESS_KEY={SECRET}")
-        data = tmp_path / "data.jsonl"
-        data.write_text("\n".join(json.dumps(r) for r in alpaca_rows(48)) + "\n")
-        spec = {"model": {"uri": str(tiny_dir)},
-                "method": {"type": "lora", "lora": {"r": 4, "alpha": 8, "targetModules": ["q_proj", "v_proj"]}},
-                "dataset": {"uri": str(data), "format": "alpaca", "promptTemplate": "default", "maxLength": 64,
-                            "packToMaxLength": False},
-                "training": {"maxSteps": 40, "batchSize": 1, "accumulativeCounts": 1, "precision": "fp32",
-                             "gradientCheckpointing": False, "logEverySteps": 1, "seed": 5},
+        spec = {**podrun.tiny_lora_spec(tiny_dir, tmp_path, 48, maxSteps=40, seed=5),
                 "checkpoints": {"everySteps": 1000, "keep": 2, "uri": "s3://preempt/run/"},
                 "storage": {"secretRef": "s3-preempt", "endpoint": endpoint, "region": "us-east-1",
                             "pathStyle": True},
