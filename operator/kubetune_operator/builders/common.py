@@ -108,7 +108,27 @@ def pvc_volumes(uris: list[str | None], writable: Sequence[str | None] = ()) -> 
 # Requests of a GPU pod that sets no cpu/memory: enough that it is Burstable (never evicted first as BestEffort)
 # and small enough for any GPU node (an 8-GPU node has well over 32 cores and 256Gi).
 CPU_PER_GPU, MEMORY_PER_GPU_GI = 4, 32
-TMP_SIZE = "16Gi"  # /tmp's sizeLimit: compile caches and tokenizer scratch, never checkpoints
+TMP_GI = 16  # /tmp's sizeLimit: compile caches and tokenizer scratch, never checkpoints
+TMP_SIZE = f"{TMP_GI}Gi"
+_SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+           "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18, "": 1}
+
+
+def mebibytes(quantity: str) -> int:
+    """A byte quantity (`100Gi`, `500G`, `1e9`, `1024`) in MiB, rounded up."""
+    number = quantity.rstrip("KMGTPEik")
+    try:
+        return -(-int(float(number) * _SUFFIX[quantity[len(number):]]) // 2**20)
+    except (KeyError, ValueError):  # `500m` bytes and the like: the schema admits them, no disk needs them
+        return 0
+
+
+def ephemeral_storage(pod: Any) -> str:
+    """What the kubelet may use on the node's disk: /tmp, and the work dir when it is a sized emptyDir. The
+    scheduler places the pod where that much is free."""
+    work = mebibytes(str(pod.work_volume.size)) if pod.work_volume.size and not _is_claim(pod.work_volume) else 0
+    total = TMP_GI * 1024 + work
+    return f"{total // 1024}Gi" if total % 1024 == 0 else f"{total}Mi"  # as the apiserver writes it back
 
 
 def resources(pod: Any, gpus: int) -> dict[str, Any]:
@@ -122,8 +142,7 @@ def resources(pod: Any, gpus: int) -> dict[str, Any]:
         requests.setdefault("cpu", str(CPU_PER_GPU * gpus))
         requests.setdefault("memory", f"{MEMORY_PER_GPU_GI * gpus}Gi")
     limits |= {k: str(v) for k, v in pod.extra_resources.items()}
-    if pod.work_volume.size and not _is_claim(pod.work_volume):  # what the kubelet may use on the node's disk
-        requests["ephemeral-storage"] = str(pod.work_volume.size)
+    requests["ephemeral-storage"] = ephemeral_storage(pod)
     out: dict[str, Any] = {}
     if limits:
         out["limits"] = limits

@@ -51,8 +51,8 @@ class VolumeSpec(KubeModel):
     access_mode: typing.Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] | None = None
     """Access mode of the created claim; ReadWriteMany when pods on several nodes share it, else ReadWriteOnce."""
     size: Quantity | None = None
-    """Size of the created claim (100Gi when unset); for an emptyDir its `sizeLimit` and the pod's
-    `ephemeral-storage` request (unset: no limit, no request)."""
+    """Size of the created claim (100Gi when unset); for an emptyDir its `sizeLimit`, added to the pod's
+    `ephemeral-storage` request (which counts /tmp's 16Gi in any case; unset: no limit)."""
 
 
 class PodSettings(KubeModel):
