@@ -64,7 +64,7 @@ def test_every_gpu_cluster_setting_reaches_pods_the_apiserver_admits(cluster, op
         assert trainer["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["IPC_LOCK"]}
         assert trainer["resources"]["limits"] == {"nvidia.com/gpu": "1", "rdma/ib": "1"}
         assert trainer["resources"]["requests"] == {"cpu": "4", "memory": "32Gi", "nvidia.com/gpu": "1",
-                                                    "rdma/ib": "1", "ephemeral-storage": "16Gi"}  # /tmp
+                                                    "rdma/ib": "1"}
         assert pod["status"]["qosClass"] == "Burstable"  # the apiserver's own verdict: never BestEffort
         assert {"name": "NCCL_IB_HCA", "value": "mlx5"} in trainer["env"]
         assert [c["name"] for c in spec["initContainers"]] == ["fetch"]

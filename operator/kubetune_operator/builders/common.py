@@ -123,11 +123,13 @@ def mebibytes(quantity: str) -> int:
         return 0
 
 
-def ephemeral_storage(pod: Any) -> str:
-    """What the kubelet may use on the node's disk: /tmp, and the work dir when it is a sized emptyDir. The
-    scheduler places the pod where that much is free."""
-    work = mebibytes(str(pod.work_volume.size)) if pod.work_volume.size and not _is_claim(pod.work_volume) else 0
-    total = TMP_GI * 1024 + work
+def ephemeral_storage(pod: Any) -> str | None:
+    """What the kubelet may use on the node's disk when the work dir is a sized emptyDir: it and /tmp. The scheduler
+    places the pod where that much is free. Unsized, nothing is requested: Kueue admits a workload only when its
+    ClusterQueue covers every resource it requests, and most cover cpu, memory and GPUs only."""
+    if not pod.work_volume.size or _is_claim(pod.work_volume):
+        return None
+    total = TMP_GI * 1024 + mebibytes(str(pod.work_volume.size))
     return f"{total // 1024}Gi" if total % 1024 == 0 else f"{total}Mi"  # as the apiserver writes it back
 
 
@@ -142,7 +144,9 @@ def resources(pod: Any, gpus: int) -> dict[str, Any]:
         requests.setdefault("cpu", str(CPU_PER_GPU * gpus))
         requests.setdefault("memory", f"{MEMORY_PER_GPU_GI * gpus}Gi")
     limits |= {k: str(v) for k, v in pod.extra_resources.items()}
-    requests["ephemeral-storage"] = ephemeral_storage(pod)
+    disk = ephemeral_storage(pod)
+    if disk:
+        requests["ephemeral-storage"] = disk
     out: dict[str, Any] = {}
     if limits:
         out["limits"] = limits

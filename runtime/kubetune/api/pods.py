@@ -51,8 +51,9 @@ class VolumeSpec(KubeModel):
     access_mode: typing.Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] | None = None
     """Access mode of the created claim; ReadWriteMany when pods on several nodes share it, else ReadWriteOnce."""
     size: Quantity | None = None
-    """Size of the created claim (100Gi when unset); for an emptyDir its `sizeLimit`, added to the pod's
-    `ephemeral-storage` request (which counts /tmp's 16Gi in any case; unset: no limit)."""
+    """Size of the created claim (100Gi when unset); for an emptyDir its `sizeLimit` and, with /tmp's 16Gi, the pod's
+    `ephemeral-storage` request (with Kueue, the ClusterQueue must then cover ephemeral-storage). Unset: no limit,
+    no request."""
 
 
 class PodSettings(KubeModel):
