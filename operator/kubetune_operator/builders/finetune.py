@@ -79,16 +79,14 @@ def service(parent: Manifest, n: dict[str, str]) -> Manifest:
     meta = metadata(parent, n["service"], "workers")
     return {"apiVersion": "v1", "kind": "Service", "metadata": meta,
             "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,  # rank 0 resolves before it is Ready
-                     "selector": {label_keys.owner("FineTuneJob"): parent["metadata"]["name"],
-                                  label_keys.COMPONENT: "trainer"}}}
+                     "selector": label_keys.selector("FineTuneJob", parent["metadata"]["name"], "trainer")}}
 
 
 def network_policy(parent: Manifest, n: dict[str, str], settings: Settings) -> Manifest:
     """The gang's pods take connections from each other only (torchrun's rendezvous, NCCL's sockets on ports it
     picks), and on the metrics port from the monitoring namespace's pods. Egress stays open: S3, the hub, the
     apiserver (progress) are the cluster's to restrict."""
-    gang = {"podSelector": {"matchLabels": {label_keys.owner("FineTuneJob"): parent["metadata"]["name"],
-                                            label_keys.COMPONENT: "trainer"}}}
+    gang = {"podSelector": {"matchLabels": label_keys.selector("FineTuneJob", parent["metadata"]["name"], "trainer")}}
     metrics_from: dict[str, Any] = {"namespaceSelector": {}}
     if settings.metrics_namespace:
         metrics_from = {"namespaceSelector": {"matchLabels": {

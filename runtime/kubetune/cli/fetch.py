@@ -29,14 +29,14 @@ def sources(spec: Any) -> list[tuple[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kubetune.storage import fetch
+    from kubetune.storage import cache_root, fetch
     from kubetune.train.report import StatusReporter
 
     job = load_config(args.config)
     uris = sources(job.spec)
     # One pod speaks for the gang; the others only wait on the lock.
     reporter = StatusReporter.from_env(Path("."), None) if os.environ.get("NODE_RANK", "0") == "0" else None
-    root = Path(os.environ.get("KUBETUNE_CACHE_VOLUME") or fetch.cache_root())
+    root = Path(os.environ.get("KUBETUNE_CACHE_VOLUME") or cache_root())
     remote = [u for u, _ in uris if u.startswith(fetch.REMOTE)]
 
     def say(state: str, size: int, **extra: Any) -> None:

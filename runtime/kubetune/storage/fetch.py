@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from . import cache_root, local_path  # noqa: F401 (cache_root: the default root, for the CLI)
+from . import local_path
 
 LOCK = ".kubetune-fetch.lock"
 REMOTE = ("hf://", "s3://")

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -225,8 +226,9 @@ class CheckpointSync:
         state = json.loads((directory / "trainer_state.json").read_text())
         partitions = directory / "deepspeed"
         if partitions.is_dir():
-            missing = [r for r in range(int(state.get("world_size", 1)))
-                       if not any(partitions.rglob(f"*zero_pp_rank_{r}_*optim_states.pt"))]
+            found = {int(m.group(1)) for p in partitions.rglob("*optim_states.pt")
+                     if (m := re.search(r"zero_pp_rank_(\d+)_", p.name))}
+            missing = [r for r in range(int(state.get("world_size", 1))) if r not in found]
             if missing:
                 raise StorageError(f"the DeepSpeed partitions of ranks {missing} are not in {directory} (they are on "
                                    "other nodes' disks): a multi-node DeepSpeed run publishes checkpoints only with "
