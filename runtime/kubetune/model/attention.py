@@ -12,8 +12,10 @@ layer (Gemma 2/3 and GPT-OSS alternate sliding and full layers): a sliding windo
 per-head `s_aux`). Each is applied here exactly as transformers' eager attention applies it, per sample. A setting of
 transformers' attention calls it cannot reproduce is refused, never ignored (`UnsupportedAttention`).
 
-It is the default training attention where varlen flash-attention is not available (every CPU; GPUs without
-flash-attn); generation switches back to an attention transformers can decode with (see `generation_attention`).
+It is the default training attention where the flash-attn wheel is not installed. On a GPU the same function runs
+PyTorch's own kernels (varlen flash attention, FlexAttention: `packed_kernels.py`); the gather-and-SDPA path below is
+the CPU's and the fallback for what those cannot take. Generation switches back to an attention transformers can
+decode with (see `generation_attention`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
+from . import packed_kernels
 from .tokenizer import ModelLoadError
 
 PACKED = "kubetune_packed"
@@ -113,6 +116,17 @@ def segment_attention(query: Any, key: Any, value: Any, position_ids: Any, scali
     return out.view(batch, length, heads, dim)
 
 
+def attend_packed(query: Any, key: Any, value: Any, position_ids: Any, scaling: float | None, dropout: float = 0.0,
+                  variant: Variant = Variant()) -> Any:
+    """q: (B, H, S, D), k/v: (B, Hkv, S, D) → (B, S, H, D) with the kernel that fits the call (packed_kernels)."""
+    kernel = packed_kernels.choose(query, value, scaling, dropout, variant)
+    if kernel == "varlen":
+        return packed_kernels.varlen(query, key, value, position_ids, scaling, variant)
+    if kernel == "flex":
+        return packed_kernels.flex(query, key, value, position_ids, scaling, variant)
+    return segment_attention(query, key, value, position_ids, scaling, dropout, variant)
+
+
 def attend(q: Any, k: Any, v: Any, scaling: float | None, dropout: float, variant: Variant) -> Any:
     """Causal attention of whole samples, (N, H, L, D) → (N, H, L, D). Plain causal and sliding-window attention run
     in SDPA's kernels; soft-capping and sinks change the softmax itself, so they are computed as transformers' eager
@@ -154,7 +168,7 @@ def packed_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
     if position_ids is None or query.shape[2] != key.shape[2]:
         raise RuntimeError(f"{PACKED} attention is for training forwards (whole sequences with position ids)")
     _CALLS[0] += 1
-    return segment_attention(query, key, value, position_ids, scaling, dropout, Variant.from_call(kwargs)), None
+    return attend_packed(query, key, value, position_ids, scaling, dropout, Variant.from_call(kwargs)), None
 
 
 def packed_calls() -> int:

@@ -15,7 +15,7 @@ from typing import Any
 
 from kubetune.data.encode import IGNORE_INDEX
 from kubetune.model.attention import SEQUENCE_PARALLEL as ATTENTION
-from kubetune.model.attention import Variant, segment_attention
+from kubetune.model.attention import Variant, attend_packed
 
 from .errors import TrainError
 
@@ -119,7 +119,7 @@ def ulysses_attention(module: Any, query: Any, key: Any, value: Any, attention_m
     variant = Variant.from_call(kwargs)
     if variant.sinks is not None:  # per-head logits: this rank attends with its slice of the heads
         variant = replace(variant, sinks=variant.sinks.chunk(sp.size)[sp.rank])
-    out = segment_attention(q, k, v, _FULL_POSITIONS["current"], scaling, dropout, variant)  # (B, S, H/P, D)
+    out = attend_packed(q, k, v, _FULL_POSITIONS["current"], scaling, dropout, variant)  # (B, S, H/P, D)
     return _all_to_all().apply(out, 1, 2, sp), None
 
 
