@@ -47,7 +47,8 @@ def layout(position_ids: Any) -> Layout:
     import torch
 
     # The tensor itself is held and compared, not its address: a freed batch's memory is soon the next batch's.
-    if _LAST.get("positions") is position_ids and _LAST["version"] == position_ids._version:
+    held = _LAST.get("positions")
+    if held is not None and held is position_ids and _LAST["version"] == held._version:
         return _LAST["layout"]
     flat = position_ids.reshape(-1)
     starts = torch.ones_like(flat, dtype=torch.bool)
