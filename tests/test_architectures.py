@@ -14,6 +14,9 @@ from kubetune.cli.main import main as kubetune
 from kubetune.data.collate import collate
 from kubetune.model import attention, packed_kernels
 from kubetune.model.packed import packed_forward
+from kubetune.train import lm_head
+from kubetune.train.objectives import sft
+from kubetune.train.targets import with_targets
 
 from . import archkit
 
@@ -65,6 +68,49 @@ def test_packed_samples_equal_each_sample_alone(models, family, kernel):
     eager = per_sample_losses(reference, packed, LENGTHS)
     mixes = max(abs(a - b) / abs(b) for a, b in zip(eager, alone)) > 1e-4
     assert mixes == (family in attention.MASK_IGNORES_PACKING)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_chunked_loss_equals_the_logits_path(models, family):
+    """Full fine-tuning, fp32: the chunked head's loss and every parameter's gradient equal transformers' logits
+    path; what the family does after its head (Gemma's soft-capping, Cohere's and Granite's scales) included."""
+    gen = torch.Generator().manual_seed(1)
+    flat = torch.randint(5, 700, (sum(LENGTHS),), generator=gen).tolist()
+    batch = with_targets(collate([{"input_ids": flat, "labels": flat, "seq_lens": list(LENGTHS)}]), keep_logits=True)
+    results = []
+    for head in (lm_head.LogitsHead(), lm_head.ChunkedHead()):
+        model = load(models[family], attention.PACKED)
+        torch.manual_seed(0)  # the same router noise, if any
+        loss, _ = sft(packed_forward, 0.0, head)(model, batch)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (expected, expected_grads), (got, grads) = results
+    assert abs(got - expected) <= 1e-5 * abs(expected)
+    assert grads.keys() == expected_grads.keys()
+    for name, grad in grads.items():
+        assert (grad - expected_grads[name]).abs().max() <= 1e-5 * max(expected_grads[name].abs().max(), 1e-8), name
+    assert lm_head.same_logits(model, torch.device("cpu"))
+
+
+def test_a_head_the_chunked_loss_cannot_reproduce_is_found(models, monkeypatch):
+    """Sensitivity: were the post-head soft-capping unknown, the first check finds it; `auto` falls back to the
+    logits path and an explicit `chunked` is refused."""
+    from kubetune.api.finetune import FineTuneJobSpec
+    from kubetune.model.tokenizer import ModelLoadError
+
+    model = load(models["gemma2"], attention.PACKED)
+    said = []
+    spec = FineTuneJobSpec.model_validate({"model": {"uri": "/m"}, "dataset": {"uri": "/d"}})
+    cpu = torch.device("cpu")
+    assert lm_head.choose("auto", spec, model, cpu, said.append).name == "chunked"
+    monkeypatch.setattr(lm_head.PostHead, "of", classmethod(lambda cls, inner: cls()))
+    assert lm_head.choose("auto", spec, model, cpu, said.append).name == "logits"
+    assert "changes its logits after the head" in said[-1]
+    with pytest.raises(ModelLoadError, match="training.lossKernel chunked: Gemma2ForCausalLM changes its logits"):
+        lm_head.choose("chunked", spec, model, cpu, said.append)
+    with pytest.raises(ModelLoadError, match="training.lossKernel liger: needs a CUDA device"):
+        monkeypatch.undo()
+        lm_head.choose("liger", spec, model, cpu, said.append)
 
 
 def test_the_packed_check_sees_a_missing_window(models):

@@ -54,7 +54,8 @@ def test_kernel_equals_each_sample_alone(kernel, device, dtype, backward, varian
         pytest.skip("varlen takes no soft-capping: such layers go to flex (test_choice_follows_the_layer)")
     q, k, v, position_ids = packed_inputs(device, dtype)
     scaling = 0.2
-    tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    # bf16: its own rounding; fp32 on a GPU: kernels may multiply in TF32. A mask or window error is of order 1.
+    tolerance = 2e-2 if dtype == torch.bfloat16 else 2e-3 if device == "cuda" else 1e-5
     reference = each_sample_alone(q, k, v, VARIANTS[variant], scaling)
     inputs = [t.detach().requires_grad_(backward) for t in (q, k, v)]
     with packed_kernels.forced(kernel), torch.set_grad_enabled(backward):

@@ -159,6 +159,12 @@ class TrainingSpec(KubeModel):
     """Mixed precision; `auto` is bf16 where supported, else fp16 with loss scaling; fp32 on CPU."""
     gradient_checkpointing: bool = True
     """Recompute activations in backward to save memory."""
+    loss_kernel: Literal["auto", "logits", "chunked", "liger"] = "auto"
+    """How the output layer and the loss are computed. `logits`: transformers' way, the whole vocabulary's logits of
+    every labelled token at once (152k vocabulary × 8k tokens = 4.9 GB in fp32). `chunked`: plain PyTorch, a few
+    hundred tokens at a time with the gradients worked out on the way (the same loss and gradients, never the full
+    logits). `liger`: Liger-Kernel's fused linear cross-entropy (CUDA, package liger-kernel). `auto`: liger where it
+    runs, else chunked, else (LLaVA, remote code, ZeRO-3, an adapted output layer) logits."""
     sequence_parallel_size: int = Field(default=1, ge=1, le=64)
     """Split each sequence over this many GPUs (DeepSpeed-Ulysses); must divide dataset.maxLength."""
     deepspeed: DeepSpeedPreset = DeepSpeedPreset.NONE

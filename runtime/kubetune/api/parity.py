@@ -80,8 +80,8 @@ FINETUNE: dict[str, Entry] = {
             "padImageToSquare", "groupByModalityLength"),
     **_same(HONOURED, _TRAINS, "spec.training", "batchSize", "accumulativeCounts", "maxEpochs", "maxSteps",
             "optimizer.type", "optimizer.lr", "optimizer.betas", "optimizer.weightDecay", "optimizer.eps",
-            "maxNorm", "warmupRatio", "lrSchedule", "precision", "gradientCheckpointing", "deepspeed", "seed",
-            "dataloaderNumWorkers", "logEverySteps"),
+            "maxNorm", "warmupRatio", "lrSchedule", "precision", "gradientCheckpointing", "lossKernel", "deepspeed",
+            "seed", "dataloaderNumWorkers", "logEverySteps"),
     "spec.training.sequenceParallelSize": (HONOURED, "over the processes started here (NPROC_PER_NODE or "
                                                      "torchrun), as over the gang's GPUs in a cluster"),
     **_same(HONOURED, _TRAINS, "spec.checkpoints", "everySteps", "byEpoch", "keep"),

@@ -103,7 +103,10 @@ def computes(kernel: str, v_dim: int, q_dim: int, dropout: float, variant: Varia
     if kernel == "segment":
         return True
     exact = dropout == 0.0 and variant.sinks is None and v_dim == q_dim
-    return exact and (kernel == "flex" or variant.softcap is None)
+    if kernel == "flex":
+        return exact
+    params = _varlen_parameters()  # torch 2.10's varlen takes no window (nor scale: the caller checks that)
+    return exact and bool(params) and variant.softcap is None and (variant.window is None or "window_size" in params)
 
 
 def choose(q: Any, v: Any, scaling: float | None, dropout: float, variant: Variant) -> str:

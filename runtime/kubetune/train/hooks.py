@@ -60,7 +60,8 @@ class SignalAfterStep(Hook):
 
 
 # What every objective reports; the rest (preference methods' rewards, accuracy, margins) is appended to the log line.
-_STANDARD = {"step", "loss", "lr", "grad_norm", "epoch", "step_time", "tokens_per_second", "eta"}
+_STANDARD = {"step", "loss", "lr", "grad_norm", "epoch", "step_time", "tokens_per_second", "eta",
+             "peak_memory_bytes"}
 
 
 class TextLog(Hook):

@@ -139,7 +139,7 @@ def train(run: Run) -> None:
         rate = (time.perf_counter() - started) / done
         metrics = {"step": run.step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
                    "epoch": run.epoch, "step_time": elapsed, "tokens_per_second": float(tokens) / max(elapsed, 1e-9),
-                   "eta": _eta(rate * (run.total_steps - run.step))}
+                   "eta": _eta(rate * (run.total_steps - run.step)), "peak_memory_bytes": peak_memory(run.device)}
         metrics |= {key: float(run.all_reduce(value) / units.clamp(min=1)) for key, value in sorted(extra.items())}
         for hook in run.hooks:
             hook.after_step(run, metrics)
@@ -158,6 +158,17 @@ def _autocast(run: Run):
     if run.autocast is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=run.device.type, dtype=run.autocast)
+
+
+def peak_memory(device: Any) -> float:
+    """Peak memory so far: the GPU allocator's (a counter on the host, no sync), else the process's RSS."""
+    import resource
+
+    import torch
+
+    if device.type == "cuda":
+        return float(torch.cuda.max_memory_allocated(device))
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
 def _eta(seconds: float) -> str:

@@ -12,7 +12,7 @@ from kubetune.model.packed import accepts_logits_mask, packed_forward
 from kubetune.storage import local_destination
 from kubetune.storage.sync import CheckpointSync
 
-from . import checkpoint, distributed, ds, sequence_parallel
+from . import checkpoint, distributed, ds, lm_head, sequence_parallel
 from .errors import TrainError
 from .hooks import TextLog
 from .loop import Run, train
@@ -89,7 +89,8 @@ def _run(job: FineTuneJob, spec: FineTuneJobSpec, dist: distributed.Dist, work_d
         from kubetune.vision.train import with_vision
 
         model = with_vision(spec, model, device, precision, seed)
-    model, objective, prepare_pairs = objective_for(spec, model, tokenizer, seed)
+    head = lm_head.choose(spec.training.loss_kernel, spec, model, device, say)
+    model, objective, prepare_pairs = objective_for(spec, model, tokenizer, seed, head)
     del zero3
     trainable, total = count_parameters(model)
     method = spec.method.type.value + (f", {spec.method.scheme}" if spec.method.is_preference else "")
@@ -128,7 +129,7 @@ def _run(job: FineTuneJob, spec: FineTuneJobSpec, dist: distributed.Dist, work_d
 
     # 6. The loop, its checkpoints and hooks.
     forward = sequence_parallel.forward if sp else packed_forward
-    objective = objective or sft(forward, router_aux_coef(model))
+    objective = objective or sft(forward, router_aux_coef(model), head)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     keep = accepts_logits_mask(getattr(model, "module", model))
     prepare = ((lambda b: sequence_parallel.shard(b, sp, pad, keep)) if sp

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, TYPE_CHECKING
 
-from .targets import token_loss_sum, with_targets
-from .preference import dpo_loss, orpo_loss, reward_loss, segment_logps
+from .lm_head import LogitsHead
+from .targets import with_targets
+from .preference import dpo_loss, orpo_loss, reward_loss, segment_sums
 
 if TYPE_CHECKING:  # the API models, for the type checker only (imported at run time where used)
     from kubetune.api.method import MethodSpec
@@ -15,13 +16,15 @@ if TYPE_CHECKING:  # the API models, for the type checker only (imported at run 
 Objective = Callable[[Any, dict], tuple[Any, dict[str, Any]]]
 
 
-def sft(forward: Callable[[Any, dict], Any], router_aux_coef: float = 0.0) -> Objective:
+def sft(forward: Callable[[Any, dict], Any], router_aux_coef: float = 0.0, head: LogitsHead = LogitsHead()
+        ) -> Objective:
     """Token cross-entropy; for a mixture of experts with its router loss on, plus coef × that loss, which is a mean
-    over the batch's tokens and so weighs as many units as the batch has."""
+    over the batch's tokens and so weighs as many units as the batch has. `head`: how the head and loss are computed
+    (lm_head.py)."""
 
     def objective(model: Any, batch: dict) -> tuple[Any, dict[str, Any]]:
-        out = forward(model, batch)
-        loss = token_loss_sum(out.logits, batch["loss_targets"])
+        out = head.run(forward, model, batch)
+        loss = head.loss_sum(model, out, batch["loss_targets"])
         aux = getattr(out, "aux_loss", None)
         if not router_aux_coef or aux is None:
             return loss, {}
@@ -60,11 +63,8 @@ def _unwrapped(model: Any) -> Any:
     return getattr(model, "module", model)
 
 
-def _flat(logits: Any) -> Any:
-    return logits.reshape(-1, logits.size(-1))
-
-
-def preference(method: MethodSpec, forward: Callable[[Any, dict], Any], reference: Any = None) -> Objective:
+def preference(method: MethodSpec, forward: Callable[[Any, dict], Any], reference: Any = None,
+               head: LogitsHead = LogitsHead()) -> Objective:
     """dpo, orpo or reward. `reference` (dpo, full parameters): a frozen copy of the starting model; with adapters
     the reference is the same model with its adapters disabled, so no second copy is held."""
     import torch
@@ -73,8 +73,9 @@ def preference(method: MethodSpec, forward: Callable[[Any, dict], Any], referenc
 
     def logps(model: Any, batch: dict) -> tuple[Any, Any]:
         count = batch["num_segments"]
-        sums, tokens = segment_logps(_flat(forward(model, batch).logits), batch["loss_targets"].reshape(-1),
-                                     batch["loss_segments"], count + 1)
+        targets = batch["loss_targets"].reshape(-1)
+        picked = head.token_logps(model, head.run(forward, model, batch), targets)
+        sums, tokens = segment_sums(picked, targets, batch["loss_segments"], count + 1)
         return sums[:count], tokens[:count]
 
     def reference_logps(model: Any, batch: dict) -> Any:

@@ -20,11 +20,18 @@ def segment_logps(logits: Any, targets: Any, segments: Any, count: int) -> tuple
     nothing. Returns two [count] tensors."""
     import torch
 
-    labelled = targets != IGNORE_INDEX
     logp = torch.log_softmax(logits.float(), dim=-1)
-    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * labelled
-    sums = torch.zeros(count, device=logits.device, dtype=torch.float32).index_add(0, segments, picked)
-    tokens = torch.zeros(count, device=logits.device, dtype=torch.float32).index_add(0, segments, labelled.float())
+    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (targets != IGNORE_INDEX)
+    return segment_sums(picked, targets, segments, count)
+
+
+def segment_sums(picked: Any, targets: Any, segments: Any, count: int) -> tuple[Any, Any]:
+    """Per segment: the sum of the tokens' log p(target) (`picked`, 0 where unlabelled) and the labelled tokens."""
+    import torch
+
+    labelled = targets != IGNORE_INDEX
+    sums = torch.zeros(count, device=picked.device, dtype=torch.float32).index_add(0, segments, picked)
+    tokens = torch.zeros(count, device=picked.device, dtype=torch.float32).index_add(0, segments, labelled.float())
     return sums, tokens
 
 
