@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from kubetune.data.encode import IGNORE_INDEX
-from kubetune.model.attention import language_model
+from kubetune.model.attention import generation_attention, language_model
 from kubetune.model.tokenizer import ModelLoadError
 
 from .targets import token_loss_sum
@@ -319,7 +319,9 @@ def same_logits(model: Any, device: Any) -> bool:
     training = inner.training
     inner.eval()  # no dropout: both forwards must see the same network
     try:
-        with torch.no_grad():
+        # One short sample: the model's decoding attention computes it exactly, without the packed or
+        # sequence-parallel machinery (whose all-to-all would wait for the other ranks).
+        with torch.no_grad(), generation_attention(inner):
             factor[0] = 50.0 / max(float(inner(**batch, use_cache=False).logits.float().abs().max()), 1e-6)
             reference = inner(**batch, use_cache=False).logits.float()
             with hidden_states_out(inner):
