@@ -105,7 +105,10 @@ def segment_attention(query: Any, key: Any, value: Any, position_ids: Any, scali
     flat_q, flat_k, flat_v = (t.transpose(1, 2).reshape(batch * length, t.shape[1], t.shape[-1])
                               for t in (query, key, value))
     out = flat_q.new_zeros(batch * length, heads, dim)
-    for tokens, where, count, longest in buckets(position_ids):
+    found = packed_kernels.layout(position_ids)
+    if not found.groups:  # once per batch, not once per layer: finding them costs Python work and host syncs
+        found.groups.extend(buckets(position_ids))
+    for tokens, where, count, longest in found.groups:
         def to_samples(flat: Any) -> Any:
             grid = flat.new_zeros(count * longest, *flat.shape[1:]).index_copy(0, where, flat.index_select(0, tokens))
             return grid.view(count, longest, *flat.shape[1:]).transpose(1, 2)

@@ -36,6 +36,7 @@ class Layout:
     max_length: int
     document: Any  # (B·S,) the sample of each token
     masks: dict = field(default_factory=dict)  # FlexAttention's block masks of this layout, by sliding window
+    groups: list = field(default_factory=list)  # the segment kernel's length buckets (attention.buckets), once found
 
 
 _LAST: dict[str, Any] = {}
