@@ -13,11 +13,14 @@ ARG KUBETUNE_VERSION=0.1.0
 FROM ${UV_IMAGE} AS uv
 
 FROM ${PYTHON_IMAGE} AS build
+# UV_COMPILE_BYTECODE: pods run with a read-only root filesystem and PYTHONDONTWRITEBYTECODE, so the bytecode
+# compiled here is the only bytecode they get; without it every start compiled every module again (~3 s).
 ENV UV_PROJECT_ENVIRONMENT=/opt/kubetune \
     UV_PYTHON=/usr/local/bin/python3.12 \
     UV_PYTHON_DOWNLOADS=never \
     UV_NO_CACHE=1 \
-    UV_LINK_MODE=copy
+    UV_LINK_MODE=copy \
+    UV_COMPILE_BYTECODE=1
 WORKDIR /src
 COPY pyproject.toml uv.lock README.md ./
 COPY runtime/ runtime/
