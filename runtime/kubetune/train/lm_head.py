@@ -103,6 +103,37 @@ def _chunk_logits(hidden: Any, weight: Any, bias: Any, post: PostHead) -> tuple[
     return post.apply(functional.linear(hidden, weight, bias).float())
 
 
+@dataclass
+class _Grads:
+    """The gradients a chunked pass fills: hidden states (in their dtype), weight and bias (summed in fp32)."""
+
+    h: Any
+    w: Any
+    b: Any
+
+    @classmethod
+    def zeros(cls, needed: tuple[bool, ...], hidden: Any, weight: Any, bias: Any) -> "_Grads":
+        import torch
+
+        need_h, need_w, need_b = needed
+        return cls(torch.zeros_like(hidden) if need_h else None,
+                   torch.zeros_like(weight, dtype=torch.float32) if need_w else None,
+                   torch.zeros_like(bias, dtype=torch.float32) if need_b else None)
+
+    def add(self, start: int, dz: Any, h: Any, weight: Any, slope: Any, post: PostHead) -> None:
+        """Back-propagate d/d(logits as the model returns them) of one chunk through the post-head and the head."""
+        if slope is not None:
+            dz *= slope
+        elif post.scale != 1.0:
+            dz *= post.scale
+        if self.h is not None:
+            self.h[start:start + dz.shape[0]] = (dz.to(weight.dtype) @ weight).to(self.h.dtype)
+        if self.w is not None:
+            self.w += dz.t() @ h.float()
+        if self.b is not None:
+            self.b += dz.sum(0)
+
+
 def _sft_loss(hidden: Any, weight: Any, bias: Any, targets: Any, post: PostHead) -> Any:
     import torch
 
@@ -112,10 +143,7 @@ def _sft_loss(hidden: Any, weight: Any, bias: Any, targets: Any, post: PostHead)
 
         @staticmethod
         def forward(ctx: Any, hidden: Any, weight: Any, bias: Any) -> Any:
-            need_h, need_w, need_b = ctx.needs_input_grad
-            grad_h = torch.zeros_like(hidden) if need_h else None
-            grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
-            grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
+            grads = _Grads.zeros(ctx.needs_input_grad, hidden, weight, bias)
             total = hidden.new_zeros((), dtype=torch.float32)
             step = chunk_tokens(weight.shape[0])
             for start in range(0, hidden.shape[0], step):
@@ -126,22 +154,13 @@ def _sft_loss(hidden: Any, weight: Any, bias: Any, targets: Any, post: PostHead)
                     lse = torch.logsumexp(z, dim=-1)
                     picked = z.gather(1, t.clamp(min=0)[:, None]).squeeze(1)
                     total += ((lse - picked) * labelled).sum()
-                    if not (need_h or need_w or need_b):
+                    if not any(ctx.needs_input_grad):
                         continue
                     dz = torch.softmax(z, dim=-1)  # d loss/d z: softmax - onehot, on labelled rows only
                     dz.scatter_add_(1, t.clamp(min=0)[:, None], -torch.ones_like(dz[:, :1]))
                     dz *= labelled[:, None]
-                    if slope is not None:
-                        dz *= slope
-                    elif post.scale != 1.0:
-                        dz *= post.scale
-                    if grad_h is not None:
-                        grad_h[start:start + step] = (dz.to(weight.dtype) @ weight).to(hidden.dtype)
-                    if grad_w is not None:
-                        grad_w += dz.t() @ h.float()
-                    if grad_b is not None:
-                        grad_b += dz.sum(0)
-            ctx.save_for_backward(grad_h, grad_w, grad_b)
+                    grads.add(start, dz, h, weight, slope, post)
+            ctx.save_for_backward(grads.h, grads.w, grads.b)
             ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
             return total
 
@@ -177,9 +196,7 @@ def _token_logps(hidden: Any, weight: Any, bias: Any, targets: Any, post: PostHe
         @staticmethod
         def backward(ctx: Any, grad: Any) -> Any:
             hidden, weight, bias, lses = ctx.saved_tensors
-            grad_h = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
-            grad_w = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
-            grad_b = torch.zeros_like(bias, dtype=torch.float32) if ctx.needs_input_grad[2] else None
+            grads = _Grads.zeros(ctx.needs_input_grad, hidden, weight, bias)
             step = chunk_tokens(weight.shape[0])
             for start in range(0, hidden.shape[0], step):
                 h, t = hidden[start:start + step], targets[start:start + step]
@@ -187,18 +204,9 @@ def _token_logps(hidden: Any, weight: Any, bias: Any, targets: Any, post: PostHe
                 dz = -torch.exp(z - lses[start:start + step, None])  # d logp/d z: onehot - softmax
                 dz.scatter_add_(1, t.clamp(min=0)[:, None], torch.ones_like(dz[:, :1]))
                 dz *= (grad[start:start + step] * (t != IGNORE_INDEX))[:, None]
-                if slope is not None:
-                    dz *= slope
-                elif post.scale != 1.0:
-                    dz *= post.scale
-                if grad_h is not None:
-                    grad_h[start:start + step] = (dz.to(weight.dtype) @ weight).to(hidden.dtype)
-                if grad_w is not None:
-                    grad_w += dz.t() @ h.float()
-                if grad_b is not None:
-                    grad_b += dz.sum(0)
-            return (grad_h, None if grad_w is None else grad_w.to(weight.dtype),
-                    None if grad_b is None else grad_b.to(bias.dtype))
+                grads.add(start, dz, h, weight, slope, post)
+            return (grads.h, None if grads.w is None else grads.w.to(weight.dtype),
+                    None if grads.b is None else grads.b.to(bias.dtype))
 
     return TokenLogps.apply(hidden, weight, bias)
 
