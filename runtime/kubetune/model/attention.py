@@ -21,17 +21,12 @@ decode with (see `generation_attention`).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Any
 
 from . import packed_kernels
-from .tokenizer import ModelLoadError
+from .variant import PACKED, UnsupportedAttention, Variant
 
-PACKED = "kubetune_packed"
 SEQUENCE_PARALLEL = "kubetune_ulysses"
-# Attention-call keywords of transformers' models that change which scores exist or how they are normalised, and that
-# this attention does not reproduce: refused, never ignored. (Runtime keywords such as `output_router_logits` pass.)
-_NOT_REPRODUCED = ("position_bias", "sinks", "indices", "block_indices", "attention_chunk_size")
 # Families whose transformers model builds its causal mask without the position ids (transformers 5.24: GPT-OSS), so
 # with eager or SDPA attention packed samples see each other. tests/test_architectures.py keeps this list true.
 MASK_IGNORES_PACKING = frozenset({"gpt_oss"})
@@ -39,36 +34,6 @@ MASK_IGNORES_PACKING = frozenset({"gpt_oss"})
 # Calls of the packed attention so far: a forward that leaves it unchanged ran attention of the model's own (remote
 # code that bypasses transformers' attention interface), which would let packed samples see each other.
 _CALLS = [0]
-
-
-class UnsupportedAttention(ModelLoadError):
-    """The model asks for an attention feature the packed attention cannot reproduce exactly."""
-
-
-@dataclass(frozen=True)
-class Variant:
-    """What a layer's attention adds to plain causal softmax(q·kᵀ·scale)·v."""
-
-    window: int | None = None  # a token sees itself and the window - 1 tokens before it
-    softcap: float | None = None  # scores → softcap · tanh(scores / softcap)
-    sinks: Any = None  # (heads,) logits that join each softmax's denominator and are dropped after
-
-    @property
-    def plain(self) -> bool:
-        return self.window is None and self.softcap is None and self.sinks is None
-
-    @classmethod
-    def from_call(cls, kwargs: dict[str, Any]) -> "Variant":
-        unknown = [k for k in _NOT_REPRODUCED if kwargs.get(k) is not None]
-        if kwargs.get("is_causal") is False:
-            unknown.append("is_causal=False")
-        if unknown:
-            raise UnsupportedAttention(
-                f"{PACKED} attention cannot reproduce the model's attention setting(s) {unknown}; set "
-                "model.attnImplementation to eager (exact, slower) or dataset.packToMaxLength to false")
-        window = kwargs.get("sliding_window")
-        return cls(window=int(window) if window else None, softcap=kwargs.get("softcap") or None,
-                   sinks=kwargs.get("s_aux"))
 
 
 def buckets(position_ids: Any) -> list[tuple[Any, Any, int, int]]:

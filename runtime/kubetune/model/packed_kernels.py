@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .attention import Variant
+    from .variant import Variant
 
 KERNELS = ("varlen", "flex", "segment")
 _FORCED: list[str | None] = [None]

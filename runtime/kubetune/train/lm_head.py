@@ -330,7 +330,10 @@ def same_logits(model: Any, device: Any) -> bool:
         # One short sample: the model's decoding attention computes it exactly, without the packed or
         # sequence-parallel machinery (whose all-to-all would wait for the other ranks).
         with torch.no_grad(), generation_attention(inner):
-            factor[0] = 50.0 / max(float(inner(**batch, use_cache=False).logits.float().abs().max()), 1e-6)
+            largest = inner(**batch, use_cache=False).logits.float().abs().max()
+            if not torch.isfinite(largest):  # a diverged or damaged model: its first loss stops the run, named
+                return True
+            factor[0] = 50.0 / max(float(largest), 1e-6)
             reference = inner(**batch, use_cache=False).logits.float()
             with hidden_states_out(inner):
                 hidden = inner(**batch, use_cache=False).logits
