@@ -593,9 +593,9 @@ def test_a_work_claim_per_job_and_a_deployment_an_older_operator_left(cluster, o
     operator.start()
     cluster.kubectl("patch", "-n", NS, "chat", "legacy", "--type=merge", "-p", '{"spec": {"replicas": 2}}')
 
-    def replaced() -> bool:
-        got = cluster.get_json("-n", NS, "deployment", "legacy") if cluster.kubectl(
-            "get", "-n", NS, "deployment", "legacy", check=False).returncode == 0 else None
+    def replaced() -> bool:  # one read: between an existence check and a second read the operator may replace it
+        read = cluster.kubectl("get", "-n", NS, "deployment", "legacy", "-o", "json", check=False)
+        got = json.loads(read.stdout) if read.returncode == 0 else None
         return bool(got) and got["metadata"]["uid"] != old_uid and got["spec"]["replicas"] == 2
     cluster.wait_for(replaced, "the old Deployment replaced", 90)
     selector = cluster.get_json("-n", NS, "deployment", "legacy")["spec"]["selector"]["matchLabels"]
