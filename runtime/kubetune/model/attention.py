@@ -36,26 +36,22 @@ MASK_IGNORES_PACKING = frozenset({"gpt_oss"})
 _CALLS = [0]
 
 
-def buckets(position_ids: Any) -> list[tuple[Any, Any, int, int]]:
+def buckets(found: packed_kernels.Layout) -> list[tuple[Any, Any, int, int]]:
     """Group the packed samples of the flattened (B·S) tokens by length (powers of two), so that a long sample does
     not make every short one pad to its length. Per group: the tokens' flat indices, where each goes in the group's
     (samples × longest) layout, and that layout's shape."""
     import torch
 
-    flat = position_ids.reshape(-1)
-    starts = torch.ones_like(flat, dtype=torch.bool)
-    starts[1:] = flat[1:] != flat[:-1] + 1
-    starts[:: position_ids.shape[1]] = True  # a row always starts a sample
-    sample = starts.cumsum(0) - 1
-    first = torch.nonzero(starts).squeeze(1)
-    lengths = torch.diff(first, append=torch.tensor([flat.numel()], device=flat.device))
-    offset = torch.arange(flat.numel(), device=flat.device) - first[sample]
+    sample = found.document
+    first = found.cu_seqlens[:-1].long()
+    lengths = torch.diff(found.cu_seqlens).long()
+    offset = torch.arange(sample.numel(), device=sample.device) - first[sample]
     size_class = torch.ceil(torch.log2(lengths.double())).long()
     groups = []
     for cls in torch.unique(size_class).tolist():
         members = torch.nonzero(size_class == cls).squeeze(1)
         rank = torch.full_like(lengths, -1)
-        rank[members] = torch.arange(members.numel(), device=flat.device)
+        rank[members] = torch.arange(members.numel(), device=sample.device)
         tokens = torch.nonzero(rank[sample] >= 0).squeeze(1)
         longest = int(lengths[members].max())
         groups.append((tokens, rank[sample[tokens]] * longest + offset[tokens], members.numel(), longest))
@@ -72,7 +68,7 @@ def segment_attention(query: Any, key: Any, value: Any, position_ids: Any, scali
     out = flat_q.new_zeros(batch * length, heads, dim)
     found = packed_kernels.layout(position_ids)
     if not found.groups:  # once per batch, not once per layer: finding them costs Python work and host syncs
-        found.groups.extend(buckets(position_ids))
+        found.groups.extend(buckets(found))
     for tokens, where, count, longest in found.groups:
         def to_samples(flat: Any) -> Any:
             grid = flat.new_zeros(count * longest, *flat.shape[1:]).index_copy(0, where, flat.index_select(0, tokens))
