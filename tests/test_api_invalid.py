@@ -160,6 +160,9 @@ CASES = [
      ["spec.adapters[0].fineTuneJobRef"], True),
     ("chat-adapter-duplicate", "chat", {"spec": {"adapters": [{"name": "a", "uri": "x"}, {"name": "a", "uri": "y"}]}},
      ["spec.adapters"], True),
+    # A rule of the kind's root (it reads metadata.name): the apiserver evaluates it, celcheck walks specs only.
+    ("chat-adapter-named-like-endpoint", "chat", {"spec": {"adapters": [{"name": "e", "uri": "s3://b/a"}]}},
+     ["spec.adapters"], False),
     ("chat-top-p", "chat", {"spec": {"generation": {"topP": 0}}}, ["spec.generation.topP"], False),
     ("chat-temperature", "chat", {"spec": {"generation": {"temperature": 3}}}, ["spec.generation.temperature"], False),
 ]

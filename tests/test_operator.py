@@ -495,8 +495,9 @@ def test_export_after_success_and_endpoints_follow_the_adapter(cluster, operator
     _wait_phase(cluster, "chat", "follows", ("Ready",), timeout=90)
     command = cluster.get_json("-n", NS, "deployment", "follows")["spec"]["template"]["spec"]["containers"][0][
         "command"]
-    assert command[command.index("--adapter") + 1] == "s3://ckpt/run/export/hf"
-    assert command[command.index("--served-model-name") + 1] == "emo"
+    assert command[command.index("--adapter") + 1] == "emo=s3://ckpt/run/export/hf"
+    assert command[command.index("--served-model-name") + 1] == "follows"
+    assert _status(cluster, "chat", "follows")["servedModel"] == "follows,emo"
 
 
 def test_a_spec_change_to_a_running_job_is_surfaced(cluster, operator):

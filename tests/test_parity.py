@@ -148,15 +148,15 @@ def test_a_chatendpoint_becomes_the_pods_serve_arguments(tmp_path):
     from kubetune.cli.chat import route
     from kubetune.cli.main import build_parser
 
-    path = _endpoint(tmp_path, adapters=[{"name": "emo", "uri": "/a"}], system="be brief", bits=4,
-                     generation={"temperature": 0.7, "stopWords": ["<end>"]}, replicas=3)
+    path = _endpoint(tmp_path, adapters=[{"name": "emo", "uri": "/a"}, {"name": "sql", "uri": "s3://b/sql"}],
+                     system="be brief", bits=4, generation={"temperature": 0.7, "stopWords": ["<end>"]}, replicas=3)
     argv = route(["serve", str(path), "--port", "9000"])
     args = build_parser().parse_args(argv)
     assert (args.model_name_or_path, args.adapter, args.served_model_name, args.system, args.bits,
-            args.temperature, args.stop_words, args.port) == ("/nonexistent/model", "/a", "emo", "be brief", 4, 0.7,
-                                                              ["<end>"], 9000)
+            args.temperature, args.stop_words, args.port) == ("/nonexistent/model", ["emo=/a", "sql=s3://b/sql"],
+                                                              "ep", "be brief", 4, 0.7, ["<end>"], 9000)
     spec = parse_manifest(yaml.safe_load(path.read_text()), kind="ChatEndpoint").spec
-    assert argv[1:-2] == serve_arguments(spec, "/a", "emo")
+    assert argv[1:-2] == serve_arguments(spec, {"emo": "/a", "sql": "s3://b/sql"}, "ep")
 
 
 def test_adapter_configs_are_written_in_one_order(tmp_path):

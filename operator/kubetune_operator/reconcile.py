@@ -331,7 +331,7 @@ async def chat(kube: Kube, body: dict, settings: Settings) -> tuple[dict, list]:
             await replace_if_reselected(kube, child)
         await kube.apply(child)
     # The Deployment watch writes the phase (chat_deployment_event); this only says where and what is served.
-    return {"observedGeneration": generation, "url": _url(meta), "servedModel": ",".join(adapters) or meta["name"]}, []
+    return {"observedGeneration": generation, "url": _url(meta), "servedModel": ",".join([meta["name"], *adapters])}, []
 
 
 async def replace_if_reselected(kube: Kube, deployment: dict) -> None:
@@ -362,6 +362,6 @@ async def chat_deployment_event(kube: Kube, deployment: dict) -> tuple[dict | No
     adapters = {a.name: a.uri or "" for a in spec.adapters}
     status = dict(parent.get("status") or {})
     url = status.get("url") or _url(parent["metadata"])
-    outcome = st.chat(deployment, status, url, ",".join(adapters) or name, parent["metadata"].get("generation", 1),
+    outcome = st.chat(deployment, status, url, ",".join([name, *adapters]), parent["metadata"].get("generation", 1),
                       st.now_iso())
     return parent, outcome.patch, outcome.events

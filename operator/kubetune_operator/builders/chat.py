@@ -14,8 +14,8 @@ from .common import Manifest, metadata, pod_spec, pvc_volumes, resources, storag
 KEY_DIR = "/etc/kubetune/keys"
 
 
-def serve_command(spec: Any, adapter_uri: str | None, served_name: str, port: int) -> list[str]:
-    argv = ["kubetune", "serve", *serve_arguments(spec, adapter_uri, served_name), "--host", "0.0.0.0",
+def serve_command(spec: Any, adapters: dict[str, str], served_name: str, port: int) -> list[str]:
+    argv = ["kubetune", "serve", *serve_arguments(spec, adapters, served_name), "--host", "0.0.0.0",
             "--port", str(port)]
     return argv + (["--api-key-file", f"{KEY_DIR}/api-keys"] if spec.auth else [])
 
@@ -44,9 +44,7 @@ def deployment(parent: Manifest, spec: Any, adapters: dict[str, str], settings: 
     if spec.engine == "vllm":
         command = vllm_command(spec, spec.model.uri, adapters, port)
     else:
-        adapter = next(iter(adapters.values()), None)
-        served = next(iter(adapters), None) or name
-        command = serve_command(spec, adapter, served, port)
+        command = serve_command(spec, adapters, name, port)
     volumes, mounts = pvc_volumes([spec.model.uri, *adapters.values()])
     if spec.auth:
         volumes.append({"name": "api-keys", "secret": {"secretName": spec.auth.api_key_secret_ref}})

@@ -147,13 +147,20 @@ class ChatEndpointStatus(KubeModel):
     selector: str | None = None
     """Label selector of the pods (scale subresource, HPA)."""
     served_model: str | None = None
-    """Model names the endpoint answers to."""
+    """Model names the endpoint answers to: its own name (the base model), then every adapter's."""
     message: str | None = None
     """Why the endpoint is in its phase, in one line."""
 
 
 class ChatEndpoint(KubeModel):
     """An OpenAI-compatible chat endpoint: a Deployment and Service running `kubetune serve` or vLLM."""
+
+    __rules__: ClassVar[tuple[Rule, ...]] = (
+        Rule(("spec.adapters", "metadata.name"), "an adapter cannot take the endpoint's name: the base model is "
+             "served under it", "!has(self.spec.adapters) || self.spec.adapters.all(a, a.name != self.metadata.name)",
+             lambda adapters, name: all((a.name if hasattr(a, "name") else a.get("name")) != name
+                                        for a in adapters or ())),
+    )
 
     api_version: Literal["kubetune.io/v1alpha1"] = API_VERSION
     """`kubetune.io/v1alpha1`."""
@@ -167,15 +174,16 @@ class ChatEndpoint(KubeModel):
     """Observed state."""
 
 
-def serve_arguments(spec: ChatEndpointSpec, adapter_uri: str | None, served_name: str | None) -> list[str]:
+def serve_arguments(spec: ChatEndpointSpec, adapters: dict[str, str], served_name: str | None) -> list[str]:
     """`kubetune serve`'s arguments for an endpoint (the builtin engine), without where it listens or its keys: the
-    operator's pods run them, and `kubetune serve ENDPOINT.yaml` parses the very same list here."""
+    operator's pods run them, and `kubetune serve ENDPOINT.yaml` parses the very same list here. The base model is
+    served as `served_name`, every adapter (name → where it is) beside it."""
     g = spec.generation
     argv = [spec.model.uri, "--prompt-template", spec.prompt_template.value, "--max-new-tokens", str(g.max_new_tokens),
             "--temperature", str(g.temperature), "--top-k", str(g.top_k), "--top-p", str(g.top_p),
             "--repetition-penalty", str(g.repetition_penalty), "--torch-dtype", spec.model.dtype.value]
     argv += ["--served-model-name", served_name] if served_name else []
-    argv += ["--adapter", adapter_uri] if adapter_uri else []
+    argv += [arg for name, uri in adapters.items() for arg in ("--adapter", f"{name}={uri}")]
     argv += ["--system", spec.system] if spec.system else []
     argv += ["--system-template", spec.system_template.value] if spec.system_template else []
     argv += ["--bits", str(spec.bits)] if spec.bits else []

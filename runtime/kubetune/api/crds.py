@@ -66,7 +66,9 @@ def openapi_schema(model: type[KubeModel]) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
     props = raw["properties"]
-    return {
+    # The kind's own rules: CEL at the root sees metadata.name (and generateName) besides spec.
+    root = {"x-kubernetes-validations": raw["x-kubernetes-validations"]} if "x-kubernetes-validations" in raw else {}
+    return root | {
         "type": "object",
         "description": raw.get("description", ""),
         "required": ["spec"],

@@ -47,6 +47,7 @@ class Request:
     last_token_at: float | None = None
     detok: Detokenizer | None = None
     rng: Any = None
+    adapter: str | None = None  # the PEFT adapter this request's rows go through; None: the base weights
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -54,7 +55,7 @@ class Request:
 
 class Engine:
     def __init__(self, model: Any, tokenizer: Any, *, max_batch: int = 16, max_waiting: int = 64,
-                 eos_ids: set[int] | None = None, observer: Any = None):
+                 eos_ids: set[int] | None = None, observer: Any = None, per_row_adapters: bool = False):
         import torch
 
         self.model, self.tokenizer = model, tokenizer
@@ -73,6 +74,9 @@ class Engine:
         language_model = model.llm if hasattr(model, "projector") else model  # LLaVA passes the cache through
         self.cache_arg = ("cache" if "cache" in inspect.signature(language_model.forward).parameters
                           else "past_key_values")
+        # Adapters kept beside the base weights (model.load.load_adapters): every forward names, row by row, the
+        # adapter that row goes through.
+        self.lora = per_row_adapters
         self.thread = threading.Thread(target=self._loop, name="kubetune-engine", daemon=True)
         self.thread.start()
 
@@ -137,7 +141,8 @@ class Engine:
         self._observe("scheduled", r)
         ids = self.torch.tensor([r.prompt], device=self.device)
         cache = DynamicCache()
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self.cache_arg: cache})
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self.cache_arg: cache},
+                         **self._adapters([r]))
         token = next_tokens(out.logits[:, -1], [r.sampling], [r.prompt], [r.rng])[0]
         if isinstance(token, SamplingFailed):
             return self._finish(r, "error", error=str(token))
@@ -150,7 +155,8 @@ class Engine:
         b = self.batch
         assert b is not None  # decoding runs only while requests are running
         out = self.model(input_ids=b.last.unsqueeze(1), attention_mask=b.extended_mask(),
-                         position_ids=b.positions.unsqueeze(1), use_cache=True, **{self.cache_arg: b.cache})
+                         position_ids=b.positions.unsqueeze(1), use_cache=True, **{self.cache_arg: b.cache},
+                         **self._adapters(self.running))
         b.positions = b.positions + 1  # the cache grew in place
         histories = [self.torch.tensor(r.prompt + r.generated, device=self.device) if r.sampling.repetition_penalty != 1
                      else [] for r in self.running]
@@ -161,6 +167,10 @@ class Engine:
         if len(keep) < len(self.running):
             self.running = [self.running[i] for i in keep]
             self.batch = b.select(keep) if keep else None
+
+    def _adapters(self, rows: list[Request]) -> dict[str, Any]:
+        # PEFT groups the rows by adapter inside each LoRA layer; "__base__" rows skip the update.
+        return {"adapter_names": [r.adapter or "__base__" for r in rows]} if self.lora else {}
 
     def _take(self, r: Request, token: int | SamplingFailed) -> bool:
         if isinstance(token, SamplingFailed):

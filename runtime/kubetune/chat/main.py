@@ -24,18 +24,20 @@ def _load(args: Any) -> Any:
                 getattr(args, "offload_folder", None), getattr(args, "trust_remote_code", False))
 
 
-def prompter_for(args: Any, loaded: Any) -> Any:
-    """The flags win; otherwise the template and system prompt the adapter was trained with; else the tokenizer's."""
+def prompter_for(args: Any, loaded: Any, trained: tuple[str | None, str | None] | None = None) -> Any:
+    """The flags win; otherwise the template and system prompt the adapter was trained with (`trained`, else the
+    loaded model's); else the tokenizer's."""
     from .prompt import Prompter, context_window
 
-    template = args.prompt_template if args.prompt_template != "auto" else (loaded.template or "auto")
+    trained_template, trained_system = trained or (loaded.template, loaded.system)
+    template = args.prompt_template if args.prompt_template != "auto" else (trained_template or "auto")
     if template != "auto" and template not in PROMPT_TEMPLATES:
         raise UserError(f"--prompt-template {template}: unknown (one of auto, {', '.join(PROMPT_TEMPLATES)})")
     if template == "auto" and not getattr(loaded.tokenizer, "chat_template", None):
         raise UserError(f"{args.model_name_or_path}: the tokenizer has no chat_template; pass --prompt-template")
     system = system_text(args.system, args.system_template, getattr(args, "bot_name", "BOT"))
     if system is None and args.prompt_template == "auto":
-        system = loaded.system
+        system = trained_system
     return Prompter(loaded.tokenizer, template, system, context_window(loaded.model, loaded.tokenizer))
 
 
@@ -107,25 +109,62 @@ def serve(args: Any) -> int:
     from .server import Limits, build_app, serve as run_server
 
     keys = _api_keys(args.api_key_file)
-    loaded = _load(args)
-    prompter = prompter_for(args, loaded)
-    name = args.served_model_name or _default_name(args)
+    name = args.served_model_name or _default_name(args.model_name_or_path)
+    adapters = _adapters(args.adapter, name)
+    loaded = _load_served(args, adapters)
+    served = _served(args, loaded, name)
+    prompter = served[name].prompter
     limits = Limits(context=prompter.context,
                     max_prompt_tokens=min(args.max_prompt_tokens or prompter.context, prompter.context),
                     max_tokens=args.max_tokens_limit or prompter.context,
                     default_max_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                     top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-                    stop_words=prompter.stop_words(args.stop_words), api_keys=keys, read_timeout=args.read_timeout)
+                    stop_words=tuple(args.stop_words), api_keys=keys, read_timeout=args.read_timeout)
     metrics = ServingMetrics(name)
+    # A template's stop token ends any row: the templates of one base model's adapters agree on them in practice.
+    eos = set().union(*(s.prompter.eos_ids() for s in served.values()))
     engine = Engine(loaded.model, loaded.tokenizer, max_batch=args.max_batch, max_waiting=args.max_waiting,
-                    eos_ids=prompter.eos_ids(), observer=metrics)
-    app = build_app(engine, prompter, limits, metrics, name)
-    _log(f"model {name}: template {prompter.template}, context {prompter.context} tokens, batch up to "
-         f"{args.max_batch}, queue up to {args.max_waiting}" + (", API key required" if keys else ""))
+                    eos_ids=eos, observer=metrics, per_row_adapters=bool(adapters))
+    app = build_app(engine, served, limits, metrics)
+    for model, s in served.items():
+        _log(f"model {model}" + (f" (adapter over {name})" if s.adapter else "") + f": template "
+             f"{s.prompter.template}")
+    _log(f"context {prompter.context} tokens, batch up to {args.max_batch}, queue up to {args.max_waiting}"
+         + (", API key required" if keys else ""))
     if not keys and args.host not in ("127.0.0.1", "localhost", "::1"):
         _log(f"warning: listening on {args.host} with no API key: anyone who can reach the port can use the model "
              "(--api-key-file or KUBETUNE_API_KEYS)")
     return run_server(app, engine, args.host, args.port, args.drain_timeout, _log, args.read_timeout)
+
+
+def _adapters(values: list[str], base: str) -> dict[str, str]:
+    """`--adapter NAME=URI` (or a bare URI, named after its directory), in order, names unique and not the base's."""
+    adapters: dict[str, str] = {}
+    for value in values:
+        name, sep, uri = value.partition("=")
+        if not sep or "/" in name or ":" in name:
+            name, uri = _default_name(value), value
+        if name in adapters or name == base:
+            raise UserError(f"--adapter {value}: the name {name} is already served (give NAME=URI with another "
+                            "name, or --served-model-name for the base)")
+        adapters[name] = uri
+    return adapters
+
+
+def _load_served(args: Any, adapters: dict[str, str]) -> Any:
+    from kubetune.model.load import load_adapters
+
+    _log(f"loading {args.model_name_or_path}" + (f" with adapters {', '.join(adapters)}" if adapters else ""))
+    return load_adapters(args.model_name_or_path, adapters, args.bits, args.torch_dtype, args.trust_remote_code)
+
+
+def _served(args: Any, loaded: Any, name: str) -> dict[str, Any]:
+    from .server import Served
+
+    served = {name: Served(prompter_for(args, loaded))}
+    for adapter, trained in loaded.adapters.items():
+        served[adapter] = Served(prompter_for(args, loaded, trained), adapter)
+    return served
 
 
 def _api_keys(path: str | None) -> frozenset[str]:
@@ -143,6 +182,5 @@ def _api_keys(path: str | None) -> frozenset[str]:
     return frozenset(k.strip() for k in os.environ.get("KUBETUNE_API_KEYS", "").split(",") if k.strip())
 
 
-def _default_name(args: Any) -> str:
-    source = (args.adapter or args.model_name_or_path).rstrip("/")
-    return source.rsplit("/", 1)[-1] or "model"
+def _default_name(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1] or "model"

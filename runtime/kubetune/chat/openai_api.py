@@ -156,5 +156,8 @@ def usage_chunk(rid: str, model: str, obj: str, prompt: int, completion: int) ->
             "usage": usage(prompt, completion)}
 
 
-def models(name: str, created: int) -> dict[str, Any]:
-    return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "kubetune"}]}
+def models(names: list[str], created: int) -> dict[str, Any]:
+    # The base model first; an adapter names it as its `parent`, as vLLM lists LoRA modules.
+    base = names[0]
+    return {"object": "list", "data": [{"id": n, "object": "model", "created": created, "owned_by": "kubetune",
+                                        "root": base, "parent": None if n == base else base} for n in names]}

@@ -36,7 +36,7 @@ class Limits:
     top_k: int = 40
     top_p: float = 0.75
     repetition_penalty: float = 1.0
-    stop_words: tuple[str, ...] = ()
+    stop_words: tuple[str, ...] = ()  # besides each template's own
     api_keys: frozenset[str] = field(default_factory=frozenset)
     read_timeout: float = 30.0  # seconds for the headers, then the body, to arrive: trickling clients hold nothing
 
@@ -46,7 +46,16 @@ class Limits:
         return (1 << 20) + 32 * self.max_prompt_tokens
 
 
-def build_app(engine: Engine, prompter: Prompter, limits: Limits, metrics: ServingMetrics, name: str) -> Any:
+@dataclass(frozen=True)
+class Served:
+    """A model name clients may ask for: how its prompts are rendered and the adapter its rows go through."""
+
+    prompter: Prompter
+    adapter: str | None = None  # None: the base weights
+
+
+def build_app(engine: Engine, served: dict[str, Served], limits: Limits, metrics: ServingMetrics) -> Any:
+    """`served` maps every model name to what answers it; the first is the base model's."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -55,6 +64,7 @@ def build_app(engine: Engine, prompter: Prompter, limits: Limits, metrics: Servi
     app = FastAPI(title="kubetune", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.draining = False
     created = int(time.time())
+    name = next(iter(served))
     # One thread: tokenizers are not safe to share across threads, and one huge prompt must not take every core.
     tokenize = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kubetune-tokenize")
 
@@ -101,21 +111,21 @@ def build_app(engine: Engine, prompter: Prompter, limits: Limits, metrics: Servi
 
     @app.get("/v1/models")
     async def list_models() -> Any:
-        return models(name, created)
+        return models(list(served), created)
 
     @app.post("/v1/chat/completions")
     async def chat(request: HttpRequest) -> Any:
-        body = _parse(await _read_body(request, limits), ChatCompletionRequest, name)
+        body = _parse(await _read_body(request, limits), ChatCompletionRequest, served)
         try:
-            ids = await off_loop(prompter.render, body.conversation())
+            ids = await off_loop(served[body.model].prompter.render, body.conversation())
         except ValueError as exc:
             raise ApiError(400, str(exc), param="messages") from None
         return await _answer(request, body, ids, "messages", "chatcmpl", _chat_stream, chat_response)
 
     @app.post("/v1/completions")
     async def complete(request: HttpRequest) -> Any:
-        body = _parse(await _read_body(request, limits), CompletionRequest, name)
-        ids = await off_loop(prompter.tokenizer.encode, body.text())
+        body = _parse(await _read_body(request, limits), CompletionRequest, served)
+        ids = await off_loop(served[body.model].prompter.tokenizer.encode, body.text())
         return await _answer(request, body, ids, "prompt", "cmpl", _completion_stream, completion_response)
 
     async def _answer(request: HttpRequest, body: Any, ids: list[int], prompt_field: str, prefix: str, stream: Any,
@@ -123,13 +133,15 @@ def build_app(engine: Engine, prompter: Prompter, limits: Limits, metrics: Servi
         rid = new_id(prefix)
         if not ids:
             raise ApiError(400, "the prompt is empty", param=prompt_field)
-        job, events = _submit(engine, ids, _sampling(body, len(ids), prompt_field, limits))
+        model = served[body.model]
+        sampling = _sampling(body, len(ids), prompt_field, limits, model.prompter.stop_words(limits.stop_words))
+        job, events = _submit(engine, ids, sampling, model.adapter)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(stream(rid, name, job, events, include_usage), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(stream(rid, body.model, job, events, include_usage),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         text, reason = await _collect_while_connected(request, job, events)
-        return respond(rid, name, text, reason, len(ids), len(job.generated))
+        return respond(rid, body.model, text, reason, len(ids), len(job.generated))
 
     return app
 
@@ -167,7 +179,7 @@ async def _read_body(request: HttpRequest, limits: Limits) -> bytes:
     return b"".join(chunks)
 
 
-def _parse(raw: bytes, model: Any, name: str) -> Any:
+def _parse(raw: bytes, model: Any, served: dict[str, Served]) -> Any:
     from pydantic import ValidationError
 
     try:
@@ -185,13 +197,13 @@ def _parse(raw: bytes, model: Any, name: str) -> Any:
         body = model.model_validate(data)
     except ValidationError as exc:
         raise pydantic_error(exc) from None
-    if body.model != name:
-        raise ApiError(404, f"The model `{body.model}` does not exist (this server serves `{name}`).",
-                       param="model", code="model_not_found")
+    if body.model not in served:
+        raise ApiError(404, f"The model `{body.model}` does not exist (this server serves "
+                            f"{', '.join(f'`{n}`' for n in served)}).", param="model", code="model_not_found")
     return body
 
 
-def _sampling(body: Any, prompt_len: int, prompt_field: str, limits: Limits) -> Sampling:
+def _sampling(body: Any, prompt_len: int, prompt_field: str, limits: Limits, stops: tuple[str, ...]) -> Sampling:
     if prompt_len > limits.max_prompt_tokens:
         raise ApiError(400, f"the prompt is {prompt_len} tokens; this server accepts at most "
                             f"{limits.max_prompt_tokens}", param=prompt_field, code="context_length_exceeded")
@@ -212,17 +224,18 @@ def _sampling(body: Any, prompt_len: int, prompt_field: str, limits: Limits) -> 
                     temperature=pick(body.temperature, limits.temperature),
                     top_k=pick(body.top_k, limits.top_k), top_p=pick(body.top_p, limits.top_p),
                     repetition_penalty=pick(body.repetition_penalty, limits.repetition_penalty), seed=body.seed,
-                    stop=tuple(dict.fromkeys(limits.stop_words + body.stops())), ignore_eos=body.ignore_eos)
+                    stop=tuple(dict.fromkeys(stops + body.stops())), ignore_eos=body.ignore_eos)
 
 
-def _submit(engine: Engine, ids: list[int], sampling: Sampling) -> tuple[Request, asyncio.Queue[Event]]:
+def _submit(engine: Engine, ids: list[int], sampling: Sampling,
+            adapter: str | None) -> tuple[Request, asyncio.Queue[Event]]:
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[Event] = asyncio.Queue()
 
     def emit(event: Event) -> None:  # from the engine's thread into this request's queue
         loop.call_soon_threadsafe(events.put_nowait, event)
 
-    job = Request(ids, sampling, emit)
+    job = Request(ids, sampling, emit, adapter=adapter)
     try:
         engine.submit(job)
     except QueueFull as exc:

@@ -15,7 +15,6 @@ TEMPLATES_HELP = ("prompt template: auto (the tokenizer's chat_template, or the 
 
 
 def _generation(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--adapter", default=None, help="LoRA adapter directory")
     p.add_argument("--prompt-template", default="auto", choices=PROMPT_NAMES, metavar="NAME", help=TEMPLATES_HELP)
     system = p.add_mutually_exclusive_group()
     system.add_argument("--system", default=None, help="system prompt")
@@ -39,6 +38,7 @@ def add_parser(sub, mode: str, summary: str) -> None:
     p.add_argument("model_name_or_path", help="model (hf://, s3://, pvc://, path)")
     _generation(p)
     if mode == "chat":
+        p.add_argument("--adapter", default=None, help="LoRA adapter directory (merged into the weights)")
         p.add_argument("--llava", default=None, help="LLaVA directory (projector, adapters)")
         p.add_argument("--visual-encoder", default=None, help="CLIP vision encoder")
         p.add_argument("--visual-select-layer", type=int, default=None,
@@ -51,14 +51,17 @@ def add_parser(sub, mode: str, summary: str) -> None:
         p.add_argument("--offload-folder", default=None, help="where to offload weights that do not fit")
         p.add_argument("--prompt", default=None, help="answer one prompt and exit (non-interactive)")
     else:
+        p.add_argument("--adapter", action="append", default=[], metavar="[NAME=]URI",
+                       help="a LoRA adapter served beside the base model under NAME (default: its directory's name); "
+                            "repeat for more. A request's `model` picks the adapter, or the base by its name")
         p.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0: every interface; the "
                        "operator's pods do that behind a Service)")
         p.add_argument("--port", type=int, default=8000, help="listen port")
         p.add_argument("--api-key-file", default=None,
                        help="file with accepted API keys, one per line (else $KUBETUNE_API_KEYS, comma-separated; "
                             "neither = no authentication)")
-        p.add_argument("--served-model-name", default=None, help="the model name clients send (default: the "
-                       "adapter's or model's directory name)")
+        p.add_argument("--served-model-name", default=None, help="the base model's name clients send (default: "
+                       "its directory's name)")
         p.add_argument("--max-batch", type=int, default=16, help="most requests decoded together")
         p.add_argument("--max-waiting", type=int, default=64, help="most requests queued; more get 429 Retry-After")
         p.add_argument("--max-prompt-tokens", type=int, default=None, help="longest prompt accepted (default: the "
@@ -97,9 +100,8 @@ def route(argv: list[str]) -> list[str]:
         raise UserError(f"{argv[1]}: auth.apiKeySecretRef {spec.auth.api_key_secret_ref} is a cluster Secret and is "
                         "not read here; give the keys with --api-key-file FILE or KUBETUNE_API_KEYS, or the endpoint "
                         "would serve without them")
-    first = spec.adapters[0] if spec.adapters else None
-    served = first.name if first else endpoint.metadata.name
-    return ["serve", *serve_arguments(spec, first.uri if first else None, served), *rest]
+    adapters = {a.name: a.uri for a in spec.adapters if a.uri}
+    return ["serve", *serve_arguments(spec, adapters, endpoint.metadata.name), *rest]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -49,7 +49,7 @@ Some usages for kubetune commands: (See more by using -h for specific command!)
     5-2. Chat with a VLM (LLaVA):
         kubetune chat $LLM --llava $LLAVA --visual-encoder $VISUAL_ENCODER --image $IMAGE --prompt-template $PROMPT_TEMPLATE
     5-3. Serve an OpenAI-compatible API (or a ChatEndpoint manifest, as its pods would):
-        kubetune serve $LLM --adapter $ADAPTER --prompt-template $PROMPT_TEMPLATE
+        kubetune serve $LLM --adapter $NAME=$ADAPTER [--adapter ...] --prompt-template $PROMPT_TEMPLATE
         kubetune serve $CHATENDPOINT_YAML [--host $HOST --port $PORT --api-key-file $FILE]
     6-1. Preprocess the arxiv dataset:
         kubetune preprocess arxiv $SRC_FILE $DST_FILE --start-date $START_DATE --categories $CATEGORIES

@@ -1,10 +1,10 @@
 """Inference loading, for `chat`, `serve`, LLaVA and the evaluations: a model from any URI, optionally quantized,
-with a LoRA adapter folded in (one forward per token afterwards, no adapter overhead), plus the defaults a converted
-adapter carries."""
+with a LoRA adapter folded in (one forward per token afterwards, no adapter overhead) or, for a server, several
+adapters kept beside the base weights (each request picks one), plus the defaults a converted adapter carries."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,38 @@ class Loaded:
     tokenizer: Any
     template: str | None  # from the adapter's kubetune_config.yaml, when there is one
     system: str | None
+    # Served beside the base weights (PEFT adapter name → the template and system prompt it was trained with).
+    adapters: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
 
 
 def load(uri: str, adapter: str | None = None, bits: int | None = None, dtype: str = "auto",
          offload_folder: str | None = None, trust_remote_code: bool = False) -> Loaded:
+    adapter_path = _local(adapter, "adapter") if adapter else None
+    model, tokenizer, path = _base(uri, adapter_path, bits, dtype, offload_folder, trust_remote_code)
+    if adapter_path:
+        model = _with_adapter(model, adapter_path)
+        # Quantized weights cannot take the update exactly: keep the adapter beside them instead.
+        model = model if bits else model.merge_and_unload()
+    model.eval()
+    template, system = trained_defaults(adapter_path or path)
+    return Loaded(model, tokenizer, template, system)
+
+
+def load_adapters(uri: str, adapters: dict[str, str], bits: int | None = None, dtype: str = "auto",
+                  trust_remote_code: bool = False) -> Loaded:
+    """The base model with every adapter loaded beside it, unmerged: PEFT applies to each row of a batch the adapter
+    its request named (`adapter_names`), and the base weights answer the rest."""
+    paths = {name: _local(a, f"adapter {name}") for name, a in adapters.items()}
+    model, tokenizer, path = _base(uri, None, bits, dtype, None, trust_remote_code)
+    for name, adapter_path in paths.items():
+        model = _with_adapter(model, adapter_path, name)
+    model.eval()
+    template, system = trained_defaults(path)
+    return Loaded(model, tokenizer, template, system, {n: trained_defaults(p) for n, p in paths.items()})
+
+
+def _base(uri: str, adapter_path: Path | None, bits: int | None, dtype: str, offload_folder: str | None,
+          trust_remote_code: bool) -> tuple[Any, Any, Path]:
     import warnings
 
     import torch
@@ -34,7 +62,6 @@ def load(uri: str, adapter: str | None = None, bits: int | None = None, dtype: s
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
     path = _local(uri, "model")
-    adapter_path = _local(adapter, "adapter") if adapter else None
     cuda = torch.cuda.is_available()
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "low_cpu_mem_usage": True}
     if dtype in NAMES:
@@ -55,11 +82,7 @@ def load(uri: str, adapter: str | None = None, bits: int | None = None, dtype: s
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"{uri}: cannot load a model from {path}: {' '.join(str(exc).split())[:300]}") from None
-    if adapter_path:
-        model = _with_adapter(model, adapter_path, merge=not bits)
-    model.eval()
-    template, system = trained_defaults(adapter_path or path)
-    return Loaded(model, tokenizer, template, system)
+    return model, tokenizer, path
 
 
 def _local(uri: str, what: str) -> Path:
@@ -73,15 +96,20 @@ def _has_tokenizer(path: Path | None) -> bool:
     return path is not None and ((path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file())
 
 
-def _with_adapter(model: Any, adapter: Path, merge: bool) -> Any:
+def _with_adapter(model: Any, adapter: Path, name: str = "default") -> Any:
     from peft import PeftModel
 
     if not (adapter / "adapter_config.json").is_file():
         raise ModelLoadError(f"--adapter {adapter}: no adapter_config.json (convert a checkpoint with "
                              f"`kubetune convert pth_to_hf` first)")
-    model = PeftModel.from_pretrained(model, str(adapter))
-    # Quantized weights cannot take the update exactly: keep the adapter beside them instead.
-    return model.merge_and_unload() if merge else model
+    try:
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(adapter), adapter_name=name)
+            return model
+        return PeftModel.from_pretrained(model, str(adapter), adapter_name=name)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:  # another base's adapter: shapes do not fit
+        raise ModelLoadError(f"adapter {name} ({adapter}): cannot load over this model: "
+                             f"{' '.join(str(exc).split())[:300]}") from None
 
 
 def trained_defaults(path: Path) -> tuple[str | None, str | None]:
