@@ -122,6 +122,7 @@ def test_the_operator_extra_is_exactly_what_the_operator_imports():
     for dist in CORE | extra("operator"):
         allowed |= _requires(dist, set())
     assert imported <= allowed, f"the operator imports packages outside its extra: {sorted(imported - allowed)}"
-    assert not imported & RUNTIME_ONLY, sorted(imported & RUNTIME_ONLY)
+    # A runtime package the operator's own dependencies pull in anyway (aiohttp, under kopf) is the operator's too.
+    assert not imported & (RUNTIME_ONLY - allowed), sorted(imported & (RUNTIME_ONLY - allowed))
     assert not extra("operator") & RUNTIME_ONLY
     assert extra("operator") <= imported, f"in the extra but never imported: {sorted(extra('operator') - imported)}"

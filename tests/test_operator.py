@@ -493,10 +493,12 @@ def test_export_after_success_and_endpoints_follow_the_adapter(cluster, operator
            "spec": {"model": {"uri": "hf://org/model"}, "adapters": [{"name": "emo", "fineTuneJobRef": "exports"}]}}
     _create(cluster, "follows", doc)
     _wait_phase(cluster, "chat", "follows", ("Ready",), timeout=90)
-    command = cluster.get_json("-n", NS, "deployment", "follows")["spec"]["template"]["spec"]["containers"][0][
-        "command"]
-    assert command[command.index("--adapter") + 1] == "emo=s3://ckpt/run/export/hf"
-    assert command[command.index("--served-model-name") + 1] == "follows"
+    # The pods serve the mounted endpoint, its adapter reference resolved to the job's export.
+    endpoint = yaml.safe_load(cluster.get_json("-n", NS, "configmap", "follows-config")["data"]["endpoint.yaml"])
+    assert endpoint["spec"]["adapters"] == [{"name": "emo", "uri": "s3://ckpt/run/export/hf"}]
+    pod = cluster.get_json("-n", NS, "deployment", "follows")["spec"]["template"]["spec"]
+    assert pod["containers"][0]["command"][:3] == ["kubetune", "serve", "/work/models/endpoint.yaml"]
+    assert pod["initContainers"][0]["command"][:3] == ["kubetune", "fetch", "/etc/kubetune/endpoint.yaml"]
     assert _status(cluster, "chat", "follows")["servedModel"] == "follows,emo"
 
 
@@ -552,14 +554,20 @@ def test_an_endpoint_rolls_to_a_newer_exported_adapter(cluster, operator):
     _wait_phase(cluster, "chat", "rolls", ("Ready",), timeout=90)
 
     def adapter() -> str:
-        command = cluster.get_json("-n", NS, "deployment", "rolls")["spec"]["template"]["spec"]["containers"][0][
-            "command"]
-        return command[command.index("--adapter") + 1]
+        config = cluster.get_json("-n", NS, "configmap", "rolls-config")["data"]["endpoint.yaml"]
+        return yaml.safe_load(config)["spec"]["adapters"][0]["uri"]
+
+    def config_hash() -> str:
+        template = cluster.get_json("-n", NS, "deployment", "rolls")["spec"]["template"]
+        return template["metadata"]["annotations"]["kubetune.io/config-hash"]
 
     assert adapter() == "s3://ckpt/v1/hf"
+    before = config_hash()
     cluster.kubectl("patch", "-n", NS, "ftj", "exports2", "--subresource=status", "--type=merge", "-p",
                     json.dumps({"status": {"artifacts": {"adapter": "s3://ckpt/v2/hf"}}}))
-    cluster.wait_for(lambda: adapter() == "s3://ckpt/v2/hf", "the Deployment to roll to the new adapter", 60)
+    cluster.wait_for(lambda: adapter() == "s3://ckpt/v2/hf", "the mounted endpoint to name the new adapter", 60)
+    # The pod template changes with the ConfigMap: the Deployment rolls its pods onto the new adapter.
+    cluster.wait_for(lambda: config_hash() != before, "the Deployment to roll to the new adapter", 60)
     assert "AdapterUpdated" in _events(cluster, "rolls")
 
 

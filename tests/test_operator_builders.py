@@ -3,6 +3,8 @@ manifests for whole objects (KUBETUNE_REGEN_GOLDEN=1 rewrites them; review the d
 
 from __future__ import annotations
 
+import json
+
 import os
 from pathlib import Path
 
@@ -160,9 +162,9 @@ def test_convert_and_chat_golden():
         "autoscaling": {"minReplicas": 2, "maxReplicas": 6, "targetInflightRequests": 4},
         "auth": {"apiKeySecretRef": "keys"}, "resources": {"gpus": 1}})
     manifests = chat.children(body, spec, {"emo": "s3://a/emo"}, SETTINGS)
-    assert [m["kind"] for m in manifests] == ["Deployment", "Service", "HorizontalPodAutoscaler",
+    assert [m["kind"] for m in manifests] == ["ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler",
                                               "PodDisruptionBudget"]
-    assert "replicas" not in manifests[0]["spec"]  # the HPA owns it
+    assert "replicas" not in manifests[1]["spec"]  # the HPA owns it
     _check_golden("convert-merge", [cvj])
     _check_golden("chat-hpa", manifests)
     body, spec = _parent("ConvertJob", "llava-hf", {"operation": "pth_to_hf", "source": {"checkpointUri": "s3://c/i"},
@@ -171,6 +173,62 @@ def test_convert_and_chat_golden():
     argv = convert.command(spec, "s3://c/i", None, "/etc/kubetune/job.yaml")
     assert argv[:6] == ["kubetune", "convert", "pth_to_hf", "/etc/kubetune/job.yaml", "s3://c/i", "s3://m/llava-hf"]
     assert argv[argv.index("--save-format") + 1] == "huggingface"
+
+
+def _chat(name: str, spec: dict, adapters: dict[str, str]) -> list[dict]:
+    body, parsed = _parent("ChatEndpoint", name, spec)
+    return chat.children(body, parsed, adapters, SETTINGS)
+
+
+def test_builtin_endpoint_with_three_adapters_golden():
+    """One server for the base and three adapters (one a FineTuneJob's export, resolved by the operator): the pods
+    fetch them first, then serve the mounted endpoint with local paths only; the server holds no credentials."""
+    from kubetune.api import parse_manifest
+
+    manifests = _chat("three", {"model": {"uri": "hf://org/base"}, "adapters": [
+        {"name": "sql", "uri": "s3://a/sql"}, {"name": "emo", "fineTuneJobRef": "emo-job"},
+        {"name": "law", "uri": "pvc://models/law"}], "storage": {"secretRef": "s3-creds"},
+        "auth": {"apiKeySecretRef": "keys"}}, {"sql": "s3://a/sql", "emo": "s3://ckpt/emo/export/hf",
+                                               "law": "pvc://models/law"})
+    _check_golden("chat-adapters", manifests)
+    config, deployment = manifests[0], manifests[1]
+    endpoint = parse_manifest(yaml.safe_load(config["data"]["endpoint.yaml"]), kind="ChatEndpoint")
+    assert [(a.name, a.uri, a.fine_tune_job_ref) for a in endpoint.spec.adapters] == [
+        ("sql", "s3://a/sql", None), ("emo", "s3://ckpt/emo/export/hf", None), ("law", "pvc://models/law", None)]
+    pod = deployment["spec"]["template"]["spec"]
+    fetch, server = pod["initContainers"][0], pod["containers"][0]
+    assert fetch["command"] == ["kubetune", "fetch", "/etc/kubetune/endpoint.yaml", "--into", "/work/models"]
+    assert server["command"] == ["kubetune", "serve", "/work/models/endpoint.yaml", "--host", "0.0.0.0", "--port",
+                                 "8000", "--api-key-file", "/etc/kubetune/keys/api-keys"]
+    assert any(e["name"] == "AWS_ACCESS_KEY_ID" for e in fetch["env"])
+    assert not any("secretKeyRef" in e.get("valueFrom", {}) for e in server["env"])  # credentials stay in the fetch
+    assert {m["mountPath"] for m in server["volumeMounts"]} >= {"/mnt/pvc/models", "/work"}
+    assert "kubetune.io/config-hash" in deployment["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_vllm_endpoint_golden():
+    """vLLM from the local layout with tensor parallel, adapters, the spec's sampling defaults and extra args, on
+    loopback behind the gateway that checks the keys on every route."""
+    manifests = _chat("vl", {"engine": "vllm", "model": {"uri": "hf://Qwen/Qwen2.5-7B-Instruct", "dtype": "bf16"},
+                             "adapters": [{"name": "sql", "uri": "s3://a/sql"}, {"name": "emo", "uri": "s3://a/emo"}],
+                             "generation": {"temperature": 0.7, "maxNewTokens": 512}, "bits": 4,
+                             "vllm": {"maxModelLen": 8192, "gpuMemoryUtilization": 0.85, "maxLoraRank": 16,
+                                      "extraArgs": ["--enable-prefix-caching"]},
+                             "auth": {"apiKeySecretRef": "keys"}, "resources": {"gpus": 4}},
+                     {"sql": "s3://a/sql", "emo": "s3://a/emo"})
+    _check_golden("chat-vllm", manifests)
+    pod = manifests[1]["spec"]["template"]["spec"]
+    server, gateway = pod["containers"]
+    assert server["image"] == "vllm/vllm-openai:v0.34.0" and "ports" not in server
+    argv = server["command"]
+    assert argv[:4] == ["vllm", "serve", "/work/models/model", "--served-model-name"]
+    assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--tensor-parallel-size") + 1] == "4"
+    assert json.loads(argv[argv.index("--lora-modules") + 1]) == {"name": "sql", "path": "/work/models/adapters/sql",
+                                                                  "base_model_name": "vl"}
+    assert json.loads(argv[argv.index("--override-generation-config") + 1])["temperature"] == 0.7
+    assert argv[-1] == "--enable-prefix-caching" and not any("key" in a for a in argv)
+    assert gateway["command"][:4] == ["kubetune", "gateway", "--upstream", "http://127.0.0.1:8001"]
+    assert gateway["ports"] == [{"name": "http", "containerPort": 8000}] and "readinessProbe" in gateway
 
 
 def test_status_logic():

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 class Settings:
     image: str = "ghcr.io/kubetune/kubetune-runtime:latest"
     image_pull_policy: str | None = None
+    vllm_image: str | None = None  # None: kubetune.api.chat.VLLM_IMAGE
     rendezvous_port: int = 29500
     chat_port: int = 8000
     field_manager: str = "kubetune-operator"
@@ -28,6 +29,7 @@ class Settings:
         env = os.environ
         return cls(image=env.get("KUBETUNE_RUNTIME_IMAGE", cls.image),
                    image_pull_policy=env.get("KUBETUNE_IMAGE_PULL_POLICY") or None,
+                   vllm_image=env.get("KUBETUNE_VLLM_IMAGE") or None,
                    storage_secret=env.get("KUBETUNE_DEFAULT_STORAGE_SECRET") or None,
                    storage_endpoint=env.get("KUBETUNE_DEFAULT_S3_ENDPOINT") or None,
                    storage_region=env.get("KUBETUNE_DEFAULT_S3_REGION") or None,

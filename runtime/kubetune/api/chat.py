@@ -81,10 +81,51 @@ class AuthSpec(KubeModel):
     """Secret whose `api-keys` entry lists accepted keys, one per line."""
 
 
+VLLM_IMAGE = "vllm/vllm-openai:v0.34.0"
+"""The vLLM image `engine: vllm` runs when neither `vllm.image` nor the chart's `vllm.image` says otherwise; its
+arguments are checked against this version's own parser (tests/test_vllm_args.py)."""
+
+
+class VllmSpec(KubeModel):
+    """vLLM's own settings (`engine: vllm`)."""
+
+    image: str | None = None
+    """vLLM's OpenAI server image (default: the chart's `vllm.image`, else `vllm/vllm-openai:v0.34.0`)."""
+    max_model_len: int | None = Field(default=None, ge=1)
+    """Longest context (prompt + answer) in tokens; default: the model's."""
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    """Share of each GPU's memory vLLM takes for weights and KV cache; default: vLLM's (0.9)."""
+    max_loras: int | None = Field(default=None, ge=1)
+    """Adapters one batch may mix; default: every adapter of the endpoint."""
+    max_lora_rank: Literal[8, 16, 32, 64, 128, 256, 320, 512] = 64
+    """Largest adapter rank vLLM reserves room for (kubetune's and XTuner's LoRA default r is 64)."""
+    extra_args: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list, max_length=64)
+    """More `vllm serve` arguments, passed as they are after kubetune's."""
+
+
 class ChatEndpointSpec(KubeModel):
     """What to serve, how to prompt it, and how many replicas."""
 
     __rules__: ClassVar[tuple[Rule, ...]] = (
+        Rule(("vllm", "engine"), "vllm settings need engine: vllm", "!has(self.vllm) || self.engine == 'vllm'",
+             lambda vllm, engine: vllm is None or engine == "vllm"),
+        # vLLM renders prompts with the tokenizer's chat template and has no server-side system prompt or stop words:
+        # refused rather than silently dropped.
+        Rule(("promptTemplate", "engine"), "engine vllm renders the tokenizer's chat template: promptTemplate must "
+             "be auto", "self.engine != 'vllm' || !has(self.promptTemplate) || self.promptTemplate == 'auto'",
+             lambda template, engine: engine != "vllm" or template == PromptTemplate.AUTO),
+        Rule(("system", "engine"), "engine vllm has no default system prompt: send it in the request",
+             "self.engine != 'vllm' || !has(self.system)", lambda system, engine: engine != "vllm" or system is None),
+        Rule(("systemTemplate", "engine"), "engine vllm has no default system prompt: send it in the request",
+             "self.engine != 'vllm' || !has(self.systemTemplate)",
+             lambda system, engine: engine != "vllm" or system is None),
+        Rule(("bits", "engine"), "engine vllm quantizes with bitsandbytes in 4 bits only",
+             "self.engine != 'vllm' || !has(self.bits) || self.bits == 4",
+             lambda bits, engine: engine != "vllm" or bits in (None, 4)),
+        Rule(("generation.stopWords", "engine"), "engine vllm takes stop words per request only",
+             "self.engine != 'vllm' || !has(self.generation) || !has(self.generation.stopWords) || "
+             "size(self.generation.stopWords) == 0",
+             lambda stops, engine: engine != "vllm" or not stops),
         Rule(("system", "systemTemplate"), "set at most one of system and systemTemplate",
              "!(has(self.system) && has(self.systemTemplate))", lambda s, t: s is None or t is None),
         Rule(("adapters",), "adapter names must be unique",
@@ -97,7 +138,10 @@ class ChatEndpointSpec(KubeModel):
     adapters: list[AdapterRef] = Field(default_factory=list, max_length=16)
     """LoRA adapters served over the base model."""
     engine: Literal["builtin", "vllm"] = "builtin"
-    """`builtin` runs `kubetune serve`; `vllm` runs vLLM's OpenAI server with LoRA."""
+    """`builtin` runs `kubetune serve`; `vllm` runs vLLM's OpenAI server (adapters as LoRA modules, `generation` as
+    its generation-config override, tensor parallel over `resources.gpus`) behind kubetune's key-checking gateway."""
+    vllm: VllmSpec | None = None
+    """vLLM's own settings (`engine: vllm` only)."""
     prompt_template: PromptTemplate = PromptTemplate.AUTO
     """Chat template; `auto` uses the tokenizer's chat_template."""
     system: str | None = None
@@ -190,3 +234,31 @@ def serve_arguments(spec: ChatEndpointSpec, adapters: dict[str, str], served_nam
     argv += ["--stop-words", *g.stop_words] if g.stop_words else []
     argv += ["--trust-remote-code"] if spec.model.trust_remote_code else []
     return argv
+
+
+VLLM_DTYPES = {DType.AUTO: "auto", DType.BF16: "bfloat16", DType.FP16: "float16", DType.FP32: "float32"}
+
+
+def vllm_arguments(spec: ChatEndpointSpec, served_name: str, models_dir: str, host: str, port: int) -> list[str]:
+    """`vllm serve`'s arguments for an endpoint: the model and adapters from the local layout `kubetune fetch --into
+    models_dir` writes, every spec field vLLM can honour (the others are refused by the spec's rules)."""
+    import json
+
+    g, v = spec.generation, spec.vllm or VllmSpec()
+    argv = ["serve", f"{models_dir}/model", "--served-model-name", served_name, "--host", host, "--port", str(port),
+            "--dtype", VLLM_DTYPES[spec.model.dtype]]
+    argv += ["--tensor-parallel-size", str(spec.resources.gpus)] if spec.resources.gpus > 1 else []
+    argv += ["--max-model-len", str(v.max_model_len)] if v.max_model_len else []
+    argv += ["--gpu-memory-utilization", str(v.gpu_memory_utilization)] if v.gpu_memory_utilization else []
+    argv += ["--quantization", "bitsandbytes"] if spec.bits else []
+    argv += ["--trust-remote-code"] if spec.model.trust_remote_code else []
+    if spec.adapters:
+        argv += ["--enable-lora", "--max-loras", str(v.max_loras or len(spec.adapters)), "--max-lora-rank",
+                 str(v.max_lora_rank), "--lora-modules"]
+        argv += [json.dumps({"name": a.name, "path": f"{models_dir}/adapters/{a.name}", "base_model_name": served_name})
+                 for a in spec.adapters]
+    # `vllm`: the spec's sampling defaults alone, not merged with the model repository's generation_config.json.
+    defaults = {"temperature": g.temperature, "top_p": g.top_p, "top_k": g.top_k,
+                "repetition_penalty": g.repetition_penalty, "max_new_tokens": g.max_new_tokens}
+    argv += ["--generation-config", "vllm", "--override-generation-config", json.dumps(defaults)]
+    return argv + list(v.extra_args)

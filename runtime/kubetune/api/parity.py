@@ -135,15 +135,17 @@ CONVERT: dict[str, Entry] = {
 _SERVES = "`kubetune serve ENDPOINT.yaml` passes it as the pods' command does (kubetune.api.chat.serve_arguments)"
 
 CHAT: dict[str, Entry] = {
-    **_metadata("the served model name when there is no adapter, as in a cluster"),
+    **_metadata("the base model's served name, as in a cluster"),
     **_same(HONOURED, _SERVES, "spec", "model.uri", "model.trustRemoteCode", "model.dtype", "promptTemplate",
             "system", "systemTemplate", "bits", "generation.maxNewTokens", "generation.temperature",
             "generation.topK", "generation.topP", "generation.repetitionPenalty", "generation.stopWords"),
-    **_same(HONOURED, _SERVES + "; the builtin engine serves the first adapter, under its name, as in a cluster",
+    **_same(HONOURED, _SERVES + "; every adapter is served beside the base under its name, as in a cluster",
             "spec", "adapters[].name", "adapters[].uri"),
     "spec.adapters[].fineTuneJobRef": (REFUSED, "names a FineTuneJob in a cluster: set the adapter's uri (the job's "
                                                 "<checkpoints.uri>/export/hf)"),
     "spec.engine": (REFUSED, "vllm runs in the cluster's vLLM image; builtin is honoured"),
+    **_same(CLUSTER, "vLLM's settings: engine vllm runs in a cluster only", "spec.vllm", "image", "maxModelLen",
+            "gpuMemoryUtilization", "maxLoras", "maxLoraRank", "extraArgs"),
     "spec.auth.apiKeySecretRef": (EQUIVALENT, "a cluster Secret: refused unless the keys are given here "
                                               "(--api-key-file FILE or KUBETUNE_API_KEYS), never served open"),
     "spec.replicas": (CLUSTER, "one server process here"),

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from kubetune.errors import UserError
 from kubetune.data.templates import PROMPT_TEMPLATES, system_text
+
+from .keys import read_keys
 
 
 def _log(message: str) -> None:
@@ -108,7 +108,7 @@ def serve(args: Any) -> int:
     from .metrics import ServingMetrics
     from .server import Limits, build_app, serve as run_server
 
-    keys = _api_keys(args.api_key_file)
+    keys = read_keys(args.api_key_file)
     name = args.served_model_name or _default_name(args.model_name_or_path)
     adapters = _adapters(args.adapter, name)
     loaded = _load_served(args, adapters)
@@ -165,21 +165,6 @@ def _served(args: Any, loaded: Any, name: str) -> dict[str, Any]:
     for adapter, trained in loaded.adapters.items():
         served[adapter] = Served(prompter_for(args, loaded, trained), adapter)
     return served
-
-
-def _api_keys(path: str | None) -> frozenset[str]:
-    """Keys from --api-key-file (a mounted Secret), else KUBETUNE_API_KEYS (comma-separated); none = open."""
-    if path:
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise UserError(f"--api-key-file {path}: {exc.strerror}") from None
-        lines = (line.strip() for line in text.splitlines())
-        keys = frozenset(line for line in lines if line and not line.startswith("#"))
-        if not keys:
-            raise UserError(f"--api-key-file {path}: no keys in the file (one per line)")
-        return keys
-    return frozenset(k.strip() for k in os.environ.get("KUBETUNE_API_KEYS", "").split(",") if k.strip())
 
 
 def _default_name(uri: str) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hmac
 import json
 import time
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any, AsyncIterator
 
 from fastapi import Request as HttpRequest  # module level: FastAPI resolves handler annotations by name
 
+from .keys import OPEN_ROUTES, authorized
 from .engine import Engine, EngineStopped, Event, QueueFull, Request
 from .metrics import ServingMetrics
 from .openai_api import (ApiError, ChatCompletionRequest, CompletionRequest, chat_chunk, chat_response,
@@ -32,10 +32,10 @@ class Limits:
     max_prompt_tokens: int
     max_tokens: int  # the most a request may ask for
     default_max_tokens: int
-    temperature: float = 0.1
-    top_k: int = 40
-    top_p: float = 0.75
-    repetition_penalty: float = 1.0
+    temperature: float  # the defaults come from the flags, whose defaults are the ChatEndpoint's (api.chat)
+    top_k: int
+    top_p: float
+    repetition_penalty: float
     stop_words: tuple[str, ...] = ()  # besides each template's own
     api_keys: frozenset[str] = field(default_factory=frozenset)
     read_timeout: float = 30.0  # seconds for the headers, then the body, to arrive: trickling clients hold nothing
@@ -87,7 +87,8 @@ def build_app(engine: Engine, served: dict[str, Served], limits: Limits, metrics
     async def count_and_authorize(request: HttpRequest, call_next: Any) -> Any:
         route = request.url.path
         try:
-            if route.startswith("/v1/") and limits.api_keys and not _authorized(request, limits.api_keys):
+            if limits.api_keys and route not in OPEN_ROUTES and \
+                    not authorized(request.headers.get("authorization", ""), limits.api_keys):
                 raise ApiError(401, "invalid or missing API key (send Authorization: Bearer <key>)",
                                code="invalid_api_key")
             response = await call_next(request)
@@ -144,13 +145,6 @@ def build_app(engine: Engine, served: dict[str, Served], limits: Limits, metrics
         return respond(rid, body.model, text, reason, len(ids), len(job.generated))
 
     return app
-
-
-def _authorized(request: HttpRequest, keys: frozenset[str]) -> bool:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    # The scheme is case-insensitive (RFC 9110); compare_digest so timing says nothing about how much matched.
-    return scheme.lower() == "bearer" and any(hmac.compare_digest(token.encode(), k.encode()) for k in keys)
 
 
 async def _read_body(request: HttpRequest, limits: Limits) -> bytes:
@@ -319,7 +313,7 @@ async def _completion_stream(rid: str, name: str, job: Request, events: asyncio.
     yield b"data: [DONE]\n\n"
 
 
-def _header_deadline(seconds: float) -> Any:
+def header_deadline(seconds: float) -> Any:
     """uvicorn's HTTP/1.1 protocol, closing a new connection whose request headers are not complete in `seconds`:
     uvicorn itself waits for them forever, so a client trickling headers (slowloris) held a connection for good."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -346,7 +340,7 @@ def serve(app: Any, engine: Engine, host: str, port: int, drain_timeout: float, 
     import uvicorn
 
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=drain_timeout, http=_header_deadline(read_timeout))
+                            timeout_graceful_shutdown=drain_timeout, http=header_deadline(read_timeout))
     server = uvicorn.Server(config)
     original = server.handle_exit
 

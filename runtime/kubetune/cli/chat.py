@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from kubetune.api.chat import GenerationSpec
 from kubetune.data.templates import PROMPT_TEMPLATES, SYSTEM_TEMPLATES
 
 from .errors import UserError
@@ -23,11 +24,12 @@ def _generation(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", type=int, choices=[4, 8], default=None, help="load the model in 4 or 8 bits")
     p.add_argument("--torch-dtype", choices=["fp16", "bf16", "fp32", "auto"], default="auto", help="weight dtype")
     p.add_argument("--stop-words", nargs="+", default=[], help="extra stop words")
-    p.add_argument("--max-new-tokens", type=int, default=2048, help="longest answer")
-    p.add_argument("--temperature", type=float, default=0.1, help="sampling temperature (0 = greedy)")
-    p.add_argument("--top-k", type=int, default=40, help="top-k sampling")
-    p.add_argument("--top-p", type=float, default=0.75, help="nucleus sampling")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="repetition penalty")
+    g = GenerationSpec()  # one definition of the sampling defaults: the ChatEndpoint's
+    p.add_argument("--max-new-tokens", type=int, default=g.max_new_tokens, help="longest answer")
+    p.add_argument("--temperature", type=float, default=g.temperature, help="sampling temperature (0 = greedy)")
+    p.add_argument("--top-k", type=int, default=g.top_k, help="top-k sampling (0 disables)")
+    p.add_argument("--top-p", type=float, default=g.top_p, help="nucleus sampling")
+    p.add_argument("--repetition-penalty", type=float, default=g.repetition_penalty, help="repetition penalty")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code (InternLM2, "
                    "ChatGLM3, Baichuan2...)")

@@ -9,8 +9,9 @@ from typing import Any
 from .errors import UserError
 
 
-def load_config(config: str, overrides: list[str] | None = None, kind: str = "FineTuneJob") -> Any:
-    """CONFIG is a manifest/spec file or a predefined config name; returns the validated object."""
+def load_config(config: str, overrides: list[str] | None = None, kind: str | None = "FineTuneJob") -> Any:
+    """CONFIG is a manifest/spec file or a predefined config name; returns the validated object (`kind` None: the
+    manifest's own kind, a bare spec a FineTuneJob)."""
     from kubetune.api import ManifestError, catalog, load_manifest, parse_manifest
 
     try:

@@ -83,6 +83,7 @@ MODES: dict[str, tuple[str, str]] = {
     "convert": ("convert", "pth_to_hf, merge or split a model"),
     "chat": ("chat", "chat with an LLM in the terminal"),
     "serve": ("chat", "serve an OpenAI-compatible chat API"),
+    "gateway": ("gateway", "check API keys in front of another OpenAI-compatible server (vLLM)"),
     "check-custom-dataset": ("dataset", "check a config's custom dataset"),
     "log-dataset": ("dataset", "print the processed dataset"),
     "list-dataset-format": ("dataset", "list the dataset formats"),
