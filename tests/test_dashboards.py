@@ -1,6 +1,7 @@
 """Dashboards and alerts only query metrics the code really exports: every PromQL expression in
 charts/kubetune/dashboards/*.json and in the rendered PrometheusRule is parsed, and each metric name it selects must
-appear in a real /metrics exposition of the operator, a training rank 0 or the chat server."""
+appear in a real /metrics exposition of the operator, a training rank 0 or the chat server, or among the metrics vLLM
+0.34.0 (the default `engine: vllm` image) defines in its own source."""
 
 from __future__ import annotations
 
@@ -47,12 +48,30 @@ def exported() -> set[str]:
             "print(generate_latest(REGISTRY).decode())")
     names |= _series_names(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                           check=True, timeout=120).stdout)
+    return names | vllm_names()
+
+
+def vllm_names() -> set[str]:
+    """The series vLLM 0.34.0 exposes: its metric families as its stat loggers create them (read from its source, as
+    .ci/vllm-parser installs it), and prometheus-fastapi-instrumentator's http_requests_total, which its server adds."""
+    site = Path(subprocess.run([str(ROOT / ".ci" / "vllm-parser")], check=True, capture_output=True,
+                               text=True).stdout.strip())
+    text = "\n".join(p.read_text() for p in (site / "vllm" / "v1" / "metrics").glob("*.py"))
+    kinds = {"_counter_cls": "counter", "_gauge_cls": "gauge", "_histogram_cls": "histogram"}
+    found = re.findall(r'(_counter_cls|_gauge_cls|_histogram_cls)\(\s*name="(vllm:[a-z0-9_]+)"', text)
+    assert len(found) > 30, "vLLM's metric definitions moved: read them where they are now"
+    names = {"http_requests_total"}
+    for kind, name in found:
+        names |= {name + s for s in SUFFIXES[kinds[kind]]}
     return names
 
 
 def _metric_names(node) -> set[str]:
     if isinstance(node, promql.VectorSelector):
-        return {node.name} if node.name else {m.value for m in node.matchers.matchers if m.name == "__name__"}
+        if node.name:
+            return {node.name}
+        # {__name__=~"kubetune:x|vllm:x"}: one query for both engines' names.
+        return {name for m in node.matchers.matchers if m.name == "__name__" for name in m.value.split("|")}
     if isinstance(node, promql.MatrixSelector):
         return _metric_names(node.vector_selector)
     if isinstance(node, promql.BinaryExpr):
@@ -69,9 +88,9 @@ def _metric_names(node) -> set[str]:
 def parse(expr: str) -> set[str]:
     for var, value in GRAFANA_VARS.items():
         expr = expr.replace(var, value)
-    label_values = re.fullmatch(r"label_values\((\w+),\s*\w+\)", expr.strip())
+    label_values = re.fullmatch(r"label_values\((.+),\s*\w+\)", expr.strip())
     if label_values:
-        return {label_values.group(1)}
+        return _metric_names(promql.parse(label_values.group(1)))
     return _metric_names(promql.parse(expr))
 
 
@@ -120,3 +139,16 @@ def test_the_checker_catches_an_unknown_metric(exported):
     assert parse('histogram_quantile(0.9, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket[5m])))') \
         == {"vllm:time_to_first_token_seconds_bucket"}
     assert not parse("rate(kubetune_train_stepz[5m])") <= exported
+
+
+def test_every_serving_query_covers_both_engines(exported):
+    """Each serving panel and the TTFT alert select the builtin server's name and vLLM's for the same thing."""
+    queries = dashboard_queries(ROOT / "charts" / "kubetune" / "dashboards" / "serving.json")
+    queries += [q for q in alert_queries() if "time_to_first_token" in q]
+    for query in queries:
+        used = parse(query)
+        ours = {n for n in used if n.startswith("kubetune:")}
+        assert ours, query
+        for name in ours:
+            twin = "http_requests_total" if name == "kubetune:http_requests_total" else "vllm:" + name[len("kubetune:"):]
+            assert twin in used and twin in exported, (query, twin)

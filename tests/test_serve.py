@@ -126,22 +126,25 @@ def test_full_queue_answers_429_with_retry_after(server):
     assert http("GET", f"{server.url}/health")[0] == 200
 
 
-def test_metrics_use_vllm_names(server, client):
+def test_metrics_use_vllm_names_under_kubetunes_prefix(server, client):
     client.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=5)
     _, _, text = http("GET", f"{server.url}/metrics")
     families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert all(name.startswith("kubetune:") for name in families if not name.startswith(("python_", "process_")))
     for name in ("time_to_first_token_seconds", "inter_token_latency_seconds", "e2e_request_latency_seconds",
                  "request_queue_time_seconds"):
-        assert families[name].type == "histogram"
-        count = next(s.value for s in families[name].samples if s.name == f"{name}_count")
-        assert count > 0 and next(s for s in families[name].samples).labels["model_name"] == "tiny"
+        family = families["kubetune:" + name]
+        assert family.type == "histogram"
+        count = next(s.value for s in family.samples if s.name == f"kubetune:{name}_count")
+        assert count > 0 and next(s for s in family.samples).labels["model_name"] == "tiny"
     for name in ("num_requests_running", "num_requests_waiting"):
-        assert families[name].type == "gauge" and families[name].samples[0].value == 0
+        family = families["kubetune:" + name]
+        assert family.type == "gauge" and family.samples[0].value == 0
     # prometheus-client names counter families without their _total suffix; the exposed series carry it.
-    assert families["prompt_tokens"].samples[0].name == "prompt_tokens_total"
-    assert families["generation_tokens"].samples[0].value > 0
-    reasons = {s.labels["finished_reason"]: s.value for s in families["request_success"].samples
-               if s.name == "request_success_total"}
+    assert families["kubetune:prompt_tokens"].samples[0].name == "kubetune:prompt_tokens_total"
+    assert families["kubetune:generation_tokens"].samples[0].value > 0
+    reasons = {s.labels["finished_reason"]: s.value for s in families["kubetune:request_success"].samples
+               if s.name == "kubetune:request_success_total"}
     assert set(reasons) == {"stop", "length", "abort"} and reasons["length"] + reasons["stop"] >= 20
 
 

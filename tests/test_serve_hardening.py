@@ -87,7 +87,7 @@ def test_one_bad_sampling_request_never_breaks_its_batch(server, client):
         answers = list(pool.map(ask, range(8)))
     assert [code for code, _ in answers] == [200] * 8, answers
     assert all(text == plain for i, (_, text) in enumerate(answers) if not i % 2)
-    assert metric(server, "num_requests_running", model_name="tiny") == 0
+    assert metric(server, "kubetune:num_requests_running", model_name="tiny") == 0
 
 
 @pytest.mark.parametrize("body, param", [
@@ -166,7 +166,7 @@ def test_trickled_headers_are_cut_off(server):
 
 
 def test_a_disconnected_non_streaming_client_frees_its_slot(server):
-    aborted = metric(server, "request_success_total", model_name="tiny", finished_reason="abort")
+    aborted = metric(server, "kubetune:request_success_total", model_name="tiny", finished_reason="abort")
     body = json.dumps({"model": "tiny", "messages": QUESTION, "max_tokens": 3000, "ignore_eos": True}).encode()
     with socket.create_connection(("127.0.0.1", server.port)) as conn:
         conn.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
@@ -177,7 +177,7 @@ def test_a_disconnected_non_streaming_client_frees_its_slot(server):
     while http("GET", f"{server.url}/health")[2]["running"] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert http("GET", f"{server.url}/health")[2]["running"] == 0
-    assert metric(server, "request_success_total", model_name="tiny", finished_reason="abort") == aborted + 1
+    assert metric(server, "kubetune:request_success_total", model_name="tiny", finished_reason="abort") == aborted + 1
 
 
 def test_bearer_is_case_insensitive_and_comments_are_not_keys(server):

@@ -156,9 +156,10 @@ def hpa(parent: Manifest, spec: Any) -> Manifest:
             "metadata": metadata(parent, name, "server"),
             "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
                      "minReplicas": a.min_replicas, "maxReplicas": a.max_replicas,
-                     # Requests in flight per pod (running + waiting), served by a Prometheus adapter.
+                     # Requests running per pod, each engine's own gauge (kubetune:… or vllm:num_requests_running)
+                     # as the Prometheus adapter names it (docs/monitoring.md has its rule).
                      "metrics": [{"type": "Pods", "pods": {
-                         "metric": {"name": "num_requests_running"},
+                         "metric": {"name": f"{'vllm' if spec.engine == 'vllm' else 'kubetune'}_num_requests_running"},
                          "target": {"type": "AverageValue", "averageValue": str(a.target_inflight_requests)}}}]}}
 
 
