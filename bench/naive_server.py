@@ -40,11 +40,15 @@ async def health():
 @app.post("/v1/chat/completions")
 async def chat(request: Request):
     body = await request.json()
-    text = tokenizer.apply_chat_template(body["messages"], tokenize=False, add_generation_prompt=True)
+    # Content as text or as parts, max_tokens or max_completion_tokens: what the openai client and GuideLLM send.
+    messages = [{"role": m["role"], "content": m["content"] if isinstance(m["content"], str)
+                 else "".join(part.get("text", "") for part in m["content"])} for m in body["messages"]]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ids = tokenizer.encode(text, add_special_tokens=False)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     counts: list[int] = []
-    threading.Thread(target=generate, args=(ids, body.get("max_tokens", 64), streamer, counts), daemon=True).start()
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 64
+    threading.Thread(target=generate, args=(ids, max_tokens, streamer, counts), daemon=True).start()
 
     async def events():
         loop = asyncio.get_running_loop()

@@ -6,7 +6,9 @@ model, same prompts.
 A small random Llama (hidden 256, 4 layers) built locally; each of N concurrent clients (the real `openai` client,
 streaming) sends R chat requests with fixed prompts and max_tokens, greedy. Reported per server: aggregate generated
 tokens/s (usage.completion_tokens summed over wall time), time to first token p50/p95 (first content chunk, measured
-by the client), end-to-end p50. Goal: ≥4× the baseline's tokens/s. Writes bench/results/serve.json.
+by the client), end-to-end p50. Goal: ≥4× the baseline's tokens/s. Then a real load generator, GuideLLM, drives
+each server with the same concurrency and request count (synthetic 64-token prompts) and reports in its own terms:
+TTFT and inter-token latency (median, p95) and output tokens/s. Writes bench/results/serve.json.
 """
 
 from __future__ import annotations
@@ -75,6 +77,29 @@ def load(port: int, clients: int, requests: int, max_tokens: int) -> dict:
             "e2e_p50_s": round(statistics.median(r[1] for r in results), 4)}
 
 
+def guidellm(port: int, model: Path, clients: int, requests: int, max_tokens: int, out: Path) -> dict:
+    """GuideLLM's concurrent profile against the server: its own client, tokenizer-sized synthetic prompts, its own
+    statistics (read from the JSON report it writes)."""
+    argv = [str(Path(sys.executable).parent / "guidellm"), "run",
+            "--backend", f"kind=openai_http,target=http://127.0.0.1:{port},model=bench",
+            "--profile", f"kind=concurrent,streams={clients}",
+            "--constraint", f"kind=max_requests,count={clients * requests}",
+            "--tokenizer", f"kind=huggingface_auto,model={model}",
+            "--data", f"kind=synthetic_text,prompt_tokens=64,output_tokens={max_tokens}",
+            "--output", f"kind=json,path={out}", "--disable-console"]
+    subprocess.run(argv, check=True, capture_output=True, text=True, timeout=1800)
+    m = json.loads(out.read_text())["benchmarks"][0]["metrics"]
+
+    def stat(name: str, key: str) -> float:
+        s = m[name]["successful"]
+        return round(s["median"] if key == "p50" else s["percentiles"][key] if key != "mean" else s["mean"], 2)
+
+    return {"requests_ok": m["request_totals"]["successful"], "requests_failed": m["request_totals"]["errored"],
+            "ttft_p50_ms": stat("time_to_first_token_ms", "p50"), "ttft_p95_ms": stat("time_to_first_token_ms", "p95"),
+            "itl_p50_ms": stat("inter_token_latency_ms", "p50"), "itl_p95_ms": stat("inter_token_latency_ms", "p95"),
+            "output_tokens_per_s": stat("output_tokens_per_second", "mean")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=8)
@@ -86,7 +111,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     model = build(work / "model", hidden_size=256, intermediate_size=512, num_hidden_layers=4,
                   num_attention_heads=4, num_key_value_heads=4)
-    rows = {}
+    rows, judged = {}, {}
     for name, argv in {
         "kubetune serve": [sys.executable, "-m", "kubetune", "serve", str(model), "--served-model-name", "bench",
                            "--max-batch", str(args.clients), "--host", "127.0.0.1", "--port"],
@@ -96,6 +121,8 @@ def main() -> None:
         proc = start(argv + [str(port)], port, work / f"{name.split()[0]}.log")
         try:
             rows[name] = load(port, args.clients, args.requests, args.max_tokens)
+            judged[name] = guidellm(port, model, args.clients, args.requests, args.max_tokens,
+                                    work / f"guidellm-{name.split()[0]}.json")
         finally:
             proc.terminate()
             proc.wait(60)
@@ -105,10 +132,19 @@ def main() -> None:
     for name, r in rows.items():
         print(f"{name:<24}{r['tokens_per_s']:>10}{r['ttft_p50_s']:>10}{r['ttft_p95_s']:>10}{r['e2e_p50_s']:>10}")
     print(f"\nkubetune serve: {ratio:.2f}x the baseline's tokens/s (goal >= 4x)")
+    print(f"\nGuideLLM ({args.clients} concurrent streams, {args.clients * args.requests} requests, 64-token prompts):")
+    print(f"{'server':<24}{'ok':>5}{'TTFT p50 ms':>13}{'TTFT p95 ms':>13}{'ITL p50 ms':>12}{'out tok/s':>11}")
+    for name, r in judged.items():
+        print(f"{name:<24}{r['requests_ok']:>5}{r['ttft_p50_ms']:>13}{r['ttft_p95_ms']:>13}{r['itl_p50_ms']:>12}"
+              f"{r['output_tokens_per_s']:>11}")
+    guide_ratio = judged["kubetune serve"]["output_tokens_per_s"] / judged["sequential HF generate"]["output_tokens_per_s"]
     out = {"benchmark": "serve", "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs, no GPU",
            "model": "random Llama, hidden 256, 4 layers, vocab ~800 (kubetune.tiny)", "clients": args.clients,
            "requests_per_client": args.requests, "max_tokens": args.max_tokens, "results": rows,
-           "tokens_per_s_ratio": round(ratio, 2), "goal": ">= 4x tokens/s", "met": ratio >= 4}
+           "tokens_per_s_ratio": round(ratio, 2), "goal": ">= 4x tokens/s", "met": ratio >= 4,
+           "guidellm": {"profile": f"concurrent, {args.clients} streams", "requests": args.clients * args.requests,
+                        "prompt_tokens": 64, "results": judged,
+                        "output_tokens_per_s_ratio": round(guide_ratio, 2)}}
     (HERE / "results" / "serve.json").write_text(json.dumps(out, indent=2) + "\n")
     print("wrote bench/results/serve.json")
 
