@@ -14,6 +14,8 @@ def load_config(config: str, overrides: list[str] | None = None, kind: str | Non
     manifest's own kind, a bare spec a FineTuneJob)."""
     from kubetune.api import ManifestError, catalog, load_manifest, parse_manifest
 
+    if config.endswith(".py"):  # an XTuner config: imported from its syntax tree, never run
+        return _xtuner(config, overrides, kind)
     try:
         if Path(config).exists() or not _looks_like_name(config):
             return with_storage(resolve_relative_paths(load_manifest(config, kind=kind, overrides=overrides or ()),
@@ -30,6 +32,20 @@ def load_config(config: str, overrides: list[str] | None = None, kind: str | Non
     except KeyError as exc:
         raise UserError(f"{config}: no such file, and {exc.args[0]}") from None
     raise AssertionError("unreachable")
+
+
+def _xtuner(config: str, overrides: list[str] | None, kind: str | None) -> Any:
+    from kubetune.api import ManifestError, parse_manifest
+
+    from .xtuner import imported
+
+    if kind not in (None, "FineTuneJob"):
+        raise UserError(f"{config}: an XTuner config describes a FineTuneJob, not a {kind}")
+    try:
+        job = parse_manifest(imported(config), source=config, overrides=overrides or ())
+    except ManifestError as exc:
+        raise UserError(str(exc)) from None
+    return with_storage(resolve_relative_paths(job, Path(config).resolve().parent))
 
 
 def with_storage(obj: Any) -> Any:

@@ -33,7 +33,10 @@ Some usages for kubetune commands: (See more by using -h for specific command!)
         kubetune copy-cfg $CONFIG $SAVE_DIR
     3-1. Fine-tune an LLM on this machine (the same YAML runs in a cluster with `kubectl apply -f`):
         kubetune train $CONFIG
-    3-2. Fine-tune with several GPUs or nodes (re-launched under torchrun):
+    3-2. Bring an XTuner config (.py, read without running it) as a FineTuneJob, or train from it directly:
+        kubetune import-xtuner $XTUNER_CONFIG_PY -o job.yaml
+        kubetune train $XTUNER_CONFIG_PY
+    3-3. Fine-tune with several GPUs or nodes (re-launched under torchrun):
         NPROC_PER_NODE=$NGPUS NNODES=$NNODES NODE_RANK=$NODE_RANK PORT=$PORT ADDR=$ADDR kubetune train $CONFIG
     4-1. Convert a checkpoint to a Hugging Face adapter or model:
         kubetune convert pth_to_hf $CONFIG $PATH_TO_CHECKPOINT $SAVE_PATH
@@ -78,6 +81,7 @@ Run special commands:
 MODES: dict[str, tuple[str, str]] = {
     "list-cfg": ("configs", "list the predefined configs"),
     "copy-cfg": ("configs", "copy a predefined config to a directory"),
+    "import-xtuner": ("xtuner", "turn an XTuner config (.py) into a FineTuneJob, without running it"),
     "train": ("train", "fine-tune an LLM"),
     "fetch": ("fetch", "download a job's models and datasets into the cache once"),
     "convert": ("convert", "pth_to_hf, merge or split a model"),
