@@ -70,7 +70,9 @@ def test_catalogue_entry_contents():
     assert spec.method.lora.target_modules == ["wqkv", "wo", "w1", "w2", "w3"]
     assert (spec.method.quantization.bits, spec.method.quantization.type) == (4, "nf4")
     assert spec.dataset.prompt_template == "internlm2_chat"
-    assert spec.dataset.system_template == "alpaca"
+    # XTuner's alpaca configs use SYSTEM in their EvaluateChatHook only: no system prompt in the training rows.
+    assert spec.dataset.system_template is None and spec.dataset.system is None
+    assert spec.evaluation.system_template == "alpaca" and not spec.evaluation.greedy
     assert spec.training.max_epochs == 3 and spec.training.optimizer.lr == 2e-4
     full = parse_manifest(catalog.get("internlm2_chat_1_8b_full_alpaca_e3")).spec
     assert full.method.lora is None and full.training.optimizer.lr == 2e-5

@@ -69,6 +69,7 @@ def test_an_imported_config_keeps_xtuners_settings(configs):
     assert training["optimizer"] == {"type": "AdamW", "lr": 2e-4, "betas": [0.9, 0.999], "weightDecay": 0}
     assert spec["checkpoints"] == {"everySteps": 500, "keep": 2}
     assert spec["evaluation"]["everySteps"] == 500 and len(spec["evaluation"]["inputs"]) == 2
+    assert spec["evaluation"]["systemTemplate"] == "alpaca"  # EvaluateChatHook(system=SYSTEM)
     # `accumulative_counts *= sequence_parallel_size` is evaluated, as XTuner runs it.
     sp = import_config(configs / "internlm" / "internlm2_7b" /
                        "internlm2_7b_full_finetune_custom_dataset_e1_sequence_parallel_4.py").manifest["spec"]

@@ -121,7 +121,7 @@ DATASETS: dict[str, Dataset] = {
     "alpaca": Dataset("hf://tatsu-lab/alpaca", "alpaca", system_template="alpaca"),
     "alpaca_zh": Dataset("hf://silk-road/alpaca-data-gpt4-chinese", "alpaca_zh", system_template="alpaca"),
     "alpaca_enzh": Dataset("hf://tatsu-lab/alpaca", "alpaca", system_template="alpaca", concat=(
-        {"uri": "hf://silk-road/alpaca-data-gpt4-chinese", "format": "alpaca_zh", "systemTemplate": "alpaca"},)),
+        {"uri": "hf://silk-road/alpaca-data-gpt4-chinese", "format": "alpaca_zh"},)),
     "oasst1": Dataset("hf://timdettmers/openassistant-guanaco", "oasst1"),
     "code_alpaca": Dataset("hf://HuggingFaceH4/CodeAlpaca_20K", "code_alpaca", system_template="coder",
                            inputs=CODE_INPUTS),
@@ -134,8 +134,7 @@ DATASETS: dict[str, Dataset] = {
     "colorist": Dataset("hf://burkelibbey/colors", "colors", epochs=5, system_template="colorist",
                         inputs=("请给我一个像天空一样清澈透明的蓝色。", "Please give me a clear blue like the sky.")),
     "lawyer": Dataset("file:///data/CrimeKgAssitant_52k.json", "crime_kg_assistant", system_template="lawyer",
-                      concat=({"uri": "file:///data/law_reference_92k.json", "format": "law_reference",
-                               "systemTemplate": "lawyer"},),
+                      concat=({"uri": "file:///data/law_reference_92k.json", "format": "law_reference"},),
                       inputs=("请问离婚需要准备什么材料？", "销售鳄鱼皮包违法吗？")),
     "medical": Dataset("hf://shibing624/medical", "medical", epochs=1, system_template="medical",
                        inputs=("我有家族遗传性的过敏，请问可以可以献血吗？", "我爷爷有高血压，请问他可以喝咖啡吗？")),
@@ -192,15 +191,18 @@ def _manifest(name: str, family: Family, hub_id: str, method: str, ds_name: str,
         method_spec["lora"] = {"r": 64, "alpha": 16, "dropout": 0.1, "targetModules": list(family.targets)}
     if method == "qlora":
         method_spec["quantization"] = {"bits": 4, "type": "nf4", "doubleQuant": True}
+    # XTuner's SYSTEM is its EvaluateChatHook's: the training rows carry only what its map fn puts in them (the
+    # dataset formats do the same), never the alpaca prompt on every sample.
     dataset: dict[str, Any] = {"uri": ds.uri, "format": ds.format, "promptTemplate": family.prompt_template}
+    evaluation: dict[str, Any] = {"everySteps": 500, "inputs": list(ds.inputs)}
     if ds.system_template:
-        dataset["systemTemplate"] = ds.system_template
+        evaluation["systemTemplate"] = ds.system_template
     dataset.update({"maxLength": 2048, "packToMaxLength": True, "shuffleBeforePack": True})
     if ds.concat:
         dataset["concat"] = [dict(c) for c in ds.concat]
     return _job(name, {"uri": f"hf://{hub_id}", "trustRemoteCode": family.trust_remote_code}, method_spec, dataset,
                 batch=1, accum=16, epochs=ds.epochs, lr=settings["lr"], deepspeed=settings["deepspeed"],
-                gpus=settings["gpus"], evaluation={"everySteps": 500, "inputs": list(ds.inputs)})
+                gpus=settings["gpus"], evaluation=evaluation)
 
 
 # Preference training, as XTuner's dpo/orpo/reward configs: (name, family, hub id, method, scheme, lr, dataset uri,

@@ -213,12 +213,25 @@ class CheckpointSpec(KubeModel):
 class EvaluationSpec(KubeModel):
     """Sample generations during training (XTuner's EvaluateChatHook)."""
 
+    __rules__: ClassVar[tuple[Rule, ...]] = (
+        Rule(("system", "systemTemplate"), "set at most one of system and systemTemplate",
+             "!(has(self.system) && has(self.systemTemplate))", lambda s, t: s is None or t is None),
+    )
+
     every_steps: int = Field(default=500, ge=1)
     """Generate for every input every this many steps (and before and after training)."""
     inputs: list[str] = Field(default_factory=list, max_length=64)
     """Prompts to answer; empty disables evaluation."""
     max_new_tokens: int = Field(default=600, ge=1, le=65536)
     """Longest answer."""
+    system: str | None = None
+    """System prompt of the evaluation prompts only, never of the training data (XTuner's EvaluateChatHook
+    `system`); default: the dataset's own system prompt, if it sets one."""
+    system_template: SystemTemplate | None = None
+    """A predefined evaluation system prompt (XTuner's `SYSTEM_TEMPLATE.<name>`)."""
+    greedy: bool = False
+    """Decode greedily; default: XTuner's EvaluateChatHook sampling (temperature 0.1, top-p 0.75, top-k 40, seeded
+    by the step, so a run's outputs repeat)."""
 
 
 class FineTuneResources(PodSettings):

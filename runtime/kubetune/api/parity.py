@@ -88,7 +88,8 @@ FINETUNE: dict[str, Entry] = {
     "spec.checkpoints.uri": (HONOURED, "checkpoints are copied there as the pods copy them (s3://; pvc://CLAIM/path "
                                        "is $KUBETUNE_PVC_ROOT/CLAIM/path here, /mnt/pvc by default); --resume auto "
                                        "resumes from it"),
-    **_same(HONOURED, _TRAINS, "spec.evaluation", "everySteps", "inputs", "maxNewTokens"),
+    **_same(HONOURED, _TRAINS, "spec.evaluation", "everySteps", "inputs", "maxNewTokens", "system", "systemTemplate",
+            "greedy"),
     **_pod("spec.resources"),
     **{k: (CLUSTER, "the export ConvertJobs' pods: here the export runs in this process after training")
        for k in _pod("spec.export.resources")},

@@ -178,14 +178,19 @@ class Metrics(Hook):
         self.gauges["peak_memory_bytes"].set(metrics.get("peak_memory_bytes", 0))
 
 
+# XTuner's EvaluateChatHook samples with these (its GenerationConfig), unless evaluation.greedy.
+XTUNER_SAMPLING = {"do_sample": True, "temperature": 0.1, "top_p": 0.75, "top_k": 40}
+
+
 class EvaluateChat(Hook):
     """Answer `evaluation.inputs` with the training template before training, every N steps and at the end; write
-    `eval_outputs_iter_N.txt` (XTuner's EvaluateChatHook)."""
+    `eval_outputs_iter_N.txt` (XTuner's EvaluateChatHook: its system prompt, its sampling)."""
 
     def __init__(self, spec: FineTuneJobSpec, tokenizer: Any, work_dir: Path, log: Any):
         self.inputs = list(spec.evaluation.inputs)
         self.every = spec.evaluation.every_steps
         self.max_new_tokens = spec.evaluation.max_new_tokens
+        self.sampling = {"do_sample": False} if spec.evaluation.greedy else XTUNER_SAMPLING
         self.tokenizer, self.work_dir, self.log = tokenizer, work_dir, log
         self.prompts = [self._prompt(spec, text) for text in self.inputs]
 
@@ -193,8 +198,9 @@ class EvaluateChat(Hook):
         from kubetune.data.encode import special_ids
         from kubetune.data.templates import PROMPT_TEMPLATES, system_text
 
-        ds = spec.dataset
-        system = system_text(ds.system, ds.system_template.value if ds.system_template else None)
+        ds, ev = spec.dataset, spec.evaluation
+        system = system_text(ev.system, ev.system_template.value if ev.system_template else None) \
+            or system_text(ds.system, ds.system_template.value if ds.system_template else None)
         name = ds.prompt_template.value
         if name == "auto":
             messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
@@ -212,11 +218,14 @@ class EvaluateChat(Hook):
         was_training = model.training
         model.eval()
         lines = []
-        with torch.no_grad(), generation_attention(model):
+        # Sampling draws from a forked RNG seeded by the step: the outputs repeat, and training's random stream is
+        # the same with or without evaluation.
+        with torch.no_grad(), generation_attention(model), torch.random.fork_rng(devices=_devices(ctx.device)):
+            torch.manual_seed(step)
             for text, ids in zip(self.inputs, self.prompts):
                 input_ids = torch.tensor([ids], device=ctx.device)
                 out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                     max_new_tokens=self.max_new_tokens, do_sample=False, use_cache=True,
+                                     max_new_tokens=self.max_new_tokens, use_cache=True, **self.sampling,
                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
                 answer = self.tokenizer.decode(out[0, len(ids):], skip_special_tokens=False)
                 lines.append(f"Sample output:\n{text}\n{answer}\n")
@@ -245,3 +254,8 @@ def megatron_tflops(layers: int, hidden: int, vocab: int, seq_len: int, tokens_p
     factor = 96 if gradient_checkpointing else 72
     per_token = factor * layers * hidden * hidden * (1 + seq_len / (6 * hidden) + vocab / (16 * layers * hidden))
     return per_token * tokens_per_second / 1e12
+
+
+def _devices(device: Any) -> list[Any]:
+    """The CUDA device whose RNG a forked generator must also restore (the CPU's is always)."""
+    return [device] if getattr(device, "type", str(device)).startswith("cuda") else []

@@ -278,10 +278,13 @@ def _evaluation(m: _Mapper) -> dict[str, Any]:
     out = {"everySteps": chat.get("every_n_iters"), "inputs": list(chat.get("evaluation_inputs") or [])}
     if chat.get("max_new_tokens"):
         out["maxNewTokens"] = chat["max_new_tokens"]
-    if chat.get("system") is not None:
-        m.out.notes.append((m.line("SYSTEM") or m.line("custom_hooks"),
-                            "EvaluateChatHook's system prompt is not carried over: kubetune's evaluation has no "
-                            "system prompt of its own yet (XTuner uses it for the evaluation only, never in training)"))
+    system = chat.get("system")
+    if isinstance(system, Sym) and system.path.split(".")[-2:-1] == ["SYSTEM_TEMPLATE"]:
+        out["systemTemplate"] = system.name
+    elif isinstance(system, str) and system:
+        out["system"] = system
+    elif system not in (None, ""):
+        m.value(system, "EvaluateChatHook.system", m.line("custom_hooks"))
     return {k: v for k, v in out.items() if v is not None}
 
 
