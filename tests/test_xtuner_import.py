@@ -119,10 +119,11 @@ def test_kubetune_train_runs_an_xtuner_config(configs, tiny_dir, tmp_path, relat
     rows = [pair(t, i) for i, t in enumerate(["the sea", "Paris", "the moon", "a river", "music", "snow"])] \
         if data == "pairs" else alpaca_rows(12)
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = kubetune("train", str(configs / relative), "--work-dir", str(tmp_path / "work"), "--no-export",
-                   "--cfg-options", f"model.uri={tiny_dir}", f"dataset.uri={tmp_path / 'data.jsonl'}",
-                   "model.trustRemoteCode=false", "training.maxEpochs=null", "training.maxSteps=2",
-                   "training.precision=fp32", "model.dtype=fp32", "dataset.maxLength=64", "checkpoints.everySteps=2",
-                   "evaluation.everySteps=100", "evaluation.inputs=[]", "dataset.numProc=1", *overrides)
+    args = ["--no-export", "--cfg-options", f"model.uri={tiny_dir}", f"dataset.uri={tmp_path / 'data.jsonl'}",
+            "model.trustRemoteCode=false", "training.maxEpochs=null", "training.maxSteps=2", "training.precision=fp32",
+            "model.dtype=fp32", "dataset.maxLength=64", "checkpoints.everySteps=2", "evaluation.everySteps=100",
+            "evaluation.inputs=[]", "dataset.numProc=1", *overrides]
+    out = kubetune("train", str(configs / relative), *args, cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    assert (tmp_path / "work" / "iter_2").is_dir()
+    # The work dir is named as XTuner names it: after the config file's stem.
+    assert (tmp_path / "work_dirs" / Path(relative).stem / "iter_2").is_dir()

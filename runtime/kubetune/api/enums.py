@@ -81,6 +81,8 @@ class DatasetFormat(StrEnum):
     CODE_ALPACA = "code_alpaca"
     COLORS = "colors"
     CRIME_KG_ASSISTANT = "crime_kg_assistant"
+    # XTuner's own spelling (`crime_kg_assitant_map_fn`): the same rows, so its users' names work unchanged.
+    CRIME_KG_ASSITANT = "crime_kg_assitant"
     LAW_REFERENCE = "law_reference"
     MEDICAL = "medical"
     SQL = "sql"

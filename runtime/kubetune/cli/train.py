@@ -26,7 +26,8 @@ def add_parser(sub, mode: str, summary: str) -> None:
                        "or run under torchrun.")
     p.add_argument("config", help="FineTuneJob YAML/JSON (manifest or bare spec), or a predefined config name")
     p.add_argument("--work-dir", default=None, help="directory for logs and checkpoints "
-                   "(default: ./work_dirs/<config name>)")
+                   "(default: ./work_dirs/<metadata.name>, or as XTuner, <the config file's stem> for a .py or a "
+                   "predefined config)")
     p.add_argument("--deepspeed", default=None, metavar="PRESET|FILE",
                    help=f"DeepSpeed preset ({', '.join(DEEPSPEED)}, also as deepspeed_zero2 etc.) or a JSON file")
     p.add_argument("--resume", default=None, metavar="CKPT|auto",
@@ -99,6 +100,10 @@ def _ranks_failed(code: int) -> KubetuneError:
 
 
 def _name(job: FineTuneJob, args: argparse.Namespace) -> str:
+    # An XTuner config or a predefined config's name: the work dir is named as XTuner names it (the config's stem,
+    # underscores and all); a manifest names its run itself.
+    if not args.config.endswith((".yaml", ".yml", ".json")):
+        return Path(args.config).stem
     return job.metadata.name or Path(args.config).stem
 
 

@@ -15,9 +15,7 @@ from ..enums import DatasetFormat, PromptTemplate
 from .reader import Config, Local, Sym, Unknown
 
 # XTuner's map fns by name → kubetune's dataset formats (None: rows already in XTuner's conversation layout).
-MAP_FNS = {f"{f.value}_map_fn": f.value for f in DatasetFormat} | {
-    "crime_kg_assitant_map_fn": "crime_kg_assistant",  # XTuner's spelling
-    "template_map_fn": "xtuner"}
+MAP_FNS = {f"{f.value}_map_fn": f.value for f in DatasetFormat} | {"template_map_fn": "xtuner"}
 MODELS = {"SupervisedFinetune": "sft", "DPO": "dpo", "ORPO": "orpo", "RewardModel": "reward"}
 DTYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 
