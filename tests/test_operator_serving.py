@@ -19,6 +19,15 @@ from .test_serve_adapters import QUESTION, TOKENS, adapters, prompt_ids, wants  
 KEY = "sk-e2e-0123456789"
 
 
+def _healthy(port: int) -> bool:
+    import urllib.request
+
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).status == 200
+    except OSError:
+        return False
+
+
 def _upload(s3, bucket: str, prefix: str, directory: Path) -> None:
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         s3.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(directory)}")
@@ -40,6 +49,8 @@ def test_an_endpoint_fetches_from_s3_and_serves_the_base_and_each_adapter(
 
     from .s3server import ACCESS, SECRET, start_versitygw
 
+    # The operator watches before the endpoint exists, so its creation is an event it must see.
+    cluster.wait_for(lambda: _healthy(operator.health_port), "the operator's /healthz", 120)
     s3_server, endpoint_url = start_versitygw(tmp_path / "s3")
     try:
         s3 = boto3.client("s3", endpoint_url=endpoint_url, aws_access_key_id=ACCESS, aws_secret_access_key=SECRET,
@@ -52,8 +63,13 @@ def test_an_endpoint_fetches_from_s3_and_serves_the_base_and_each_adapter(
                         f"--from-literal=AWS_SECRET_ACCESS_KEY={SECRET}")
         cluster.kubectl("create", "secret", "generic", "e2e-keys", "-n", NS, f"--from-literal=api-keys={KEY}")
         cluster.kubectl("apply", "-f", "-", input=json.dumps(_endpoint(endpoint_url)))
-        cluster.wait_for(lambda: cluster.kubectl("get", "-n", NS, "deployment", "e2e", check=False).returncode == 0,
-                         "the endpoint's Deployment", 60)
+        try:
+            cluster.wait_for(lambda: cluster.kubectl("get", "-n", NS, "deployment", "e2e",
+                                                     check=False).returncode == 0, "the endpoint's Deployment", 120)
+        except Exception:
+            status = cluster.get_json("-n", NS, "chatendpoint", "e2e").get("status")
+            raise AssertionError(f"no Deployment; endpoint status {status}; operator log:\n"
+                                 f"{operator.log.read_text()[-4000:]}") from None
         pod = cluster.get_json("-n", NS, "deployment", "e2e")["spec"]["template"]["spec"]
         config = tmp_path / "etc" / "endpoint.yaml"
         config.parent.mkdir()
