@@ -427,7 +427,7 @@ def test_end_to_end_the_rendered_pods_really_train(cluster, operator, tiny_dir, 
     container = job["spec"]["template"]["spec"]["containers"][0]
     (tmp_path / "etc").mkdir()
     config = tmp_path / "etc" / "job.yaml"
-    config.write_text(cluster.get_json("-n", NS, "configmap", "e2e-config")["data"]["job.yaml"])
+    config.write_text(cluster.get_json("-n", NS, "configmap", "e2e-endpoint")["data"]["job.yaml"])
     token = cluster.kubectl("create", "token", "e2e-runner", "-n", NS).stdout.strip()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -494,7 +494,7 @@ def test_export_after_success_and_endpoints_follow_the_adapter(cluster, operator
     _create(cluster, "follows", doc)
     _wait_phase(cluster, "chat", "follows", ("Ready",), timeout=90)
     # The pods serve the mounted endpoint, its adapter reference resolved to the job's export.
-    endpoint = yaml.safe_load(cluster.get_json("-n", NS, "configmap", "follows-config")["data"]["endpoint.yaml"])
+    endpoint = yaml.safe_load(cluster.get_json("-n", NS, "configmap", "follows-endpoint")["data"]["endpoint.yaml"])
     assert endpoint["spec"]["adapters"] == [{"name": "emo", "uri": "s3://ckpt/run/export/hf"}]
     pod = cluster.get_json("-n", NS, "deployment", "follows")["spec"]["template"]["spec"]
     assert pod["containers"][0]["command"][:3] == ["kubetune", "serve", "/work/models/endpoint.yaml"]
@@ -554,7 +554,7 @@ def test_an_endpoint_rolls_to_a_newer_exported_adapter(cluster, operator):
     _wait_phase(cluster, "chat", "rolls", ("Ready",), timeout=90)
 
     def adapter() -> str:
-        config = cluster.get_json("-n", NS, "configmap", "rolls-config")["data"]["endpoint.yaml"]
+        config = cluster.get_json("-n", NS, "configmap", "rolls-endpoint")["data"]["endpoint.yaml"]
         return yaml.safe_load(config)["spec"]["adapters"][0]["uri"]
 
     def config_hash() -> str:

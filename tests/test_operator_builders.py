@@ -365,3 +365,12 @@ def test_a_sized_work_emptydir_requests_its_disk_and_tmps():
     assert ephemeral_storage(PodResources(workVolume={"size": "100Gi"})) == "116Gi"
     assert ephemeral_storage(PodResources(workVolume={"size": "500G"})) == f"{16384 + 476838}Mi"
     assert ephemeral_storage(PodResources(workVolume={"create": True, "size": "2Ti"})) is None  # a claim
+
+
+def test_a_finetunejob_and_a_chatendpoint_of_one_name_do_not_share_children():
+    """Seen in CI: an endpoint named like a job met the job's `<name>-config` ConfigMap and failed as NotOwned."""
+    job_body, job_spec = _parent("FineTuneJob", "same", BASE)
+    endpoint = _chat("same", {"model": {"uri": "hf://org/base"}}, {})
+    jobs = {(m["kind"], m["metadata"]["name"]) for m in finetune.children(job_body, job_spec, 0, SETTINGS)}
+    endpoints = {(m["kind"], m["metadata"]["name"]) for m in endpoint}
+    assert not jobs & endpoints, jobs & endpoints

@@ -73,7 +73,7 @@ def test_an_endpoint_fetches_from_s3_and_serves_the_base_and_each_adapter(
         pod = cluster.get_json("-n", NS, "deployment", "e2e")["spec"]["template"]["spec"]
         config = tmp_path / "etc" / "endpoint.yaml"
         config.parent.mkdir()
-        config.write_text(cluster.get_json("-n", NS, "configmap", "e2e-config")["data"]["endpoint.yaml"])
+        config.write_text(cluster.get_json("-n", NS, "configmap", "e2e-endpoint")["data"]["endpoint.yaml"])
         secret = cluster.get_json("-n", NS, "secret", "e2e-s3")["data"]
         models, home = tmp_path / "work" / "models", tmp_path / "work"
         local = {"HOME": str(home), "KUBETUNE_CACHE": str(home / ".cache"), "HF_HOME": str(home / "hf")}

@@ -53,7 +53,8 @@ def config_map(parent: Manifest, spec: Any) -> Manifest:
 
 
 def config_name(name: str) -> str:
-    return child_name(name, "config", 253)
+    # Not `<name>-config`: a FineTuneJob of the same name in the namespace owns that one.
+    return child_name(name, "endpoint", 253)
 
 
 def deployment(parent: Manifest, spec: Any, config: Manifest, settings: Settings) -> Manifest:
