@@ -427,7 +427,7 @@ def test_end_to_end_the_rendered_pods_really_train(cluster, operator, tiny_dir, 
     container = job["spec"]["template"]["spec"]["containers"][0]
     (tmp_path / "etc").mkdir()
     config = tmp_path / "etc" / "job.yaml"
-    config.write_text(cluster.get_json("-n", NS, "configmap", "e2e-endpoint")["data"]["job.yaml"])
+    config.write_text(cluster.get_json("-n", NS, "configmap", "e2e-config")["data"]["job.yaml"])
     token = cluster.kubectl("create", "token", "e2e-runner", "-n", NS).stdout.strip()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
