@@ -1,11 +1,17 @@
 """Every dataset format maps rows to XTuner conversations; bad rows name the field."""
 
+import copy
+import json
+from pathlib import Path
+
 import pytest
 
 from kubetune.api import DatasetFormat
 from kubetune.data.formats import FORMATS, RowError
 from kubetune.data.preference import PAIR_FORMATS
 from kubetune.data.templates import SYSTEM_TEMPLATES as S
+
+from .conftest import REPO
 
 
 def test_every_format_is_implemented():
@@ -61,18 +67,49 @@ def test_format(fmt, row, expected):
     assert FORMATS[fmt](row) == expected
 
 
-def test_msagent_react():
-    row = {"conversations": [
-        {"from": "system", "value": 'tools:\n{"name": "weather", "description": "get weather"}'},
-        {"from": "user", "value": "北京天气?"},
-        {"from": "assistant", "value": 'Let me check.<|startofthink|>{"api_name": "weather", "parameters": '
-                                       '{"city": "北京"}}<|endofthink|><|startofexec|>晴<|endofexec|>'},
-        {"from": "user", "value": "谢谢"}, {"from": "assistant", "value": "不客气"}]}
-    conv = FORMATS["msagent_react"](row)
-    assert len(conv) == 2
-    assert "weather" in conv[0]["system"] and conv[0]["input"] == "北京天气?"
-    assert conv[0]["output"] == 'Thought:Let me check.\nAction:weather\nAction Input:{"city": "北京"}\nResponse:晴'
-    assert conv[1]["output"] == "Thought:我不需要使用工具\nFinal Answer:不客气"
+def xtuner_map_fn(module: str, name: str):
+    """One of XTuner 0.2.0's own map fns, loaded from its file. They import json, re and XTuner's constants; the
+    constants module stands in for `xtuner.utils` (whose package would import torch and mmengine)."""
+    import importlib.util
+    import subprocess
+    import sys
+    import types
+
+    configs = subprocess.run([str(REPO / ".ci" / "xtuner-configs")], check=True, capture_output=True, text=True)
+    root = Path(configs.stdout.strip()).parent
+    utils = types.ModuleType("xtuner.utils")
+    exec((root / "utils" / "constants.py").read_text(), utils.__dict__)
+    saved = {k: sys.modules.get(k) for k in ("xtuner", "xtuner.utils")}
+    sys.modules.update({"xtuner": types.ModuleType("xtuner"), "xtuner.utils": utils})
+    try:
+        path = root / "dataset" / "map_fns" / "dataset_map_fns" / f"{module}.py"
+        spec = importlib.util.spec_from_file_location(f"xtuner_{module}", path)
+        loaded = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(loaded)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                sys.modules.pop(key, None)
+            else:
+                sys.modules[key] = value
+    return getattr(loaded, name)
+
+
+def test_msagent_react_equals_xtuners_map_fn():
+    """MSAgent-Bench rows (tests/data/msagent_react.jsonl: tool calls in code fences, a tool's result and the final
+    answer, several turns, the list stored as a Python literal, and rows XTuner drops) give exactly the conversation
+    XTuner's msagent_react_map_fn gives."""
+    theirs = xtuner_map_fn("msagent_map_fn", "msagent_react_map_fn")
+    rows = [json.loads(line) for line in (REPO / "tests" / "data" / "msagent_react.jsonl").read_text().splitlines()]
+    kept = 0
+    for row in rows:
+        expected = theirs(copy.deepcopy(row))["conversation"]
+        assert FORMATS["msagent_react"](copy.deepcopy(row)) == expected, row["id"]
+        kept += bool(expected)
+    assert kept == 4  # too-short, bad-call-json and two-execs are dropped by both
+    tool_use = FORMATS["msagent_react"](rows[0])
+    assert tool_use[0]["output"].startswith("Thought:我需要调用地址解析工具。\nAction:modelscope_text-address\n")
+    assert tool_use[1]["output"] == "Final Answer:地址的元素是：浙江省、杭州市、余杭区、文一西路、969号。\n"
 
 
 @pytest.mark.parametrize("fmt,row,field", [
@@ -97,3 +134,19 @@ def test_bad_rows_name_the_field(fmt, row, field):
     with pytest.raises(RowError) as err:
         FORMATS[fmt](row)
     assert err.value.field == field
+
+
+def test_llava_image_only_equals_xtuners_map_fn():
+    theirs = xtuner_map_fn("llava_map_fn", "llava_image_only_map_fn")
+    rows = [{"image": "a.jpg", "conversations": [{"from": "human", "value": "<image>\nDescribe it."},
+                                                 {"from": "gpt", "value": "A cat on a mat."}]},
+            {"image": "b.jpg", "conversations": [{"from": "gpt", "value": "skipped"},
+                                                 {"from": "human", "value": "What is this? <image>"},
+                                                 {"from": "gpt", "value": "A dog."},
+                                                 {"from": "human", "value": "<image> again"},
+                                                 {"from": "gpt", "value": "Still a dog."}]}]
+    for row in rows:
+        assert FORMATS["llava_image_only"](copy.deepcopy(row)) == theirs(copy.deepcopy(row))["conversation"]
+    with pytest.raises(RowError, match=r"conversations\[0\]\.value"):
+        FORMATS["llava_image_only"]({"conversations": [{"from": "human", "value": "no image"},
+                                                        {"from": "gpt", "value": "x"}]})

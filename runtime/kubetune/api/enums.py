@@ -93,8 +93,10 @@ class DatasetFormat(StrEnum):
     WIZARDLM = "wizardlm"
     MSAGENT_REACT = "msagent_react"
     PRETRAIN = "pretrain"
-    # Image + conversation rows (LLaVA; needs model.vision).
+    # Image + conversation rows (LLaVA; needs model.vision). image_only: every question is the image alone (XTuner's
+    # llava_image_only_map_fn: captioning-style pretraining).
     LLAVA = "llava"
+    LLAVA_IMAGE_ONLY = "llava_image_only"
     # Preference pairs (methods dpo, orpo, reward).
     PREFERENCE = "preference"
     ORPO_DPO_MIX_40K = "orpo_dpo_mix_40k"
@@ -102,6 +104,7 @@ class DatasetFormat(StrEnum):
 
 
 PREFERENCE_FORMATS = ("preference", "orpo_dpo_mix_40k", "intel_orca_dpo")
+LLAVA_FORMATS = ("llava", "llava_image_only")
 
 
 class FileType(StrEnum):

@@ -36,8 +36,11 @@ Some usages for kubetune commands: (See more by using -h for specific command!)
     3-2. Bring an XTuner config (.py, read without running it) as a FineTuneJob, or train from it directly:
         kubetune import-xtuner $XTUNER_CONFIG_PY -o job.yaml
         kubetune train $XTUNER_CONFIG_PY
-    3-3. Fine-tune with several GPUs or nodes (re-launched under torchrun):
+    3-3. Fine-tune with several GPUs or nodes (re-launched under torchrun, or started by srun):
         NPROC_PER_NODE=$NGPUS NNODES=$NNODES NODE_RANK=$NODE_RANK PORT=$PORT ADDR=$ADDR kubetune train $CONFIG
+        srun -n $NGPUS kubetune train $CONFIG --launcher slurm
+    3-4. Score a checkpoint (loss, perplexity, the evaluation prompts):
+        kubetune test $CONFIG --checkpoint $PATH_TO_CHECKPOINT [--data $DATA | --split test]
     4-1. Convert a checkpoint to a Hugging Face adapter or model:
         kubetune convert pth_to_hf $CONFIG $PATH_TO_CHECKPOINT $SAVE_PATH
     4-2. Merge a Hugging Face adapter into its base model:
@@ -83,6 +86,7 @@ MODES: dict[str, tuple[str, str]] = {
     "copy-cfg": ("configs", "copy a predefined config to a directory"),
     "import-xtuner": ("xtuner", "turn an XTuner config (.py) into a FineTuneJob, without running it"),
     "train": ("train", "fine-tune an LLM"),
+    "test": ("evaluate", "score a checkpoint: loss and perplexity over a dataset, and the evaluation prompts"),
     "fetch": ("fetch", "download a job's models and datasets into the cache once"),
     "convert": ("convert", "pth_to_hf, merge or split a model"),
     "chat": ("chat", "chat with an LLM in the terminal"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,7 +38,9 @@ def add_parser(sub, mode: str, summary: str) -> None:
                    "do: its export ConvertJobs convert once the whole gang succeeded)")
     add_cfg_options(p)
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none",
-                   help="how the processes were started (set by the torchrun re-launch)")
+                   help="how the processes were started: slurm reads SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID and "
+                   "SLURM_NODELIST (one srun task per GPU; MASTER_PORT or PORT, else 29500); pytorch is set by the "
+                   "torchrun re-launch")
     p.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
@@ -63,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
     from kubetune.train import distributed
 
     announce_local_differences(job)
+    keep_config(job, args)
+    if args.launcher == "slurm":  # srun started every rank: join them, no re-launch
+        distributed.from_slurm()
     code = distributed.relaunch(getattr(args, "argv", None) or sys.argv[1:])
     if code is not None:
         stop.uninstall()
@@ -87,6 +93,25 @@ def run(args: argparse.Namespace) -> int:
         raise OutOfMemory(f"out of memory ({' '.join(str(exc).split())[:160] or type(exc).__name__}): lower "
                         "training.batchSize or dataset.maxLength, enable training.gradientCheckpointing, use method "
                         "qlora, or a DeepSpeed preset with offload (zero2_offload, zero3_offload)") from None
+
+
+def keep_config(job: FineTuneJob, args: argparse.Namespace) -> None:
+    """The config as given, copied into the work dir as XTuner does (`<work_dir>/<config file name>`; a predefined
+    config's name gets its resolved manifest); `<timestamp>/config.json` beside the log is the resolved run."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    from kubetune.train.main import work_path
+
+    work = work_path(args.work_dir, _name(job, args))
+    work.mkdir(parents=True, exist_ok=True)
+    source = Path(args.config)
+    if source.is_file():
+        if source.resolve() != (work / source.name).resolve():
+            shutil.copyfile(source, work / source.name)
+        return
+    import yaml
+
+    (work / f"{args.config}.yaml").write_text(yaml.safe_dump(job.to_dict(), sort_keys=False))
 
 
 def _ranks_failed(code: int) -> KubetuneError:

@@ -190,62 +190,126 @@ def wizardlm(row):
     return conversation
 
 
-_THINK = re.compile(r"<\|startofthink\|>(.*?)<\|endofthink\|>", re.S)
-_EXEC = re.compile(r"<\|startofexec\|>(.*?)<\|endofexec\|>", re.S)
-REACT_SYSTEM = ("你是一个可以调用外部工具的助手，可以使用的工具包括：\n{tools}\n如果使用工具请遵循以下格式回复：\n```\n"
-                "Thought:思考你当前步骤需要解决什么问题，是否需要使用工具\nAction:工具名称，你的工具必须从 [{names}] 选择\n"
-                "Action Input:工具输入参数\n```\n工具返回按照以下格式回复：\n```\nResponse:调用工具后的结果\n```\n"
-                "如果你已经知道了答案，或者你不需要工具，请遵循以下格式回复\n```\nThought:给出最终答案的思考过程\n"
-                "Final Answer:最终答案\n```\n开始!\n")
+# XTuner's msagent_react_map_fn, rule for rule (tests/test_data_formats.py runs XTuner's own function on the same
+# rows and compares): the tool list and the ReAct instructions in Chinese, Python reprs where XTuner formats dicts,
+# the tool's result and the final answer as a turn of their own; a row XTuner would drop is dropped (and counted).
+_THINK_TURN = re.compile(r"(.*?)(<\|startofthink\|\>)(.*?)(<\|endofthink\|\>)", re.S)
+_EXEC_TURN = re.compile(r"(<\|startofexec\|\>)(.*?)(<\|endofexec\|\>)(.*?)$", re.S)
+REACT_HEAD = "你是一个可以调用外部工具的助手，可以使用的工具包括：\n"
+REACT_RULES = ("如果使用工具请遵循以下格式回复：\n```\nThought:思考你当前步骤需要解决什么问题，是否需要使用工具\n"
+               "Action:工具名称，你的工具必须从 [{names}] 选择\nAction Input:工具输入参数\n```\n"
+               "工具返回按照以下格式回复：\n```\nResponse:调用工具后的结果\n```\n如果你已经知道了答案，或者你不需要工具，"
+               "请遵循以下格式回复\n```\nThought:给出最终答案的思考过程\nFinal Answer:最终答案\n```\n开始!\n")
+
+
+class _Dropped(Exception):
+    """A row XTuner's map fn turns into an empty conversation."""
 
 
 def msagent_react(row):
-    """MSAgent-Bench tool-use dialogues rewritten in ReAct form (Thought / Action / Action Input / Response)."""
+    """MSAgent-Bench tool-use dialogues in ReAct form (Thought / Action / Action Input / Response / Final Answer)."""
     messages = row.get("conversations")
+    if isinstance(messages, str):  # some dumps hold the list as a Python literal; XTuner eval()s it, this parses it
+        import ast
+
+        try:
+            messages = ast.literal_eval(messages)
+        except (ValueError, SyntaxError):
+            raise RowError("conversations", "a string that is not a list literal of {from, value}") from None
     if not isinstance(messages, list):
         raise RowError("conversations", "missing, or not a list of {from, value}")
-    system, text, conversation = "", "", []
+    if len(messages) < 2:
+        return []
+    try:
+        return _react_turns(messages)
+    except _Dropped:
+        return []
+
+
+def _react_turns(messages: list[Any]) -> list[dict[str, str]]:
+    conversation: list[dict[str, str]] = []
+    system, text = "", ""
     for i, msg in enumerate(messages):
         role, value = msg.get("from"), _text(msg, "value")
         if role == "system":
-            tools = _tools(value)
-            if tools:
-                system = REACT_SYSTEM.format(tools="\n".join(json.dumps(t, ensure_ascii=False) for t in tools),
-                                             names=", ".join(str(t.get("name", "")) for t in tools))
+            tools = _tool_descriptions(value)
+            system += REACT_HEAD + f"{tools}\n" + REACT_RULES.format(names=str(list(tools.keys())))
         elif role == "user":
-            text += value
+            text += f"{value}\n"
         elif role == "assistant":
-            conversation.append({"system": system, "input": text, "output": _react(value)})
+            said, result = _split_exec(value)
+            try:
+                said, thoughts = _THINK_TURN.subn(_thought, said)
+            except (ValueError, KeyError, TypeError):
+                raise _Dropped from None
+            conversation.append({"system": system, "input": text,
+                                 "output": f"{said}\n" if thoughts else f"Final Answer:{said}\n"})
             system, text = "", ""
+            if result is not None:
+                conversation += _result_turn(result)
         else:
             raise RowError(f"conversations[{i}].from", f"expected system, user or assistant, got {role!r}")
     return conversation
 
 
-def _tools(system: str) -> list[dict[str, Any]]:
-    tools = []
-    for line in system.splitlines():
-        line = line.strip()
-        if line.startswith("{") and line.endswith("}"):
-            try:
-                tools.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-    return tools
+def _split_exec(value: str) -> tuple[str, str | None]:
+    if "<|startofexec|>" not in value:
+        return value, None
+    parts = value.split("<|startofexec|>")
+    if len(parts) != 2:
+        raise _Dropped
+    return parts[0], "<|startofexec|>" + parts[1]
 
 
-def _react(value: str) -> str:
-    think = _THINK.search(value)
-    if not think:
-        return f"Thought:我不需要使用工具\nFinal Answer:{value.strip()}"
+def _result_turn(result: str) -> list[dict[str, str]]:
+    """The tool's response, then the final answer as its own turn (XTuner ignores a response it cannot parse)."""
     try:
-        call = json.loads(think.group(1))
-    except json.JSONDecodeError:
-        call = {"api_name": think.group(1).strip(), "parameters": {}}
-    answer = _EXEC.search(value)
-    response = f"\nResponse:{answer.group(1).strip()}" if answer else ""
-    return (f"Thought:{value[:think.start()].strip() or '我需要使用工具'}\nAction:{call.get('api_name', '')}\n"
-            f"Action Input:{json.dumps(call.get('parameters', {}), ensure_ascii=False)}{response}")
+        result, _ = _EXEC_TURN.subn(_response, result)
+    except (ValueError, KeyError, TypeError):
+        return []
+    parts = result.split("Final Answer:")
+    if len(parts) != 2:
+        return []
+    return [{"system": parts[0], "output": "Final Answer:" + parts[1]}]
+
+
+def _unfenced(text: str) -> Any:
+    return json.loads(text.replace("```JSON", "").replace("```", "").replace("\n", ""))
+
+
+def _thought(match: re.Match) -> str:
+    before = match.group(1).strip()
+    call = _unfenced(match.group(3))
+    return (f"Thought:{before}\n" if before else "") + \
+        f"Action:{call['api_name']}\nAction Input:{call['parameters']}\n"
+
+
+def _response(match: re.Match) -> str:
+    answer = match.group(4).strip()
+    return f"Response:{_unfenced(match.group(2))}\n" + (f"Final Answer:{answer}\n" if answer else "")
+
+
+def _tool_descriptions(system: str) -> dict[str, str]:
+    """Every JSON object in the system message that has a name and a description: name → description, plus its
+    first path's parameters when it has them."""
+    decoder, pos, tools = json.JSONDecoder(), 0, {}
+    while (start := system.find("{", pos)) != -1:
+        try:
+            obj, length = decoder.raw_decode(system[start:])
+        except ValueError:
+            pos = start + 1
+            continue
+        if not (isinstance(obj, dict) and "name" in obj and "description" in obj):
+            pos = start + 1
+            continue
+        pos = start + length
+        tools[obj["name"]] = obj["description"]
+        try:
+            params = {p["name"]: p["description"] for p in obj["paths"][0]["parameters"]}
+            tools[obj["name"]] += f"\n输入参数: {params}"
+        except (KeyError, IndexError, TypeError):
+            pass
+    return tools
 
 
 def pretrain(row):
@@ -288,10 +352,33 @@ def llava(row):
     return conversation
 
 
+def llava_image_only(row):
+    """LLaVA rows whose every question is the image alone (XTuner's llava_image_only_map_fn): each answer is trained
+    on `<image>` only, whatever text the question had; leading answers without a question are skipped."""
+    turns = row.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise RowError("conversations", "missing, empty, or not a list of turns")
+    first = next((i for i, t in enumerate(turns) if not (isinstance(t, dict) and t.get("from") == "gpt")), len(turns))
+    conversation, question = [], ""
+    for i, turn in enumerate(turns[first:], start=first):
+        role = turn.get("from") if isinstance(turn, dict) else None
+        if role == "human":
+            if IMAGE_MARKER not in _text(turn, "value"):
+                raise RowError(f"conversations[{i}].value", f"format llava_image_only needs {IMAGE_MARKER} in every "
+                               "question")
+            question += IMAGE_MARKER
+        elif role == "gpt":
+            conversation.append({"input": question, "output": _text(turn, "value")})
+            question = ""
+        else:
+            raise RowError(f"conversations[{i}].from", f"expected human or gpt, got {role!r}")
+    return conversation
+
+
 FORMATS: dict[str, Callable[[dict[str, Any]], Conversation]] = {
     "xtuner": xtuner, "openai": openai, "default": default, "alpaca": alpaca, "alpaca_zh": alpaca_zh,
     "arxiv": arxiv, "code_alpaca": code_alpaca, "colors": colors, "crime_kg_assistant": crime_kg_assistant,
     "crime_kg_assitant": crime_kg_assistant, "law_reference": law_reference, "medical": medical, "sql": sql, "tiny_codes": tiny_codes,
     "openorca": openorca, "stack_exchange": stack_exchange, "oasst1": oasst1, "wizardlm": wizardlm,
-    "msagent_react": msagent_react, "pretrain": pretrain, "llava": llava,
+    "msagent_react": msagent_react, "pretrain": pretrain, "llava": llava, "llava_image_only": llava_image_only,
 }

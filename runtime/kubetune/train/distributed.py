@@ -13,9 +13,9 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, MutableMapping
 
-from kubetune.errors import RANKS_ENV, ExitCode
+from kubetune.errors import RANKS_ENV, ExitCode, UserError
 
 
 @dataclass
@@ -134,6 +134,49 @@ def _worker_pids(ranks: Path) -> list[int]:
 
 def _recorded_exits(ranks: Path) -> list[int]:
     return [int(p.read_text()) for p in sorted(ranks.glob("*.exit")) if p.read_text().strip().isdigit()]
+
+
+def from_slurm(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """`--launcher slurm` (an `srun` that starts one process per GPU): the torch.distributed variables from Slurm's,
+    as mmengine's slurm launcher sets them for XTuner. RANK = SLURM_PROCID, WORLD_SIZE = SLURM_NTASKS, LOCAL_RANK =
+    SLURM_LOCALID, MASTER_ADDR = the first host of SLURM_NODELIST, MASTER_PORT = MASTER_PORT, PORT (XTuner's) or
+    29500; variables already set are kept. Returns what was set."""
+    env: MutableMapping[str, str] = os.environ if environ is None else environ
+    missing = [k for k in ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_NODELIST") if not env.get(k)]
+    if missing:
+        raise UserError(f"--launcher slurm: {', '.join(missing)} not set; start the command with srun (one task per "
+                        "GPU), or use --launcher none with NPROC_PER_NODE/NNODES")
+    proc = int(env["SLURM_PROCID"])
+    wanted = {"RANK": str(proc), "WORLD_SIZE": env["SLURM_NTASKS"],
+              "LOCAL_RANK": env.get("SLURM_LOCALID") or str(proc % max(1, _gpus())),
+              "MASTER_ADDR": first_host(env["SLURM_NODELIST"]),
+              "MASTER_PORT": env.get("PORT") or "29500"}
+    set_now = {k: v for k, v in wanted.items() if not env.get(k)}
+    env.update(set_now)
+    return set_now
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm node list ("gpu[07-09,12],cpu01" -> "gpu07"; "r[1-2]-n[003-004]" -> "r1-n003")."""
+    first, depth = "", 0
+    for ch in nodelist:
+        if ch == "," and depth == 0:
+            break
+        depth += ch == "["
+        depth -= ch == "]"
+        first += ch
+    host, rest = "", first
+    while "[" in rest:
+        head, _, tail = rest.partition("[")
+        inner, _, rest = tail.partition("]")
+        host += head + inner.split(",")[0].split("-")[0]
+    return host + rest
+
+
+def _gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def init(deepspeed: bool = False) -> Dist:

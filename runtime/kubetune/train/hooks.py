@@ -60,7 +60,7 @@ class SignalAfterStep(Hook):
 
 
 # What every objective reports; the rest (preference methods' rewards, accuracy, margins) is appended to the log line.
-_STANDARD = {"step", "loss", "lr", "grad_norm", "epoch", "step_time", "tokens_per_second", "eta",
+_STANDARD = {"step", "loss", "lr", "grad_norm", "epoch", "step_time", "data_time", "tokens_per_second", "eta",
              "peak_memory_bytes"}
 
 
@@ -82,12 +82,18 @@ class TextLog(Hook):
         self.log.flush()
 
     def after_step(self, ctx: Any, metrics: dict[str, Any]) -> None:
-        self.scalars.write(json.dumps(metrics) + "\n")
+        # XTuner's (mmengine's) keys beside kubetune's, for the scripts that read its scalars.json: iter, time,
+        # data_time, and memory (MB allocated, on a GPU only, as mmengine logs it).
+        record = {**metrics, "iter": metrics["step"], "time": metrics["step_time"]}
+        if getattr(getattr(ctx, "device", None), "type", "cpu") == "cuda":
+            record["memory"] = int(metrics["peak_memory_bytes"] / 2**20)
+        self.scalars.write(json.dumps(record) + "\n")
         self.scalars.flush()
         if metrics["step"] % self.every == 0 or metrics["step"] == ctx.total_steps:
             extra = "".join(f"  {k}: {v:.4f}" for k, v in metrics.items() if k not in _STANDARD)
             self.write(f"Iter(train) [{metrics['step']:>6}/{ctx.total_steps}]  lr: {metrics['lr']:.4e}  "
-                       f"eta: {metrics['eta']}  time: {metrics['step_time']:.4f}  loss: {metrics['loss']:.4f}  "
+                       f"eta: {metrics['eta']}  time: {metrics['step_time']:.4f}  "
+                       f"data_time: {metrics.get('data_time', 0.0):.4f}  loss: {metrics['loss']:.4f}  "
                        f"tokens/s: {metrics['tokens_per_second']:.0f}  epoch: {metrics['epoch']:.3f}{extra}")
 
     def close(self) -> None:
@@ -184,14 +190,15 @@ XTUNER_SAMPLING = {"do_sample": True, "temperature": 0.1, "top_p": 0.75, "top_k"
 
 class EvaluateChat(Hook):
     """Answer `evaluation.inputs` with the training template before training, every N steps and at the end; write
-    `eval_outputs_iter_N.txt` (XTuner's EvaluateChatHook: its system prompt, its sampling)."""
+    `eval_outputs_iter_N.txt` into `out_dir` (XTuner's EvaluateChatHook: its system prompt, its sampling, its place:
+    `<timestamp>/vis_data/` beside scalars.json)."""
 
-    def __init__(self, spec: FineTuneJobSpec, tokenizer: Any, work_dir: Path, log: Any):
+    def __init__(self, spec: FineTuneJobSpec, tokenizer: Any, out_dir: Path, log: Any):
         self.inputs = list(spec.evaluation.inputs)
         self.every = spec.evaluation.every_steps
         self.max_new_tokens = spec.evaluation.max_new_tokens
         self.sampling = {"do_sample": False} if spec.evaluation.greedy else XTUNER_SAMPLING
-        self.tokenizer, self.work_dir, self.log = tokenizer, work_dir, log
+        self.tokenizer, self.out_dir, self.log = tokenizer, out_dir, log
         self.prompts = [self._prompt(spec, text) for text in self.inputs]
 
     def _prompt(self, spec: FineTuneJobSpec, text: str) -> list[int]:
@@ -232,8 +239,9 @@ class EvaluateChat(Hook):
         model.train(was_training)
         if ctx.rank != 0:
             return
-        (self.work_dir / f"eval_outputs_iter_{step}.txt").write_text("\n".join(lines), encoding="utf-8")
-        self.log.write(f"eval outputs at step {step} written to eval_outputs_iter_{step}.txt")
+        path = self.out_dir / f"eval_outputs_iter_{step}.txt"
+        path.write_text("\n".join(lines), encoding="utf-8")
+        self.log.write(f"eval outputs at step {step} written to {path}")
 
     def before_train(self, ctx: Any) -> None:
         self.run(ctx, ctx.step)

@@ -113,7 +113,7 @@ def hooks_for(rank: int, spec: FineTuneJobSpec, tokenizer: Any, work: Path, log:
         if reporter is not None:
             hooks.append(reporter)
     if spec.evaluation.inputs and spec.method.type.value != "reward":  # a reward model scores, it does not chat
-        hooks.append(EvaluateChat(spec, tokenizer, work, log))
+        hooks.append(EvaluateChat(spec, tokenizer, log.dir / "vis_data" if log is not None else work, log))
     if os.environ.get("KUBETUNE_SIGTERM_AFTER_STEP"):
         hooks.append(SignalAfterStep(int(os.environ["KUBETUNE_SIGTERM_AFTER_STEP"])))
     if os.environ.get("KUBETUNE_STOP_AFTER_STEP"):  # last: every other hook sees the step first

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TYPE_CHECKING
 
 from kubetune.data.encode import IGNORE_INDEX
-from kubetune.data.formats import RowError, llava
+from kubetune.data.formats import FORMATS, RowError
 from kubetune.data.source import DataError, files_of, load_rows
 from kubetune.storage import StorageError, local_path
 
@@ -68,9 +68,10 @@ def build(spec: DatasetSpec, tokenizer: Any, image_id: int, patches: int, proces
                       auto=template_name == "auto")
     system = system_text(spec.system, spec.system_template.value if spec.system_template else None)
     conversations, images = [], []
+    to_conversation = FORMATS[spec.format.value]  # llava or llava_image_only
     for n, row in enumerate(raw):
         try:
-            conv = llava(row)
+            conv = to_conversation(row)
         except RowError as exc:
             raise DataError(f"{where}: row {n}: {exc}") from None
         if system and not conv[0].get("system"):
