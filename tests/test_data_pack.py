@@ -91,3 +91,21 @@ def test_packed_samples_never_attend_to_each_other(tiny_dir, attn):
     # The check is sensitive: the same tokens packed without restarting positions give different losses.
     leaky = per_sample_loss(collate([{"input_ids": flat, "labels": flat}]), 0, lens)
     assert any(abs(a - b) > 1e-3 for a, b in zip(leaky[1:], alone[1:]))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_token_budget_packs_pieces_of_max_length_into_longer_sequences(seed):
+    rng = random.Random(seed)
+    lengths = [rng.randint(1, 900) for _ in range(400)]
+    budget, piece = 2048, 512
+    sequences = pack(lengths, budget, shuffle=True, seed=seed, piece_length=piece)
+    assert all(sum(e - s for _, s, e in seq) <= budget for seq in sequences)
+    assert all(e - s <= piece for seq in sequences for _, s, e in seq)  # no sample piece longer than maxLength
+    spans = covered(lengths, sequences)
+    for idx, n in enumerate(lengths):
+        merged = spans[idx]
+        assert merged[0][0] == 0 and merged[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(merged, merged[1:]))
+        assert len(merged) == -(-n // piece)  # cut only where it must be, into as few pieces as maxLength allows
+    assert report(lengths, sequences, budget).padding_waste < 0.02
+    assert len(sequences) < len(pack(lengths, piece, seed=seed)) / 3

@@ -97,7 +97,7 @@ def test_report_counts_truncation_drops_and_splits(tmp_path, tokenizer, cache_ro
     src = packed.report["sources"][0]
     assert src["rows"] == 42 and src["dropped_by_format"] == 1 and src["samples"] == 41
     assert packed.report["split"] == 1 and packed.report["truncated"] == 0
-    assert any("split across sequences" in line for line in lines)
+    assert any("split into pieces of maxLength" in line for line in lines)
     plain = build(spec(path, pack_to_max_length=False), tokenizer, cache_root=cache_root, log=lines.append)
     # Truncation cut the long sample's answer off, so it had nothing left to learn from: counted, then dropped.
     assert plain.report["truncated"] == 1 and plain.report["sources"][0]["dropped_no_loss"] == 1

@@ -63,6 +63,9 @@ def test_lora_losses_match_hf_trainer_and_peft(tmp_path, tiny_dir):
     assert out.returncode == 0, out.stderr[-3000:]
     ours = losses(work)
     assert len(ours) == 20
+    assert (work / "job.yaml").read_text() == cfg.read_text()  # the config as given, kept as XTuner keeps its .py
+    row = json.loads(next(work.glob("*/vis_data/scalars.json")).read_text().splitlines()[0])
+    assert row["iter"] == row["step"] == 1 and row["time"] == row["step_time"] and 0 <= row["data_time"] < row["time"]
     theirs = hf_trainer_losses(tmp_path, tiny_dir, cfg)
     for step, (a, b) in enumerate(zip(ours, theirs)):
         assert abs(a - b) <= 1e-3, f"step {step + 1}: kubetune {a} vs HF Trainer {b}"
@@ -247,3 +250,22 @@ def test_the_demo_task_data_is_what_its_generator_writes(tmp_path):
     rows = {n: [json.loads(line)["conversation"][0]["input"] for line in (tmp_path / f"next_letter_{n}.jsonl").open()]
             for n in ("train", "heldout")}
     assert len(rows["heldout"]) == 50 and not set(rows["heldout"]) & set(rows["train"])
+
+
+def test_weights_only_checkpoints_resume_with_a_fresh_optimizer(tmp_path, tiny_dir):
+    """checkpoints.saveOptimizer false (XTuner's save_optimizer=False): no optimizer state is written, and a resume
+    from such a checkpoint goes on from its weights, schedule and data position, saying the optimizer starts afresh."""
+    cfg = write_job(tmp_path, tiny_dir, alpaca_rows(12),
+                    checkpoints={"everySteps": 2, "keep": -1, "saveOptimizer": False})
+    env = {"KUBETUNE_CACHE": str(tmp_path / "c")}
+    work = tmp_path / "work"
+    out = kubetune("train", str(cfg), "--work-dir", str(work), "--cfg-options", "training.maxSteps=2", env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert not (work / "iter_2" / "optimizer.pt").exists() and (work / "iter_2" / "scheduler.pt").exists()
+    out = kubetune("train", str(cfg), "--work-dir", str(work), "--resume", "auto", "--cfg-options",
+                   "training.maxSteps=4", env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "at step 2 (no optimizer state in it" in out.stdout and (work / "iter_4").is_dir()
+    steps = sorted(json.loads(line)["step"] for f in work.glob("*/vis_data/scalars.json")
+                   for line in f.read_text().splitlines())
+    assert steps == [1, 2, 3, 4]

@@ -67,7 +67,8 @@ def build(out_dir: str | Path, weights: bool = True, seed: int = 0, **config: An
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     tokenizer.save_pretrained(out)
-    llama = model_config(len(tokenizer), **config)
+    # A larger vocabulary than the tokenizer's (benchmarks) leaves the extra rows unused, at their full compute cost.
+    llama = model_config(max(len(tokenizer), config.pop("vocab_size", 0)), **config)
     if weights:
         import torch
         from transformers import LlamaForCausalLM

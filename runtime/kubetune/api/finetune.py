@@ -9,8 +9,8 @@ from pydantic import Field, model_validator
 from .base import (API_VERSION, KubeModel, ObjectMeta, PriorityClassName, QueueName, Rule, StorageSpec, Uri,
                    unchangeable)
 from .pods import PodResources, PodSettings
-from .enums import (PREFERENCE_FORMATS, PREFERENCE_METHODS, DatasetFormat, DeepSpeedPreset, DType, FileType,
-                    LrSchedule, OptimizerType, Precision, PromptTemplate, SystemTemplate)
+from .enums import (LLAVA_FORMATS, PREFERENCE_FORMATS, PREFERENCE_METHODS, DatasetFormat, DeepSpeedPreset, DType,
+                    FileType, LrSchedule, OptimizerType, Precision, PromptTemplate, SystemTemplate)
 from .method import DpoSpec, LoraSpec, MethodSpec, OrpoSpec, QuantizationSpec, RewardSpec  # noqa: F401 (re-exported)
 from .vision import VisionModelSpec
 
@@ -20,6 +20,7 @@ from .finetune_status import (Artifacts, CheckpointRef, Failure, FailureCause, F
                               FineTuneJobStatus, Progress)
 
 RECIPE = {"x-kubetune-recipe": True}
+DEFAULT_MAX_LENGTH = 2048  # dataset.maxLength's default, which a CEL rule also needs
 
 
 class ModelSpec(KubeModel):
@@ -76,19 +77,25 @@ class DatasetSpec(DatasetSource):
              "self.packToMaxLength",
              lambda varlen, pack: not varlen or pack),
         Rule(("packToMaxLength", "format"), "format llava needs packToMaxLength: false (one image per sequence)",
-             "!has(self.format) || self.format != 'llava' || (has(self.packToMaxLength) && !self.packToMaxLength)",
-             lambda pack, fmt: fmt != "llava" or not pack),
+             f"!has(self.format) || !(self.format in {list(LLAVA_FORMATS)}) || "
+             "(has(self.packToMaxLength) && !self.packToMaxLength)",
+             lambda pack, fmt: fmt not in LLAVA_FORMATS or not pack),
+        Rule(("maxPackedLength", "maxLength", "packToMaxLength"),
+             "maxPackedLength needs packToMaxLength: true and at least maxLength tokens",
+             "!has(self.maxPackedLength) || ((!has(self.packToMaxLength) || self.packToMaxLength) && "
+             f"self.maxPackedLength >= (has(self.maxLength) ? self.maxLength : {DEFAULT_MAX_LENGTH}))",
+             lambda budget, n, pack: budget is None or (pack and budget >= n)),
         Rule(("imageFolder", "padImageToSquare", "groupByModalityLength", "format"),
              "imageFolder, padImageToSquare and groupByModalityLength are only valid with format llava",
-             "(has(self.format) && self.format == 'llava') || (!has(self.imageFolder) && "
+             f"(has(self.format) && self.format in {list(LLAVA_FORMATS)}) || (!has(self.imageFolder) && "
              "(!has(self.padImageToSquare) || !self.padImageToSquare) && "
              "(!has(self.groupByModalityLength) || !self.groupByModalityLength))",
-             lambda folder, square, group, fmt: fmt == "llava" or (folder is None and not square and not group)),
+             lambda folder, square, group, fmt: fmt in LLAVA_FORMATS or (folder is None and not square and not group)),
     )
 
     prompt_template: PromptTemplate = PromptTemplate.AUTO
     """Chat template: one of XTuner's templates, or `auto` for the tokenizer's own chat_template."""
-    max_length: int = Field(default=2048, ge=16, le=1048576)
+    max_length: int = Field(default=DEFAULT_MAX_LENGTH, ge=16, le=1048576)
     """Tokens per training sequence; longer samples are truncated and counted in the data report. Preference pairs:
     the limit for prompt + response of each side (a packed sequence holds up to 2 x maxLength)."""
     max_response_length: int | None = Field(default=None, ge=1, le=1048576)
@@ -96,6 +103,12 @@ class DatasetSpec(DatasetSource):
     prompt + response fits maxLength. Every cut pair is counted in the data report."""
     pack_to_max_length: bool = True
     """Concatenate whole samples into sequences of maxLength (far fewer padding tokens)."""
+    max_packed_length: int | None = Field(default=None, ge=16, le=1048576)
+    """A token budget per packed sequence (XTuner's max_packed_length): whole samples, each cut into pieces of at
+    most maxLength, are packed into sequences of up to this many tokens, so one micro-batch carries about this many
+    real tokens in one forward pass instead of several small ones. Position ids and attention still restart per
+    sample and every labelled token still weighs the same. Unset: maxLength. Preference pairs: at least 2 x
+    maxLength."""
     shuffle_before_pack: bool = True
     """Shuffle samples before packing so a sequence mixes sources."""
     varlen_attention: bool = False
@@ -202,6 +215,10 @@ class CheckpointSpec(KubeModel):
     """Checkpoints to keep (XTuner's save_total_limit); -1 keeps all. Applied to the remote copy too."""
     uri: Uri | None = None
     """Where checkpoints and exported artifacts go (`s3://...`, `pvc://...`); unset keeps them in the work dir."""
+    save_optimizer: bool = True
+    """Write the optimizer state with each checkpoint (XTuner's save_optimizer). false: weights, schedule, RNG and
+    data position only (AdamW's moments are twice the trainable weights: a full fine-tune's checkpoint shrinks to
+    about a third); a resume from such a checkpoint starts the optimizer afresh and says so."""
 
     @model_validator(mode="after")
     def _default_interval(self):
@@ -289,6 +306,12 @@ class FineTuneJobSpec(KubeModel):
     """What to fine-tune, on which data, how, and where it runs."""
 
     __rules__: ClassVar[tuple[Rule, ...]] = (
+        Rule(("checkpoints.saveOptimizer", "training.deepspeed"),
+             "checkpoints.saveOptimizer: false is not available with a DeepSpeed preset yet (DeepSpeed writes its "
+             "optimizer partitions with the weights)",
+             "!has(self.checkpoints) || !has(self.checkpoints.saveOptimizer) || self.checkpoints.saveOptimizer || "
+             "!has(self.training) || !has(self.training.deepspeed) || self.training.deepspeed == 'none'",
+             lambda save, ds: save or str(ds) == "none"),
         Rule(("training.deepspeed", "method.type", "method.parameters"),
              "qlora cannot be combined with ZeRO-3: 4-bit base weights cannot be partitioned; use zero1 or zero2",
              "!has(self.method) || !has(self.method.type) || !(self.method.type == 'qlora' || "
@@ -347,9 +370,9 @@ class FineTuneJobSpec(KubeModel):
         Rule(("dataset.format", "model.vision"),
              "dataset.format llava needs model.vision (the image encoder and projector), and model.vision needs "
              "dataset.format llava",
-             "has(self.baseConfig) || ((has(self.dataset) && has(self.dataset.format) && self.dataset.format == "
-             "'llava') == (has(self.model) && has(self.model.vision)))",
-             lambda fmt, vision: (str(fmt) == "llava") == (vision is not None)),
+             "has(self.baseConfig) || ((has(self.dataset) && has(self.dataset.format) && self.dataset.format in "
+             f"{list(LLAVA_FORMATS)}) == (has(self.model) && has(self.model.vision)))",
+             lambda fmt, vision: (str(fmt) in LLAVA_FORMATS) == (vision is not None)),
         Rule(("method.vision", "model.vision"), "method.vision needs model.vision",
              "!has(self.method) || !has(self.method.vision) || (has(self.model) && has(self.model.vision))",
              lambda m, v: m is None or v is not None),

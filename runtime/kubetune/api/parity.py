@@ -74,7 +74,7 @@ FINETUNE: dict[str, Entry] = {
     **_same(HONOURED, _TRAINS + "; local paths are relative to the config file", "spec.dataset", "uri",
             "imageFolder", "concat[].uri"),
     **_same(HONOURED, _TRAINS, "spec.dataset", "format", "fileType", "split", "system", "systemTemplate",
-            "maxSamples", "promptTemplate", "maxLength", "maxResponseLength", "packToMaxLength",
+            "maxSamples", "promptTemplate", "maxLength", "maxResponseLength", "packToMaxLength", "maxPackedLength",
             "shuffleBeforePack", "varlenAttention", "numProc", "concat[].format", "concat[].fileType",
             "concat[].split", "concat[].system", "concat[].systemTemplate", "concat[].maxSamples",
             "padImageToSquare", "groupByModalityLength"),
@@ -84,7 +84,8 @@ FINETUNE: dict[str, Entry] = {
             "seed", "dataloaderNumWorkers", "logEverySteps"),
     "spec.training.sequenceParallelSize": (HONOURED, "over the processes started here (NPROC_PER_NODE or "
                                                      "torchrun), as over the gang's GPUs in a cluster"),
-    **_same(HONOURED, _TRAINS, "spec.checkpoints", "everySteps", "byEpoch", "keep"),
+    **_same(HONOURED, _TRAINS, "spec.checkpoints", "everySteps", "byEpoch", "keep",
+            "saveOptimizer"),
     "spec.checkpoints.uri": (HONOURED, "checkpoints are copied there as the pods copy them (s3://; pvc://CLAIM/path "
                                        "is $KUBETUNE_PVC_ROOT/CLAIM/path here, /mnt/pvc by default); --resume auto "
                                        "resumes from it"),

@@ -15,10 +15,14 @@ from dataclasses import dataclass
 Piece = tuple[int, int, int]  # (sample index, start, end)
 
 
-def pack(lengths: list[int], capacity: int, shuffle: bool = True, seed: int = 0) -> list[list[Piece]]:
-    """Best-fit decreasing over the samples; returns sequences as lists of sample pieces."""
+def pack(lengths: list[int], capacity: int, shuffle: bool = True, seed: int = 0,
+         piece_length: int | None = None) -> list[list[Piece]]:
+    """Best-fit decreasing over the samples; returns sequences as lists of sample pieces. A sample longer than
+    `piece_length` (default: `capacity`) is cut into pieces of that length; with a larger `capacity` (a token budget,
+    `dataset.maxPackedLength`) a sequence holds several of them."""
     if capacity < 1:
         raise ValueError("capacity must be positive")
+    piece_length = min(piece_length or capacity, capacity)
     order = list(range(len(lengths)))
     rng = random.Random(seed)
     if shuffle:
@@ -28,9 +32,12 @@ def pack(lengths: list[int], capacity: int, shuffle: bool = True, seed: int = 0)
     for idx in order:
         n = lengths[idx]
         start = 0
-        while n - start > capacity:  # only a sample longer than a whole sequence is split
-            full.append([(idx, start, start + capacity)])
-            start += capacity
+        while n - start > piece_length:  # only a sample longer than a whole piece is split
+            if piece_length == capacity:
+                full.append([(idx, start, start + capacity)])
+            else:
+                pieces.append((idx, start, start + piece_length))
+            start += piece_length
         if n - start > 0:
             pieces.append((idx, start, n))
     pieces.sort(key=lambda p: p[2] - p[1], reverse=True)

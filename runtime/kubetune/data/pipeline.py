@@ -110,7 +110,7 @@ def build(spec: DatasetSpec, tokenizer: Any, *, seed: int = 0, cache_root: Path 
 def _cache_key(spec: DatasetSpec, sources: list[Source], tokenizer: Any, seed: int) -> str:
     digest = hashlib.sha256()
     settings = {"v": PIPELINE_VERSION, "template": spec.prompt_template.value, "max_length": spec.max_length,
-                "pack": spec.pack_to_max_length, "shuffle": spec.shuffle_before_pack, "seed": seed,
+                "pack": spec.pack_to_max_length, "budget": spec.max_packed_length, "shuffle": spec.shuffle_before_pack, "seed": seed,
                 "sources": [(s.format, s.system, s.max_samples, s.split, fingerprint(s.files)) for s in sources],
                 "tokenizer": tokenizer_fingerprint(tokenizer)}
     digest.update(json.dumps(settings, sort_keys=True).encode())
@@ -255,18 +255,20 @@ def _build(spec, tokenizer, template_name, sources, seed, num_proc, out: Path, l
         raise DataError(f"{sources[0].uri}: no usable samples (every row was empty or had nothing to learn)")
     all_lengths = column(data, "length")
     lengths = [all_lengths[i] for i in kept]
+    capacity = (spec.max_packed_length or spec.max_length) if pack else spec.max_length
     if pack:
-        local = packing.pack(lengths, spec.max_length, shuffle=spec.shuffle_before_pack, seed=seed)
+        local = packing.pack(lengths, capacity, shuffle=spec.shuffle_before_pack, seed=seed,
+                             piece_length=spec.max_length)
     else:
         local = [[(i, 0, n)] for i, n in enumerate(lengths)]
     sequences = [[(kept[i], s, e) for i, s, e in seq] for seq in local]
-    pack_report = packing.report(lengths, local, spec.max_length)
+    pack_report = packing.report(lengths, local, capacity)
     gather(data, sequences, out / "data.arrow")
     shutil.rmtree(out / "hf", ignore_errors=True)
     return {
         "sources": per_source, "samples": len(lengths), "tokens": sum(lengths),
         "truncated": sum(s["truncated"] for s in per_source), "split": pack_report.split_samples,
-        "sequences": pack_report.sequences, "max_length": spec.max_length, "packed": pack,
+        "sequences": pack_report.sequences, "max_length": spec.max_length, "packed": pack, "sequence_tokens": capacity,
         "padding_waste": round(pack_report.padding_waste, 6),
         "padding_waste_unpacked": round(packing.padded_waste(lengths, spec.max_length), 6),
         "template": template_name,
@@ -322,14 +324,15 @@ def gather(data: Any, sequences: list[list[packing.Piece]], path: Path, chunk: i
 
 def summary(report: dict[str, Any]) -> str:
     lines = [f"dataset: {report['samples']} samples, {report['tokens']} tokens → {report['sequences']} sequences of "
-             f"≤{report['max_length']} tokens ({'packed' if report['packed'] else 'not packed'})"]
+             f"≤{report.get('sequence_tokens', report['max_length'])} tokens "
+             f"({'packed' if report['packed'] else 'not packed'})"]
     for src in report["sources"]:
         lines.append(f"  {src['uri']} ({src['format']}): {src['rows']} rows, {src['samples']} samples, "
                      f"{src['dropped_by_format']} dropped by the format, {src['dropped_no_loss']} without loss tokens")
     if report["truncated"]:
         lines.append(f"  {report['truncated']} samples longer than maxLength were truncated")
     if report["split"]:
-        lines.append(f"  {report['split']} samples longer than maxLength were split across sequences")
+        lines.append(f"  {report['split']} samples longer than maxLength were split into pieces of maxLength")
     lines.append(f"  padding waste: {report['padding_waste']:.1%} "
                  f"(padding each sample to maxLength would waste {report['padding_waste_unpacked']:.1%})")
     return "\n".join(lines)

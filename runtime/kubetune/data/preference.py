@@ -243,7 +243,7 @@ def method_reward_token(method: MethodSpec, tokenizer: Any) -> int | None:
 def build(spec: DatasetSpec, tokenizer: Any, *, seed: int = 0, reward_token: int | None = None,
           log: Callable[[str], None] = lambda s: None) -> tuple[list[dict[str, Any]], Report]:
     pairs, report = encode_pairs(spec, tokenizer, reward_token, seed)
-    capacity = 2 * spec.max_length if spec.pack_to_max_length else 0
+    capacity = max(2 * spec.max_length, spec.max_packed_length or 0) if spec.pack_to_max_length else 0
     sequences = pack_pairs(pairs, capacity, spec.shuffle_before_pack, seed)
     report.sequences = len(sequences)
     for line in report.lines():

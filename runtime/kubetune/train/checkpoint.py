@@ -66,6 +66,7 @@ class Checkpointer:
     seed: int
     total_steps: int
     adapters_only: bool = False  # LoRA: the consolidated DeepSpeed state holds just the trainable weights
+    save_optimizer: bool = True  # checkpoints.saveOptimizer
     engine: Any = None
     ds_config: Any = None
     uploads: Any = None  # a CheckpointSync (rank 0, with a remote checkpoints.uri)
@@ -112,7 +113,7 @@ def _save(ck: Checkpointer, run: Any) -> Path:
             unwrapped.save_pretrained(tmp / "model", safe_serialization=True,
                                       **({"state_dict": whole} if whole is not None else {}))
             stable_adapter_configs(tmp / "model")
-            if ck.engine is None:
+            if ck.engine is None and ck.save_optimizer:
                 torch.save(run.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(run.scheduler.state_dict(), tmp / "scheduler.pt")
             if run.scaler is not None:
@@ -211,7 +212,8 @@ def load(path: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any, ra
             ds.load(engine, path / "deepspeed")  # trainable weights and optimizer partitions
         else:
             load_weights(path, getattr(model, "module", model))
-            optimizer.load_state_dict(read_state(path / "optimizer.pt"))
+            if (path / "optimizer.pt").exists():  # absent: written with checkpoints.saveOptimizer false
+                optimizer.load_state_dict(read_state(path / "optimizer.pt"))
         scheduler.load_state_dict(read_state(path / "scheduler.pt"))
         if scaler is not None and (path / "scaler.pt").exists():
             scaler.load_state_dict(read_state(path / "scaler.pt"))
@@ -224,7 +226,7 @@ def load(path: Path, model: Any, optimizer: Any, scheduler: Any, scaler: Any, ra
     rng = path / f"rng_rank{rank}.pt"
     if rng.exists():
         set_rng_state(read_state(rng))
-    return read_trainer_state(path)
+    return {**read_trainer_state(path), "optimizer_restored": engine is not None or (path / "optimizer.pt").exists()}
 
 
 def read_state(path: Path) -> Any:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import TrainError
+from .profile import Phases
 
 
 
@@ -40,6 +41,7 @@ class Run:
     engine: Any = None  # a DeepSpeed engine: it accumulates, reduces, clips and steps
     stop: Any = None  # stop.StopRequest: SIGTERM asks every rank to end after the current step
     stopped: bool = False  # the loop ended early on that request (main.py saves and exits PREEMPTED)
+    phases: Phases = field(default_factory=lambda: Phases(None))  # KUBETUNE_PROFILE's per-phase times (profile.py)
 
     @property
     def epoch(self) -> float:
@@ -65,14 +67,14 @@ def backward(run: Run, loss: Any, last: bool) -> None:
     (run.scaler.scale(loss) if run.scaler else loss).backward()
 
 
-def optimizer_step(run: Run) -> float:
-    """Clip and update; returns the gradient norm before clipping."""
+def optimizer_step(run: Run) -> Any:
+    """Clip and update; returns the gradient norm before clipping, as a tensor (read with the loss, once a step)."""
     import torch
 
     if run.engine is not None:
         run.engine.step()
         norm = run.engine.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+        return torch.tensor(float(norm) if norm is not None else float("nan"), device=run.device)
     if run.scaler:
         run.scaler.unscale_(run.optimizer)
     norm = torch.nn.utils.clip_grad_norm_([p for g in run.optimizer.param_groups for p in g["params"]], run.max_norm)
@@ -82,7 +84,7 @@ def optimizer_step(run: Run) -> float:
     else:
         run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return float(norm)
+    return norm
 
 
 def train(run: Run) -> None:
@@ -90,8 +92,9 @@ def train(run: Run) -> None:
 
     import torch
 
-    for hook in run.hooks:
-        hook.before_train(run)
+    with run.phases("hooks"):
+        for hook in run.hooks:
+            hook.before_train(run)
     if run.stop is not None:
         run.stop.armed = True
     stream = micro_batches(run)
@@ -100,13 +103,15 @@ def train(run: Run) -> None:
     run.model.train()
     while run.step < run.total_steps:
         t0 = time.perf_counter()
-        window = [run.prepare({k: v.to(run.device) if hasattr(v, "to") else v for k, v in next(stream).items()})
-                  for _ in range(run.accum)]
+        with run.phases("data"):
+            window = [run.prepare({k: v.to(run.device) if hasattr(v, "to") else v for k, v in next(stream).items()})
+                      for _ in range(run.accum)]
+        data_time = time.perf_counter() - t0
         # Every unit (labelled token, or preference pair) of the window weighs the same, across micro-batches and
         # ranks.
         counts = run.all_reduce(torch.tensor([float(sum(b["num_units"] for b in window)),
                                               float(sum(b["num_tokens"] for b in window))], device=run.device))
-        units, tokens = counts[0], counts[1]
+        units = counts[0].clamp(min=1)
         total_loss = torch.zeros((), device=run.device)
         extra: dict[str, Any] = {}
         lr = run.optimizer.param_groups[0]["lr"]
@@ -114,40 +119,51 @@ def train(run: Run) -> None:
             last = i == len(window) - 1
             sync = contextlib.nullcontext() if last or run.engine is not None or not hasattr(run.model, "no_sync") \
                 else run.model.no_sync()
-            with sync, _autocast(run):
-                loss_sum, metric_sums = run.objective(run.model, batch)
-                loss = loss_sum * run.world / units.clamp(min=1)
-            backward(run, loss, last)
+            with sync:
+                with run.phases("forward"), _autocast(run):
+                    loss_sum, metric_sums = run.objective(run.model, batch)
+                    loss = loss_sum * run.world / units
+                with run.phases("backward"):
+                    backward(run, loss, last)
             total_loss += loss.detach()
             for key, value in metric_sums.items():
                 extra[key] = extra.get(key, 0) + value.detach().float()
-        grad_norm = optimizer_step(run)
-        run.scheduler.step()
+        with run.phases("optimizer"):
+            grad_norm = optimizer_step(run)
+            run.scheduler.step()
         run.step += 1
-        # One reduction carries the loss and any rank's stop request: all ranks stop after the same step.
-        asked = torch.tensor(float(run.stop is not None and run.stop.requested), device=run.device)
-        loss_sum, stop_votes = run.all_reduce(torch.stack([total_loss, asked])).tolist()
+        with run.phases("reduce"):
+            # One reduction and one read from the device per step: the loss, the gradient norm, the token count and
+            # any rank's stop request (all ranks stop after the same step).
+            asked = torch.tensor(float(run.stop is not None and run.stop.requested), device=run.device)
+            reduced = run.all_reduce(torch.stack([total_loss, asked]))
+            loss_sum, stop_votes, norm, tokens = torch.cat(
+                [reduced, torch.stack([grad_norm.float().to(run.device), counts[1]])]).tolist()
         loss_value = loss_sum / run.world
         if not math.isfinite(loss_value):  # before any save: a diverged model must never become a checkpoint
             raise TrainError(f"step {run.step}: the loss is {loss_value}; training stopped without saving. Lower "
                              "training.optimizer.lr, keep training.maxNorm, or use precision bf16 instead of fp16; "
                              "resume from the last checkpoint with --resume auto")
         if run.checkpointer and run.should_save(run.step):
-            run.checkpointer.save(run)
+            with run.phases("checkpoint"):
+                run.checkpointer.save(run)
         elapsed = time.perf_counter() - t0
         done = run.step - first_step
+        run.phases.step_done()
         rate = (time.perf_counter() - started) / done
-        metrics = {"step": run.step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
-                   "epoch": run.epoch, "step_time": elapsed, "tokens_per_second": float(tokens) / max(elapsed, 1e-9),
-                   "eta": _eta(rate * (run.total_steps - run.step)), "peak_memory_bytes": peak_memory(run.device)}
-        metrics |= {key: float(run.all_reduce(value) / units.clamp(min=1)) for key, value in sorted(extra.items())}
-        for hook in run.hooks:
-            hook.after_step(run, metrics)
+        with run.phases("hooks"):
+            metrics = {"step": run.step, "loss": loss_value, "lr": lr, "grad_norm": norm,
+                       "epoch": run.epoch, "step_time": elapsed, "data_time": data_time, "tokens_per_second": tokens / max(elapsed, 1e-9),
+                       "eta": _eta(rate * (run.total_steps - run.step)), "peak_memory_bytes": peak_memory(run.device)}
+            metrics |= {key: float(run.all_reduce(value) / units) for key, value in sorted(extra.items())}
+            for hook in run.hooks:
+                hook.after_step(run, metrics)
         if stop_votes > 0 and run.step < run.total_steps:
             run.stopped = True
             return  # no after_train: the final evaluation and reports belong to the run that finishes
-    for hook in run.hooks:
-        hook.after_train(run)
+    with run.phases("hooks"):
+        for hook in run.hooks:
+            hook.after_train(run)
 
 
 def _autocast(run: Run):

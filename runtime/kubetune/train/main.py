@@ -17,6 +17,7 @@ from .errors import TrainError
 from .hooks import TextLog
 from .loop import Run, train
 from .objectives import router_aux_coef, sft
+from .profile import Phases
 from .targets import with_targets
 from .model import build_model, count_parameters, resolve_precision, trainable_parameters
 from .sampler import ResumableBatches
@@ -48,6 +49,7 @@ def _run(job: FineTuneJob, spec: FineTuneJobSpec, dist: distributed.Dist, work_d
          uses_deepspeed: bool, deepspeed_file: str | None, stop: StopRequest) -> int:
     import torch
 
+    phases = Phases.from_env()
     # 1. Work dir, log, seed.
     work = work_path(work_dir, name)
     work.mkdir(parents=True, exist_ok=True)
@@ -68,6 +70,8 @@ def _run(job: FineTuneJob, spec: FineTuneJobSpec, dist: distributed.Dist, work_d
         resolved["spec"]["training"] = {**resolved["spec"].get("training", {}), "seed": seed}
         (work / stamp / "config.json").write_text(json.dumps(resolved, indent=2))
     device = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
+    phases.device = device
+    phases.mark("start-up: work dir, resume point, seed")
 
     # 2. Parallel layout: sequence-parallel groups, data-parallel rank, DeepSpeed config.
     sp_size = spec.training.sequence_parallel_size
@@ -82,6 +86,7 @@ def _run(job: FineTuneJob, spec: FineTuneJobSpec, dist: distributed.Dist, work_d
 
     # 3. Tokenizer, data, model.
     tokenizer, data = build_data(spec, seed, say)
+    phases.mark("start-up: tokenizer and data")
     zero3 = ds.zero3_init(ds_config) if ds_config else None  # partitions weights while they load
     attention = sequence_parallel.ATTENTION if sp else training_attention(spec.model.attn_implementation, device)
     model = build_model(spec, device, precision, seed, attn_implementation=attention, say=say)
@@ -92,6 +97,7 @@ def _run(job: FineTuneJob, spec: FineTuneJobSpec, dist: distributed.Dist, work_d
     head = lm_head.choose(spec.training.loss_kernel, spec, model, device, say)
     model, objective, prepare_pairs = objective_for(spec, model, tokenizer, seed, head)
     del zero3
+    phases.mark("start-up: model")
     trainable, total = count_parameters(model)
     method = spec.method.type.value + (f", {spec.method.scheme}" if spec.method.is_preference else "")
     say(f"model {spec.model.uri}: {total:,} parameters, {trainable:,} trainable ({method}); "
@@ -117,6 +123,7 @@ def _run(job: FineTuneJob, spec: FineTuneJobSpec, dist: distributed.Dist, work_d
     checkpointer = checkpoint.Checkpointer(
         work, spec.checkpoints.keep, dist.rank, dist.world, dist.barrier, seed, total_steps,
         adapters_only=checkpoint.has_adapters(model), engine=engine, ds_config=ds_config,
+        save_optimizer=spec.checkpoints.save_optimizer,
         uploads=CheckpointSync(remote, spec.checkpoints.keep, say) if remote and dist.rank == 0 else None,
         gather=dist.all_gather_object)
     state = {"step": 0, "consumed": 0}
@@ -125,7 +132,11 @@ def _run(job: FineTuneJob, spec: FineTuneJobSpec, dist: distributed.Dist, work_d
         if not 0 <= state["step"] <= total_steps:
             raise TrainError(f"{resume_from}: its step {state['step']} is outside this run's 0..{total_steps} "
                              "steps (raise training.maxSteps/epochs to train on, or resume another checkpoint)")
-        say(f"resumed from {resume_from} at step {state['step']}")
+        say(f"resumed from {resume_from} at step {state['step']}" + (
+            "" if state["optimizer_restored"] else " (no optimizer state in it, written with checkpoints."
+            "saveOptimizer false: the optimizer starts afresh)"))
+
+    phases.mark("start-up: optimizer, parallel wrapper, resume")
 
     # 6. The loop, its checkpoints and hooks.
     forward = sequence_parallel.forward if sp else packed_forward
@@ -140,14 +151,15 @@ def _run(job: FineTuneJob, spec: FineTuneJobSpec, dist: distributed.Dist, work_d
                max_norm=spec.training.max_norm, total_steps=total_steps, rank=dist.rank, world=dist.world,
                step=state["step"], consumed=state["consumed"], checkpointer=checkpointer,
                should_save=save_policy(spec, batches), hooks=hooks_for(dist.rank, spec, tokenizer, work, log),
-               all_reduce=dist.all_reduce, engine=engine, stop=stop)
+               all_reduce=dist.all_reduce, engine=engine, stop=stop, phases=phases)
     if dist.rank == 0:
         say(f"training {total_steps} steps ({spec.training.accumulative_counts} micro-batches of "
             f"{spec.training.batch_size} x {dp_world} data-parallel rank(s) each) on {len(data)} sequences; "
             f"work dir {work}")
     train(run_)
     if not run_.should_save(run_.step):
-        checkpointer.save(run_)
+        with phases("checkpoint"):
+            checkpointer.save(run_)
 
     # 7. Finish uploads, report, point at the next step.
     if checkpointer.uploads:
@@ -162,6 +174,9 @@ def _run(job: FineTuneJob, spec: FineTuneJobSpec, dist: distributed.Dist, work_d
         say(f"done: checkpoints in {work}; next: kubetune convert pth_to_hf "
             f"{work / stamp / 'config.json'} {checkpoint.checkpoints(work)[-1]} ./hf_out")
         log.close()
+    phases.mark("finish: uploads, report")
+    if dist.rank == 0:
+        phases.write(run_.step)
     return 0
 
 

@@ -31,16 +31,25 @@ def build_optimizer(params: list[Any], spec: TrainingSpec) -> Any:
     opt = spec.optimizer
     kind = opt.type.value
     betas = tuple(opt.betas)
-    if kind == "AdamW":
-        return torch.optim.AdamW(params, lr=opt.lr, betas=betas, weight_decay=opt.weight_decay, eps=opt.eps)
-    if kind == "Adam":
-        return torch.optim.Adam(params, lr=opt.lr, betas=betas, weight_decay=opt.weight_decay, eps=opt.eps)
+    if kind in ("AdamW", "Adam"):
+        cls = torch.optim.AdamW if kind == "AdamW" else torch.optim.Adam
+        return cls(params, lr=opt.lr, betas=betas, weight_decay=opt.weight_decay, eps=opt.eps, **_fused(params))
     if kind == "SGD":
         return torch.optim.SGD(params, lr=opt.lr, momentum=betas[0], weight_decay=opt.weight_decay)
     import bitsandbytes as bnb
 
     cls = bnb.optim.PagedAdamW8bit if kind == "PagedAdamW8bit" else bnb.optim.AdamW8bit
     return cls(params, lr=opt.lr, betas=betas, weight_decay=opt.weight_decay, eps=opt.eps)
+
+
+def _fused(params: list[Any]) -> dict[str, bool]:
+    """One fused kernel for the whole update (torch's fused Adam, CPU and CUDA) instead of a loop over tensors, where
+    every parameter is a floating-point tensor on one such device; else the multi-tensor (foreach) path."""
+
+    devices = {p.device.type for p in params}
+    if len(devices) == 1 and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params):
+        return {"fused": True}
+    return {"foreach": True} if devices == {"cuda"} else {}
 
 
 def build_scheduler(optimizer: Any, total_steps: int, spec: TrainingSpec) -> Any:

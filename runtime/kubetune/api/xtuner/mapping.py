@@ -66,6 +66,10 @@ def to_manifest(config: Config, source: Path) -> Imported:
         return imported
     spec = {"model": _model(m, model), "method": _method(m, model, kind), "dataset": _dataset(m, kind),
             "training": _training(m), "checkpoints": _checkpoints(m), "evaluation": _evaluation(m)}
+    if spec["checkpoints"].get("saveOptimizer") is False and spec["training"].get("deepspeed"):
+        del spec["checkpoints"]["saveOptimizer"]  # the DeepSpeed run still trains; only its checkpoints are larger
+        m.out.notes.append((m.line("default_hooks"), "save_optimizer=False: checkpoints keep the optimizer state "
+                            "under DeepSpeed (kubetune writes weights-only checkpoints without a preset only)"))
     spec = {k: v for k, v in spec.items() if v}
     stem = source.stem
     name = re.sub(r"[^a-z0-9-]+", "-", stem.lower()).strip("-")[:63].rstrip("-") or "xtuner"
@@ -262,8 +266,7 @@ def _checkpoints(m: _Mapper) -> dict[str, Any]:
     if isinstance(keep, int):
         out["keep"] = keep
     if ckpt.get("save_optimizer") is False:
-        m.problem(m.line("default_hooks"), "checkpoint: save_optimizer=False (weights-only checkpoints are not "
-                                           "supported yet; kubetune's checkpoints always resume)")
+        out["saveOptimizer"] = False
     return out
 
 
