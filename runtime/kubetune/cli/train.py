@@ -152,9 +152,11 @@ def export(job: FineTuneJob, args: argparse.Namespace) -> int:
 
 
 def _write_failed(exc: RuntimeError) -> bool:
-    # torch.save reports a full disk from its C++ writer, without an errno.
+    # torch.save reports a full disk from its C++ writer, without an errno, and in words that depend on where the
+    # write stopped (a record, the zip's central directory, the stream's final flush).
     text = str(exc)
-    return "No space left on device" in text or "file write failed" in text or "unexpected pos" in text
+    return any(words in text for words in ("No space left on device", "file write failed", "unexpected pos",
+                                           "iostream error"))
 
 
 def _disk_full(exc: BaseException) -> UserError:
