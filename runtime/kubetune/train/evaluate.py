@@ -15,6 +15,7 @@ from kubetune.data.encode import IGNORE_INDEX
 
 from .checkpoint import STATE
 from .errors import TrainError
+from .targets import token_loss_sum
 
 if TYPE_CHECKING:  # the API models, for the type checker only (imported at run time where used)
     from kubetune.api.finetune import FineTuneJob
@@ -56,9 +57,7 @@ def run(job: FineTuneJob, checkpoint: Path, work: Path, data: TestData, say: Any
         for row in samples:
             ids = torch.tensor([row["input_ids"]], device=device)
             targets = torch.tensor(row["labels"][1:], device=device)
-            logits = model(input_ids=ids).logits[0, :-1].float()
-            loss_sum += float(torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX,
-                                                                reduction="sum"))
+            loss_sum += float(token_loss_sum(model(input_ids=ids).logits[0, :-1], targets))
             tokens += int((targets != IGNORE_INDEX).sum())
     if not tokens:
         raise TrainError(f"test: {dataset.uri} has no labelled tokens to score")

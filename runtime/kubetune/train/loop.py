@@ -152,8 +152,8 @@ def train(run: Run) -> None:
         run.phases.step_done()
         rate = (time.perf_counter() - started) / done
         with run.phases("hooks"):
-            metrics = {"step": run.step, "loss": loss_value, "lr": lr, "grad_norm": norm,
-                       "epoch": run.epoch, "step_time": elapsed, "data_time": data_time, "tokens_per_second": tokens / max(elapsed, 1e-9),
+            metrics = {"step": run.step, "loss": loss_value, "lr": lr, "grad_norm": norm, "epoch": run.epoch,
+                       "step_time": elapsed, "data_time": data_time, "tokens_per_second": tokens / max(elapsed, 1e-9),
                        "eta": _eta(rate * (run.total_steps - run.step)), "peak_memory_bytes": peak_memory(run.device)}
             metrics |= {key: float(run.all_reduce(value) / units) for key, value in sorted(extra.items())}
             for hook in run.hooks:
