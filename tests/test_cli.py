@@ -79,7 +79,7 @@ def test_copy_cfg_seed_example(tmp_path, cli):
     assert "note: model.trustRemoteCode is true" in out.stderr
     checked = cli("validate", str(path))
     assert checked.returncode == 0 and "note: model.trustRemoteCode is true" in checked.stderr
-    plain = cli("copy-cfg", "llama2_7b_qlora_alpaca_e3", "./", cwd=tmp_path)
+    plain = cli("copy-cfg", "mistral_7b_qlora_alpaca_e3", "./", cwd=tmp_path)  # kubetune's own: off
     assert plain.returncode == 0 and "trustRemoteCode" not in plain.stderr
 
 
@@ -127,7 +127,7 @@ def test_train_a_hub_model_offline_is_a_clear_error(cli, tmp_path):
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"))
     out = subprocess.run([sys.executable, "-m", "kubetune", "train", "internlm2_chat_1_8b_qlora_alpaca_e3",
-                          "--cfg-options", "training.maxSteps=5", "--work-dir", str(tmp_path / "w")],
+                          "--cfg-options", "training.maxSteps=5", "training.precision=fp32", "--work-dir", str(tmp_path / "w")],
                          capture_output=True, text=True, env=env)
     assert out.returncode == 2 and "hf://internlm/internlm2-chat-1_8b" in out.stderr
     assert "Traceback" not in out.stderr

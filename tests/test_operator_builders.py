@@ -128,6 +128,10 @@ def test_llava_catalogue_job_needs_no_special_case_but_its_sources_are_mounted()
     from kubetune.api import catalog
 
     manifest = catalog.get("llava_internlm2_chat_1_8b_qlora_clip_vit_large_p14_336_lora_e1_gpu8_finetune")
+    # XTuner's config reads ./data and ./work_dirs; in a cluster the copy points them at claims.
+    manifest["spec"]["dataset"].update(uri="pvc://llava-data/LLaVA-Instruct-150K/llava_v1_5_mix665k.json",
+                                       imageFolder="pvc://llava-data/llava_images")
+    manifest["spec"]["model"]["vision"]["projector"] = "pvc://llava-work/pretrain/iter_2181"
     body, spec = _parent("FineTuneJob", "llava", manifest["spec"])
     children = finetune.children(body, spec, 0, SETTINGS)
     job = children[-1]

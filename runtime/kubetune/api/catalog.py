@@ -1,7 +1,10 @@
-"""Predefined configs, named like XTuner's (`<model>_<method>_<dataset>_e<epochs>`), generated from small tables.
+"""Predefined configs: XTuner 0.2.0's own (each of its config files read by the importer, api/xtuner/table.py), then
+kubetune's own recipes for models XTuner has no config for, named like XTuner's
+(`<model>_<method>_<dataset>_e<epochs>`) and generated from small tables.
 
 Each entry is a complete FineTuneJob manifest. The tables hold only what differs between families and datasets;
-everything else is the API's defaults, so a predefined config and a hand-written one mean the same thing.
+everything else is the API's defaults, so a predefined config and a hand-written one mean the same thing. An XTuner
+name kubetune cannot run (docs/configs.md lists each with its reason) is listed and refused with that reason.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .base import API_VERSION
+from .xtuner.table import table as xtuner_table
 
 INTERNLM2_TARGETS = ["wqkv", "wo", "w1", "w2", "w3"]
 MIXTRAL_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3"]
@@ -286,8 +290,7 @@ def _llava_entries() -> dict[str, dict[str, Any]]:
 
 
 @functools.cache
-def catalog() -> dict[str, dict[str, Any]]:
-    """Every predefined config by name, in a stable order."""
+def _own() -> dict[str, dict[str, Any]]:
     entries: dict[str, dict[str, Any]] = {}
     for family in FAMILIES.values():
         for model_name, hub_id in family.names_and_ids:
@@ -298,23 +301,41 @@ def catalog() -> dict[str, dict[str, Any]]:
     for name, family_name, *rest in PREFERENCE:
         entries[name] = _preference_manifest(name, FAMILIES[family_name], *rest)
     entries.update(_llava_entries())
-    return dict(sorted(entries.items()))
+    return {n: m for n, m in sorted(entries.items()) if n not in xtuner_table()}
+
+
+@functools.cache
+def catalog() -> dict[str, dict[str, Any]]:
+    """Every predefined config kubetune runs, by name: XTuner's first, then kubetune's own, each in name order."""
+    xtuner = {n: e["manifest"] for n, e in xtuner_table().items() if "manifest" in e}
+    return xtuner | _own()
 
 
 def names(pattern: str | None = None) -> list[str]:
-    """Config names containing `pattern` (case-insensitive), like XTuner's list-cfg."""
+    """Config names containing `pattern` (case-insensitive), like XTuner's list-cfg: XTuner's names first (those
+    kubetune refuses too), then kubetune's own."""
     needle = (pattern or "").lower()
-    return [n for n in catalog() if needle in n.lower()]
+    return [n for n in [*xtuner_table(), *_own()] if needle in n.lower()]
+
+
+def notes(name: str) -> list[str]:
+    """Where a config imported from XTuner's file differs from it on purpose (empty for kubetune's own)."""
+    return list(xtuner_table().get(name, {}).get("notes", []))
 
 
 def get(name: str) -> dict[str, Any]:
-    """A deep copy of one predefined manifest; KeyError with close matches when unknown."""
+    """A deep copy of one predefined manifest; KeyError with the reason (an XTuner config kubetune refuses) or with
+    close matches (unknown)."""
     import copy
     import difflib
 
+    entry = xtuner_table().get(name, {})
+    if "refused" in entry:
+        raise KeyError(f"XTuner's config {name} ({entry['path']}) is not one kubetune runs: "
+                       f"{'; '.join(entry['refused'])} (docs/configs.md)")
     try:
         return copy.deepcopy(catalog()[name])
     except KeyError:
-        close = difflib.get_close_matches(name, list(catalog()), n=3)
+        close = difflib.get_close_matches(name, names(), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else " (see `kubetune list-cfg`)"
         raise KeyError(f"unknown predefined config {name!r}{hint}") from None

@@ -71,9 +71,12 @@ def copy_cfg(args: argparse.Namespace) -> int:
         raise UserError(f"{args.save_dir}: exists and is not a directory")
     save_dir.mkdir(parents=True, exist_ok=True)
     save_path = os.path.join(args.save_dir, f"{args.config_name}_copy.yaml")
-    text = commented_manifest(manifest, header=f"Predefined config {args.config_name}, copied by `kubetune "
-                                                f"copy-cfg`.\nRun it here with `kubetune train {Path(save_path).name}` "
-                                                "or in a cluster with `kubectl apply -f`.")
+    header = (f"Predefined config {args.config_name}, copied by `kubetune copy-cfg`.\nRun it here with `kubetune "
+              f"train {Path(save_path).name}` or in a cluster with `kubectl apply -f`.")
+    differences = catalog.notes(args.config_name)
+    if differences:
+        header += "\nImported from XTuner's file; where it differs on purpose:\n" + "\n".join(f"  {n}" for n in differences)
+    text = commented_manifest(manifest, header=header)
     Path(save_path).write_text(text, encoding="utf-8")
     print(f"Copy to {save_path}")
     if manifest.get("spec", {}).get("model", {}).get("trustRemoteCode"):
@@ -82,7 +85,8 @@ def copy_cfg(args: argparse.Namespace) -> int:
 
 
 TRUSTS_REMOTE_CODE = ("note: model.trustRemoteCode is true in this config: the model repository's own Python code "
-                      "runs when the model loads (its architecture is not in transformers); set it to false to refuse")
+                      "runs when the model loads, if the repository ships any (XTuner's configs turn it on for every model); set it to "
+                      "false to refuse")
 
 
 def validate(args: argparse.Namespace) -> int:

@@ -6,66 +6,46 @@ is a note."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..base import API_VERSION
 from ..enums import DatasetFormat, PromptTemplate
-from .reader import Config, Local, Sym, Unknown
+from . import llava
+from .common import DTYPES, Imported, Mapper, as_dict, as_list, to_uri
+from .reader import Config, Sym
 
 # XTuner's map fns by name → kubetune's dataset formats (None: rows already in XTuner's conversation layout).
 MAP_FNS = {f"{f.value}_map_fn": f.value for f in DatasetFormat} | {"template_map_fn": "xtuner"}
 MODELS = {"SupervisedFinetune": "sft", "DPO": "dpo", "ORPO": "orpo", "RewardModel": "reward"}
-DTYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
-
-
-@dataclass
-class Imported:
-    manifest: dict[str, Any]
-    problems: list[tuple[int, str]] = field(default_factory=list)  # would train differently: refused by default
-    notes: list[tuple[int, str]] = field(default_factory=list)  # kept elsewhere or dropped on purpose
-
-
-class _Mapper:
-    def __init__(self, config: Config, imported: Imported):
-        self.c, self.out = config, imported
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return self.c.values.get(name, default)
-
-    def line(self, name: str) -> int:
-        return self.c.lines.get(name, 0)
-
-    def problem(self, line: int, message: str) -> None:
-        self.out.problems.append((line, message))
-
-    def value(self, value: Any, what: str, line: int) -> Any:
-        """A plain value, or None with a problem for what the reader could not evaluate."""
-        if isinstance(value, Unknown):
-            self.problem(value.line, f"{what}: `{value.text}` is not a value the importer evaluates")
-            return None
-        if isinstance(value, Local):
-            self.problem(value.line, f"{what}: {value.name} is Python defined in the config; kubetune does not run "
-                                     "a config's code (use a dataset format, or convert the data first)")
-            return None
-        return value
 
 
 def to_manifest(config: Config, source: Path) -> Imported:
     imported = Imported({})
-    m = _Mapper(config, imported)
+    m = Mapper(config, imported)
     model = m.get("model")
+    if model is None and m.get("train_dataloader") is None:
+        m.problem(0, "not a training config (no model, no train_dataloader): a script XTuner keeps beside its "
+                     "configs; kubetune convert does the conversions (docs/convert.md)")
+        return imported
     if not isinstance(model, dict) or not isinstance(model.get("type"), Sym):
         m.problem(m.line("model"), "model: no `model = dict(type=..., llm=...)` in the config")
         return imported
-    kind = MODELS.get(model["type"].name)
-    if kind is None:
-        m.problem(m.line("model"), f"model: type={model['type'].name} (LLaVA and custom models are not imported "
-                                   "yet; write the FineTuneJob's model.vision by hand)")
+    kind = "llava" if model["type"].name == "LLaVAModel" else MODELS.get(model["type"].name)
+    if kind is None and m.get("framework") == "huggingface":
+        m.problem(m.line("framework"), "framework = \"huggingface\": XTuner's Hugging Face Trainer example; kubetune "
+                                       "imports mmengine configs (the same name without _hf)")
         return imported
-    spec = {"model": _model(m, model), "method": _method(m, model, kind), "dataset": _dataset(m, kind),
-            "training": _training(m), "checkpoints": _checkpoints(m), "evaluation": _evaluation(m)}
+    if kind is None:
+        m.problem(m.line("model"), f"model: type={model['type'].name} is not a model kubetune trains (it imports "
+                                   "SupervisedFinetune, DPO, ORPO, RewardModel and LLaVAModel)")
+        return imported
+    if kind == "llava":
+        parts = (llava.model_spec(m, model), llava.method_spec(m, model), llava.dataset_spec(m, _datasets(m)))
+    else:
+        parts = (_model(m, model), _method(m, model, kind), _dataset(m, kind))
+    spec = {"model": parts[0], "method": parts[1], "dataset": parts[2], "training": _training(m),
+            "checkpoints": _checkpoints(m), "evaluation": _evaluation(m)}
     if spec["checkpoints"].get("saveOptimizer") is False and spec["training"].get("deepspeed"):
         del spec["checkpoints"]["saveOptimizer"]  # the DeepSpeed run still trains; only its checkpoints are larger
         m.out.notes.append((m.line("default_hooks"), "save_optimizer=False: checkpoints keep the optimizer state "
@@ -74,23 +54,16 @@ def to_manifest(config: Config, source: Path) -> Imported:
     stem = source.stem
     name = re.sub(r"[^a-z0-9-]+", "-", stem.lower()).strip("-")[:63].rstrip("-") or "xtuner"
     imported.manifest = {"apiVersion": API_VERSION, "kind": "FineTuneJob",
-                         "metadata": {"name": name, "labels": {"kubetune.io/config": stem[:63]}}, "spec": spec}
+                         "metadata": {"name": name, "labels": {"kubetune.io/config": stem[:63].rstrip("_-.")}}, "spec": spec}
     for line, text in config.skipped:
         imported.notes.append((line, f"skipped: {text}"))
     return imported
 
 
-def _uri(path: Any) -> Any:
-    """A hub id becomes hf://; a local path (absolute, ./, ~) or a URI stays."""
-    if not isinstance(path, str) or "://" in path or path.startswith(("/", ".", "~")) or Path(path).exists():
-        return path
-    return f"hf://{path}" if re.fullmatch(r"[\w.-]+/[\w.-]+", path) else path
-
-
-def _model(m: _Mapper, model: dict) -> dict[str, Any]:
+def _model(m: Mapper, model: dict) -> dict[str, Any]:
     llm = model.get("llm") or {}
     uri = m.value(llm.get("pretrained_model_name_or_path"), "model.llm.pretrained_model_name_or_path", m.line("model"))
-    out: dict[str, Any] = {"uri": _uri(uri)}
+    out: dict[str, Any] = {"uri": to_uri(uri)}
     if llm.get("trust_remote_code"):
         out["trustRemoteCode"] = True
     dtype = llm.get("torch_dtype")
@@ -99,7 +72,7 @@ def _model(m: _Mapper, model: dict) -> dict[str, Any]:
     return out
 
 
-def _method(m: _Mapper, model: dict, kind: str) -> dict[str, Any]:
+def _method(m: Mapper, model: dict, kind: str) -> dict[str, Any]:
     llm, lora = model.get("llm") or {}, model.get("lora")
     quant = llm.get("quantization_config")
     scheme = "qlora" if lora and quant else "lora" if lora else "full"
@@ -130,7 +103,7 @@ def _method(m: _Mapper, model: dict, kind: str) -> dict[str, Any]:
     return out
 
 
-def _datasets(m: _Mapper) -> list[tuple[dict, int]]:
+def _datasets(m: Mapper) -> list[tuple[dict, int]]:
     loader = m.get("train_dataloader")
     if not isinstance(loader, dict):
         m.problem(m.line("train_dataloader"), "train_dataloader: not a dict(...)")
@@ -150,7 +123,7 @@ DATASET_BUILDERS = ("process_hf_dataset", "build_preference_dataset")
 FILE_LOADERS = ("json", "jsonl", "csv", "parquet", "arrow")
 
 
-def _sources(m: _Mapper, ds: dict, line: int) -> list[dict[str, Any]]:
+def _sources(m: Mapper, ds: dict, line: int) -> list[dict[str, Any]]:
     """One dataset dict → its sources (several data_files become several, in order), each with its format."""
     builder = ds.get("type")
     if isinstance(builder, Sym) and builder.name not in DATASET_BUILDERS:
@@ -158,7 +131,7 @@ def _sources(m: _Mapper, ds: dict, line: int) -> list[dict[str, Any]]:
             if builder.name == "process_ms_dataset" else ""
         m.problem(line, f"dataset: type={builder.name} is not a dataset kubetune reads yet{hint}")
         return []
-    inner = _dict(ds.get("dataset"))
+    inner = as_dict(ds.get("dataset"))
     loader = inner.get("type")
     path = m.value(inner.get("path"), "dataset.path", line)
     files = m.value(inner.get("data_files"), "dataset.data_files", line)
@@ -166,9 +139,13 @@ def _sources(m: _Mapper, ds: dict, line: int) -> list[dict[str, Any]]:
         files = files.get("train", next(iter(files.values()), None))
     files = list(files) if isinstance(files, (list, tuple)) else [files] if files else []
     from_files = path in FILE_LOADERS or (isinstance(loader, Sym) and loader.name == "load_jsonl_dataset")
-    uris = [_uri(f) for f in files] if from_files else [_uri(path)] if path else []
+    uris = [to_uri(f) for f in files] if from_files else [to_uri(path)] if path else []
     if not uris:
         m.problem(line, "dataset: no load_dataset path or data_files")
+        return []
+    if ds.get("do_dataset_tokenization") is False:
+        m.problem(line, "dataset: do_dataset_tokenization=False reads rows that are token ids already; kubetune "
+                        "tokenizes text rows itself (no format reads pre-tokenized data)")
         return []
     fn = ds.get("dataset_map_fn")
     fmt = None
@@ -183,7 +160,7 @@ def _sources(m: _Mapper, ds: dict, line: int) -> list[dict[str, Any]]:
     return [{"uri": u, "format": fmt} if fmt else {"uri": u} for u in uris]
 
 
-def _dataset(m: _Mapper, kind: str) -> dict[str, Any]:
+def _dataset(m: Mapper, kind: str) -> dict[str, Any]:
     parts = _datasets(m)
     if not parts:
         return {}
@@ -214,11 +191,11 @@ def _dataset(m: _Mapper, kind: str) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v != [] and v is not None}
 
 
-def _training(m: _Mapper) -> dict[str, Any]:
-    wrapper = _dict(m.get("optim_wrapper"))
-    optimizer = _dict(wrapper.get("optimizer"))
-    loader = _dict(m.get("train_dataloader"))
-    train_cfg = _dict(m.get("train_cfg"))
+def _training(m: Mapper) -> dict[str, Any]:
+    wrapper = as_dict(m.get("optim_wrapper"))
+    optimizer = as_dict(wrapper.get("optimizer"))
+    loader = as_dict(m.get("train_dataloader"))
+    train_cfg = as_dict(m.get("train_cfg"))
     out: dict[str, Any] = {"batchSize": loader.get("batch_size", 1),
                            "accumulativeCounts": wrapper.get("accumulative_counts", 1),
                            "maxEpochs": train_cfg.get("max_epochs"), "maxSteps": train_cfg.get("max_iters")}
@@ -251,9 +228,9 @@ def _training(m: _Mapper) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _checkpoints(m: _Mapper) -> dict[str, Any]:
-    hooks = _dict(m.get("default_hooks"))
-    ckpt = _dict(hooks.get("checkpoint"))
+def _checkpoints(m: Mapper) -> dict[str, Any]:
+    hooks = as_dict(m.get("default_hooks"))
+    ckpt = as_dict(hooks.get("checkpoint"))
     out: dict[str, Any] = {}
     if ckpt.get("by_epoch"):
         out["byEpoch"] = True
@@ -270,13 +247,16 @@ def _checkpoints(m: _Mapper) -> dict[str, Any]:
     return out
 
 
-def _evaluation(m: _Mapper) -> dict[str, Any]:
-    hooks = _list(m.get("custom_hooks"))
+def _evaluation(m: Mapper) -> dict[str, Any]:
+    hooks = as_list(m.get("custom_hooks"))
     chat = next((h for h in hooks if isinstance(h, dict) and isinstance(h.get("type"), Sym)
                  and h["type"].name == "EvaluateChatHook"), None)
     if chat is None:
         return {}
     out = {"everySteps": chat.get("every_n_iters"), "inputs": list(chat.get("evaluation_inputs") or [])}
+    if chat.get("evaluation_images"):
+        m.note(m.line("custom_hooks"), "evaluation_images: kubetune's evaluation prompts are text only (the "
+                                       "LLaVA model answers them without an image)")
     if chat.get("max_new_tokens"):
         out["maxNewTokens"] = chat["max_new_tokens"]
     system = chat.get("system")
@@ -287,11 +267,3 @@ def _evaluation(m: _Mapper) -> dict[str, Any]:
     elif system not in (None, ""):
         m.value(system, "EvaluateChatHook.system", m.line("custom_hooks"))
     return {k: v for k, v in out.items() if v is not None}
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []

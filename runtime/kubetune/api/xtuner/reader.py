@@ -73,6 +73,9 @@ def read(source: str, filename: str) -> Config:
     return config
 
 
+_NUMBER_CASTS = {"int": int, "float": float}
+
+
 class _Reader:
     def __init__(self, config: Config):
         self.config = config
@@ -185,6 +188,10 @@ class _Reader:
             return Unknown(ast.unparse(node), node.lineno)
         if isinstance(node.func, ast.Name) and node.func.id == "dict" and not args:
             return kwargs
+        # int(2048 - (336 / 14) ** 2): LLaVA's max_length, the LLM's length less the image tokens
+        if isinstance(node.func, ast.Name) and node.func.id in _NUMBER_CASTS and len(args) == 1 and not kwargs \
+                and isinstance(args[0], (int, float)) and not isinstance(args[0], bool):
+            return _NUMBER_CASTS[node.func.id](args[0])
         if isinstance(func, Sym):
             return Call(func, args, kwargs, node.lineno)
         return Unknown(ast.unparse(node), node.lineno)
