@@ -5,6 +5,7 @@ CONFIG.py` trains from them; a config with its own Python map fn is refused at t
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,9 +32,9 @@ def configs() -> Path:
     return Path(out.stdout.strip())
 
 
-def kubetune(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def kubetune(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kubetune", *args], capture_output=True, text=True, timeout=600,
-                          cwd=cwd)
+                          cwd=cwd, env={**os.environ, **(env or {})})
 
 
 def test_every_xtuner_config_becomes_a_job_or_names_what_it_cannot_map(configs):
@@ -111,20 +112,64 @@ def test_import_xtuner_writes_the_manifest_with_overrides(configs, tmp_path):
     assert parse_manifest(doc).metadata.name == "qwen1-5-0-5b-chat-qlora-custom-sft-e1"
 
 
-@pytest.mark.parametrize("relative, data, overrides", [
+WORDS = ["the sea", "Paris", "the moon", "a river", "music", "snow", "bread", "a kite"]
+# Two ranks, no seed in the config: the ranks must draw one seed between them (they split each sequence).
+SP2 = ["training.sequenceParallelSize=2", "training.accumulativeCounts=1"]
+# A dozen kinds of XTuner config (relative to xtuner/configs), each with rows of the layout its map fn reads and only
+# what the tiny model and this CPU need overridden.
+DOZEN = [
+    ("internlm/internlm2_chat_1_8b/internlm2_chat_1_8b_qlora_alpaca_e3.py", "alpaca", []),  # the usage document's
     ("qwen/qwen1_5/qwen1_5_0_5b_chat/qwen1_5_0_5b_chat_full_alpaca_e3.py", "alpaca", []),
+    ("llama/llama2_7b/llama2_7b_qlora_oasst1_e3.py", "oasst1", []),
+    ("llama/llama2_7b_chat/llama2_7b_chat_qlora_code_alpaca_e3.py", "code_alpaca", []),
+    ("custom_dataset/sft/qwen/qwen1_5_0_5b_chat_qlora_custom_sft_e1.py", "openai", []),
+    ("custom_dataset/pretrain/llama/llama2_70b_full_custom_pretrain_e1.py", "text", []),
+    ("internlm/internlm2_7b/internlm2_7b_full_finetune_custom_dataset_e1_sequence_parallel_4.py", "xtuner", SP2),
     ("dpo/internlm/internlm2_chat_1_8b_dpo_full.py", "pairs", ["dataset.format=preference",
                                                              "dataset.maxResponseLength=32"]),
-], ids=["sft-full-alpaca", "dpo-full"])
+    ("dpo/llama/llama3_8b_instruct_dpo_qlora_varlenattn.py", "pairs", ["dataset.format=preference"]),
+    ("orpo/internlm/internlm2_chat_1_8b_orpo_full_varlenattn_jsonl_dataset.py", "pairs", ["dataset.concat=[]"]),
+    ("reward_model/internlm/internlm2_chat_1_8b_reward_full_varlenattn_ultrafeedback.py", "pairs",
+     ["dataset.format=preference"]),
+    ("llava/internlm2_chat_1_8b_clip_vit_large_p14_336/pretrain/"
+     "llava_internlm2_chat_1_8b_clip_vit_large_p14_336_e1_gpu8_pretrain.py", "llava", []),
+]
+
+
+def _rows(kind: str) -> list[dict]:
+    if kind == "alpaca":
+        return alpaca_rows(12)
+    if kind == "pairs":
+        return [pair(t, i) for i, t in enumerate(WORDS)]
+    return [{"oasst1": {"text": f"### Human: What is {w}? ### Assistant: {w} is a word."},
+             "code_alpaca": {"prompt": f"Print {w}.", "completion": f"print({w!r})"},
+             "openai": {"messages": [{"role": "user", "content": f"What is {w}?"},
+                                     {"role": "assistant", "content": f"{w} is a word."}]},
+             "text": {"text": f"{w} is a word people use. " * 3},
+             "xtuner": {"conversation": [{"input": f"What is {w}?", "output": f"{w} is a word."}]}}[kind]
+            for w in WORDS]
+
+
+@pytest.mark.parametrize("relative, data, overrides", DOZEN, ids=[Path(r).stem for r, _, _ in DOZEN])
 def test_kubetune_train_runs_an_xtuner_config(configs, tiny_dir, tmp_path, relative, data, overrides):
-    rows = [pair(t, i) for i, t in enumerate(["the sea", "Paris", "the moon", "a river", "music", "snow"])] \
-        if data == "pairs" else alpaca_rows(12)
-    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    args = ["--no-export", "--cfg-options", f"model.uri={tiny_dir}", f"dataset.uri={tmp_path / 'data.jsonl'}",
-            "model.trustRemoteCode=false", "training.maxEpochs=null", "training.maxSteps=2", "training.precision=fp32",
-            "model.dtype=fp32", "dataset.maxLength=64", "checkpoints.everySteps=2", "evaluation.everySteps=100",
-            "evaluation.inputs=[]", "dataset.numProc=1", *overrides]
-    out = kubetune("train", str(configs / relative), *args, cwd=tmp_path)
+    args = ["--no-export", "--cfg-options", "model.trustRemoteCode=false", "training.maxEpochs=null",
+            "training.maxSteps=2", "training.precision=fp32", "model.dtype=fp32", "checkpoints.everySteps=2",
+            "evaluation.everySteps=100", "evaluation.inputs=[]", "dataset.numProc=1"]
+    env = None
+    if data == "llava":
+        from . import visionkit
+
+        world = visionkit.build_world(tmp_path / "world", rows=8)
+        args += [f"model.uri={world['llm']}", f"model.vision.encoder={world['clip']}",
+                 f"dataset.uri={world['data']}", f"dataset.imageFolder={world['images']}", "dataset.maxLength=128",
+                 "training.batchSize=2"]
+    else:
+        (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(data)))
+        args += [f"model.uri={tiny_dir}", f"dataset.uri={tmp_path / 'data.jsonl'}", "dataset.maxLength=64"]
+    if overrides is SP2:
+        args = ["--deepspeed", "zero2", *args]
+        env = {"NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1"}
+    out = kubetune("train", str(configs / relative), *args, *overrides, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     # The work dir is named as XTuner names it: after the config file's stem.
     assert (tmp_path / "work_dirs" / Path(relative).stem / "iter_2").is_dir()

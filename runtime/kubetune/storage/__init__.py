@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import StorageError, StorageUnavailable
 from .paths import claim_path, inside
 
-__all__ = ["StorageError", "local_path", "local_destination", "is_remote", "PVC_ROOT_ENV"]
+__all__ = ["StorageError", "local_path", "xtuner_checkpoint_alias", "local_destination", "is_remote", "PVC_ROOT_ENV"]
 
 PVC_ROOT_ENV = "KUBETUNE_PVC_ROOT"
 
@@ -55,8 +55,19 @@ def _mounted(uri: str) -> Path:
 
 def _existing(path: Path, uri: str) -> Path:
     if not path.exists():
+        alias = xtuner_checkpoint_alias(path)
+        if alias is not None:
+            return alias
         raise StorageError(f"{uri}: no such file or directory")
     return path
+
+
+def xtuner_checkpoint_alias(path: Path) -> Path | None:
+    """XTuner names a checkpoint `iter_N.pth`; kubetune writes `iter_N/`. A missing `iter_N.pth` beside an existing
+    `iter_N/` is that checkpoint, so XTuner's commands (convert, pretrained_pth, --resume) run on kubetune's runs."""
+    if path.suffix == ".pth" and path.name.startswith("iter_") and path.with_suffix("").is_dir():
+        return path.with_suffix("")
+    return None
 
 
 def _hf(spec: str, repo_type: str) -> Path:

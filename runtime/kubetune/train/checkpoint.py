@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from kubetune.storage import sync
+from kubetune.storage import sync, xtuner_checkpoint_alias
 
 from .errors import TrainError
 
@@ -193,6 +193,8 @@ def find_resume(work_dir: Path, resume: str | None, remote: str | None = None, f
             print(f"kubetune: {path} does not match its manifest (damaged); trying an older checkpoint", flush=True)
         return None
     path = Path(resume)
+    if not path.exists():
+        path = xtuner_checkpoint_alias(path) or path
     if not complete(path):
         raise FileNotFoundError(f"--resume {resume}: not a complete kubetune checkpoint (no {STATE} or model/)")
     if not sync.verify(path):

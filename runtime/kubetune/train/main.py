@@ -61,7 +61,9 @@ def _run(job: FineTuneJob, spec: FineTuneJobSpec, dist: distributed.Dist, work_d
     shared = dist.shares_with_rank0(work)  # every rank takes part
     fetch = dist.local_rank == 0 and (dist.rank == 0 or not shared)
     resume_from = checkpoint.find_resume(work, resume, remote, fetch=fetch, barrier=dist.barrier)
-    seed = pick_seed(spec, resume_from)
+    # Rank 0's: an unset seed is drawn once, or each rank would shuffle (and split sequences) its own way, as
+    # XTuner's runner syncs its drawn seed.
+    seed = dist.all_gather_object(pick_seed(spec, resume_from))[0]
     seed_everything(seed)
     if dist.rank == 0:
         # The resolved seed goes into the spec, so this file is a valid manifest that reruns the same run (and the
