@@ -172,4 +172,10 @@ def test_kubetune_train_runs_an_xtuner_config(configs, tiny_dir, tmp_path, relat
     out = kubetune("train", str(configs / relative), *args, *overrides, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     # The work dir is named as XTuner names it: after the config file's stem.
-    assert (tmp_path / "work_dirs" / Path(relative).stem / "iter_2").is_dir()
+    work = tmp_path / "work_dirs" / Path(relative).stem
+    assert (work / "iter_2").is_dir()
+    if relative == DOZEN[0][0]:  # the usage document's next command, typed as for XTuner's checkpoint: iter_2.pth
+        out = kubetune("convert", "pth_to_hf", str(configs / relative), str(work / "iter_2.pth"),
+                       str(tmp_path / "hf"), "--cfg-options", f"model.uri={tiny_dir}", "model.trustRemoteCode=false",
+                       cwd=tmp_path)
+        assert out.returncode == 0 and (tmp_path / "hf" / "adapter_model.safetensors").is_file(), out.stderr[-2000:]
