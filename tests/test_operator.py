@@ -40,7 +40,7 @@ class Operator:
         self.handle = self.log.open("a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kubetune_operator"], stdout=self.handle, stderr=subprocess.STDOUT,
-            # One namespace: the session's control plane also holds the 2113 catalogue jobs of test_controlplane.
+            # One namespace: the session's control plane also holds the 2480 catalogue jobs of test_controlplane.
             env={**self.cluster.env(), "KUBECONFIG": str(self.kubeconfig), "KUBETUNE_NAMESPACE": self.namespace,
                  "PYTHONUNBUFFERED": "1",
                  "KUBETUNE_OPERATOR_METRICS_PORT": str(self.metrics_port),
