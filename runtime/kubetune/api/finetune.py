@@ -334,11 +334,11 @@ class FineTuneJobSpec(KubeModel):
              "!has(self.training.deepspeed) || !self.training.deepspeed.startsWith('zero3')",
              lambda ds, p, t: not (t == "dpo" and p == "full" and str(ds).startswith("zero3"))),
         Rule(("training.sequenceParallelSize", "method.type"),
-             "sequence parallelism is not available for dpo, orpo and reward yet",
+             "sequence parallelism is not available for reward models (dpo and orpo have it)",
              "!has(self.training) || !has(self.training.sequenceParallelSize) || "
              "self.training.sequenceParallelSize == 1 || !has(self.method) || !has(self.method.type) || "
-             "!(self.method.type in ['dpo', 'orpo', 'reward'])",
-             lambda sp, t: sp == 1 or str(t) not in PREFERENCE_METHODS),
+             "self.method.type != 'reward'",
+             lambda sp, t: sp == 1 or str(t) != "reward"),
         Rule(("training.sequenceParallelSize", "dataset.maxLength"),
              "training.sequenceParallelSize must divide dataset.maxLength",
              "!has(self.training) || !has(self.training.sequenceParallelSize) || !has(self.dataset) || "

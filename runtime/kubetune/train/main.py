@@ -97,7 +97,8 @@ def _run(job: FineTuneJob, spec: FineTuneJobSpec, dist: distributed.Dist, work_d
 
         model = with_vision(spec, model, device, precision, seed)
     head = lm_head.choose(spec.training.loss_kernel, spec, model, device, say)
-    model, objective, prepare_pairs = objective_for(spec, model, tokenizer, seed, head)
+    forward = sequence_parallel.forward if sp else packed_forward
+    model, objective, prepare_pairs = objective_for(spec, model, tokenizer, seed, head, forward)
     del zero3
     phases.mark("start-up: model")
     trainable, total = count_parameters(model)
@@ -141,11 +142,11 @@ def _run(job: FineTuneJob, spec: FineTuneJobSpec, dist: distributed.Dist, work_d
     phases.mark("start-up: optimizer, parallel wrapper, resume")
 
     # 6. The loop, its checkpoints and hooks.
-    forward = sequence_parallel.forward if sp else packed_forward
     objective = objective or sft(forward, router_aux_coef(model), head)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     keep = accepts_logits_mask(getattr(model, "module", model))
-    prepare = ((lambda b: sequence_parallel.shard(b, sp, pad, keep)) if sp
+    prepare = ((lambda b: sequence_parallel.shard_pairs(b, sp, pad, keep)) if sp and prepare_pairs
+               else (lambda b: sequence_parallel.shard(b, sp, pad, keep)) if sp
                else (lambda b: prepare_pairs(b, keep)) if prepare_pairs else (lambda b: with_targets(b, keep)))
     run_ = Run(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, batches=batches, dataset=data,
                collate=collator(tokenizer, spec, data), prepare=prepare, objective=objective, device=device,

@@ -9,6 +9,7 @@ from typing import Any, Callable, TYPE_CHECKING
 from .lm_head import LogitsHead
 from .targets import with_targets
 from .preference import dpo_loss, orpo_loss, reward_loss, segment_sums
+from .sequence_parallel import group_sum
 
 if TYPE_CHECKING:  # the API models, for the type checker only (imported at run time where used)
     from kubetune.api.method import MethodSpec
@@ -76,6 +77,9 @@ def preference(method: MethodSpec, forward: Callable[[Any, dict], Any], referenc
         targets = batch["loss_targets"].reshape(-1)
         picked = head.token_logps(model, head.run(forward, model, batch), targets)
         sums, tokens = segment_sums(picked, targets, batch["loss_segments"], count + 1)
+        group = batch.get("sequence_group")
+        if group is not None:  # sequence parallel: this rank scored its slice of every sample
+            sums, tokens = group_sum(sums, group), group_sum(tokens, group)
         return sums[:count], tokens[:count]
 
     def reference_logps(model: Any, batch: dict) -> Any:
@@ -109,6 +113,8 @@ def preference(method: MethodSpec, forward: Callable[[Any, dict], Any], referenc
                                        d.label_smoothing)
             if d.loss_type == "kto_pair":  # two terms per pair: one loss per pair, their mean
                 losses = losses.view(2, -1).mean(0)
-        return losses.sum(), {k: v.sum() for k, v in metrics.items()}
+        group = batch.get("sequence_group")
+        weight = 1.0 if group is None or group.rank == 0 else 0.0  # each pair's loss counted once per group
+        return losses.sum() * weight, {k: v.sum() * weight for k, v in metrics.items()}
 
     return objective

@@ -50,22 +50,51 @@ def setup(size: int, rank: int, world: int) -> SequenceGroup:
 def shard(batch: dict[str, Any], sp: SequenceGroup, pad_token_id: int, keep_logits: bool = False) -> dict[str, Any]:
     """This rank's slice of a collated batch, with targets shifted over the whole sequence first (the slice's last
     position predicts the next slice's first token)."""
-    import torch
-
-    width = batch["input_ids"].shape[1]
-    padded = -(-width // sp.size) * sp.size
-    extra = padded - width
-    ids, pos, targets = batch["input_ids"], batch["position_ids"], shift_targets(batch["labels"])
-    if extra:
-        ids = torch.nn.functional.pad(ids, (0, extra), value=pad_token_id)
-        pos = torch.nn.functional.pad(pos, (0, extra), value=0)
-        targets = torch.nn.functional.pad(targets, (0, extra), value=IGNORE_INDEX)
-    part = padded // sp.size
-    cut = slice(sp.rank * part, (sp.rank + 1) * part)
     from .targets import select_logits
 
-    return select_logits({"input_ids": ids[:, cut], "position_ids": pos[:, cut], "targets": targets[:, cut],
-                          "full_position_ids": pos}, keep_logits)
+    ids, pos = _slice(batch["input_ids"], sp, pad_token_id), _slice(batch["position_ids"], sp, 0)
+    targets = _slice(shift_targets(batch["labels"]), sp, IGNORE_INDEX)
+    return select_logits({"input_ids": ids, "position_ids": pos, "targets": targets,
+                          "full_position_ids": _slice(batch["position_ids"], sp, 0, whole=True)}, keep_logits)
+
+
+def shard_pairs(batch: dict[str, Any], sp: SequenceGroup, pad_token_id: int, keep_logits: bool = False
+                ) -> dict[str, Any]:
+    """This rank's slice of a batch of packed chosen/rejected pairs: each rank sums its positions' log-probabilities
+    per sample, the objective adds the group's partial sums (`group_sum`), and the group's first rank alone carries
+    the loss and counts the pairs, so each pair weighs once."""
+    out = shard(batch, sp, pad_token_id, keep_logits)
+    count = batch["num_segments"]
+    segments = _slice(batch["segment_ids"], sp, count)  # padding belongs to the discarded segment `count`
+    out.update(loss_segments=segments[out["keep"]] if keep_logits else segments.reshape(-1), num_segments=count,
+               num_units=count // 2 if sp.rank == 0 else 0, sequence_group=sp)
+    return out
+
+
+def _slice(t: Any, sp: SequenceGroup, fill: int, whole: bool = False) -> Any:
+    """`t` [B, S] padded with `fill` to a multiple of the group size, then this rank's part (or all of it)."""
+    import torch
+
+    width = t.shape[1]
+    padded = -(-width // sp.size) * sp.size
+    if padded > width:
+        t = torch.nn.functional.pad(t, (0, padded - width), value=fill)
+    part = padded // sp.size
+    return t if whole else t[:, sp.rank * part:(sp.rank + 1) * part]
+
+
+def group_sum(t: Any, sp: SequenceGroup) -> Any:
+    """The sum of `t` over the sequence group; differentiable (the gradient of a sum is the summed gradient)."""
+    import torch
+    import torch.distributed as dist
+
+    if torch.is_grad_enabled() and t.requires_grad:
+        from torch.distributed.nn.functional import all_reduce
+
+        return all_reduce(t, group=sp.group)
+    t = t.clone()
+    dist.all_reduce(t, group=sp.group)
+    return t
 
 
 def shift_targets(labels: Any) -> Any:

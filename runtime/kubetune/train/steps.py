@@ -134,12 +134,11 @@ def report_throughput(model: Any, spec: FineTuneJobSpec, log: TextLog, work: Pat
     log.write(f"throughput: {tps:.0f} tokens/s, {tflops:.4f} TFLOP/s (Megatron formula)")
 
 
-def objective_for(spec: FineTuneJobSpec, model: Any, tokenizer: Any, seed: int, head: Any) -> tuple[Any, Any, Any]:
+def objective_for(spec: FineTuneJobSpec, model: Any, tokenizer: Any, seed: int, head: Any, forward: Any
+                  ) -> tuple[Any, Any, Any]:
     """(model, objective, prepare) for a preference method: a reward model wraps the language model with its head;
     full-parameter DPO gets a frozen reference copy (adapters are disabled instead). SFT: (model, None, None), and
-    the recipe builds the token objective over its forward (packed or sequence-parallel)."""
-    from kubetune.model.packed import packed_forward
-
+    the recipe builds the token objective over the same `forward` (packed or sequence-parallel)."""
     from .objectives import prepare_pairs, preference
 
     method = spec.method
@@ -159,4 +158,4 @@ def objective_for(spec: FineTuneJobSpec, model: Any, tokenizer: Any, seed: int, 
 
         reference = copy.deepcopy(model).eval()
         reference.requires_grad_(False)
-    return model, preference(method, packed_forward, reference, head), prepare_pairs
+    return model, preference(method, forward, reference, head), prepare_pairs
