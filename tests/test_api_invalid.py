@@ -47,9 +47,9 @@ CASES = [
     ("full-dpo-zero3", "ftj", {"spec": {"method": {"type": "dpo", "parameters": "full"},
                                         "dataset": {"format": "preference"}, "training": {"deepspeed": "zero3"}}},
      ["spec.training.deepspeed"], True),
-    ("qlora-dpo-zero3", "ftj", {"spec": {"method": {"type": "dpo", "parameters": "qlora"},
-                                         "dataset": {"format": "preference"}, "training": {"deepspeed": "zero3"}}},
-     ["spec.training.deepspeed"], True),
+    ("qlora-8bit-zero3", "ftj", {"spec": {"method": {"type": "qlora", "quantization": {"bits": 8}},
+                                          "training": {"deepspeed": "zero3"}}},
+     ["spec.training.deepspeed", "spec.method.quantization.bits"], True),
     ("dpo-loss-type", "ftj", {"spec": {"method": {"type": "dpo", "dpo": {"lossType": "dpop"}},
                                        "dataset": {"format": "preference"}}}, ["spec.method.dpo.lossType"], False),
     ("dpo-label-smoothing", "ftj", {"spec": {"method": {"type": "dpo", "dpo": {"labelSmoothing": 0.5}},
@@ -64,8 +64,6 @@ CASES = [
     ("lora-bias", "ftj", {"spec": {"method": {"lora": {"bias": "some"}}}}, ["spec.method.lora.bias"], False),
     ("both-epochs-and-steps", "ftj", {"spec": {"training": {"maxEpochs": 3, "maxSteps": 10}}},
      ["spec.training.maxEpochs", "spec.training.maxSteps"], True),
-    ("qlora-zero3", "ftj", {"spec": {"method": {"type": "qlora"}, "training": {"deepspeed": "zero3"}}},
-     ["spec.method.type", "spec.training.deepspeed"], True),
     ("deepspeed-enum", "ftj", {"spec": {"training": {"deepspeed": "zero4"}}}, ["spec.training.deepspeed"], False),
     ("sp-not-dividing", "ftj", {"spec": {"dataset": {"maxLength": 1000}, "training": {
         "sequenceParallelSize": 3, "deepspeed": "zero2"}, "resources": {"gpusPerNode": 3}}},
@@ -239,10 +237,11 @@ def test_valid_documents_pass_every_cel_rule():
 
 
 def test_acceptance_example_names_each_field():
-    doc = _doc("ftj", {"spec": {"method": {"type": "qlora"}, "training": {
+    doc = _doc("ftj", {"spec": {"method": {"type": "qlora", "quantization": {"bits": 8}}, "training": {
         "deepspeed": "zero3_offload", "maxEpochs": 3, "maxSteps": 100}}})
     with pytest.raises(ManifestError) as err:
         parse_manifest(doc)
     text = str(err.value)
-    for field in ("spec.method.type", "spec.training.deepspeed", "spec.training.maxEpochs", "spec.training.maxSteps"):
+    for field in ("spec.method.quantization.bits", "spec.training.deepspeed", "spec.training.maxEpochs",
+                  "spec.training.maxSteps"):
         assert field in text

@@ -111,6 +111,28 @@ def test_one_process_deepspeed_with_a_custom_json_offloads_the_optimizer(tmp_pat
     assert bad.returncode == 2 and "nope.json" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_qlora_under_zero3_with_two_processes_matches_the_plain_run(tmp_path, tiny_dir):
+    """XTuner's QLoRA + ZeRO-3 recipe (its 110B config): the 4-bit weights are packed in a float storage dtype,
+    DeepSpeed partitions them like any weight and gathers them for each forward; 2 ranks x 1 sample equal 1 process
+    x 2 micro-batches. The run then resumes from its partitioned checkpoint."""
+    job = write_job(tmp_path, tiny_dir, alpaca_rows(16),
+                    method={"type": "qlora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
+                    checkpoints={"everySteps": 2, "keep": -1})
+    env = {"KUBETUNE_CACHE": str(tmp_path / "c")}
+    steps = ["--cfg-options", "training.maxSteps=4"]
+    plain = tmp_path / "plain"
+    train_ok(str(job), "--work-dir", str(plain), *steps, "training.accumulativeCounts=2", env=env)
+    zero3 = tmp_path / "zero3"
+    crash = kubetune("train", str(job), "--work-dir", str(zero3), "--deepspeed", "zero3", *steps,
+                     env={**env, **TWO, "KUBETUNE_STOP_AFTER_STEP": "2"})
+    assert crash.returncode != 0 and (zero3 / "iter_2").is_dir(), crash.stderr[-2000:]
+    assert "QLoRA under ZeRO-3:" in crash.stdout and "torch.float32 storage" in crash.stdout
+    out = train_ok(str(job), "--work-dir", str(zero3), "--deepspeed", "zero3", "--resume", "auto", *steps,
+                   env={**env, **TWO})
+    assert "resumed from" in out.stdout and "(qlora)" in out.stdout
+    assert_same_run(plain, zero3, 4)
+
+
 @pytest.mark.parametrize("bits", [4, 8])
 def test_qlora_trains_on_the_cpu(tmp_path, tiny_dir, bits):
     """bitsandbytes >= 0.50 quantizes and trains on the CPU: the base is stored in 4-bit NF4 (or int8), the adapter

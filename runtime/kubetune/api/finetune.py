@@ -312,12 +312,13 @@ class FineTuneJobSpec(KubeModel):
              "!has(self.checkpoints) || !has(self.checkpoints.saveOptimizer) || self.checkpoints.saveOptimizer || "
              "!has(self.training) || !has(self.training.deepspeed) || self.training.deepspeed == 'none'",
              lambda save, ds: save or str(ds) == "none"),
-        Rule(("training.deepspeed", "method.type", "method.parameters"),
-             "qlora cannot be combined with ZeRO-3: 4-bit base weights cannot be partitioned; use zero1 or zero2",
-             "!has(self.method) || !has(self.method.type) || !(self.method.type == 'qlora' || "
-             "(has(self.method.parameters) && self.method.parameters == 'qlora')) || !has(self.training) || "
-             "!has(self.training.deepspeed) || !self.training.deepspeed.startsWith('zero3')",
-             lambda ds, t, p: not ((t == "qlora" or p == "qlora") and str(ds).startswith("zero3"))),
+        Rule(("training.deepspeed", "method.quantization.bits"),
+             "8-bit qlora cannot be combined with ZeRO-3: int8 weights have no float storage DeepSpeed can "
+             "partition; use 4 bits (stored in the compute dtype under ZeRO-3) or zero1/zero2",
+             "!has(self.method) || !has(self.method.quantization) || !has(self.method.quantization.bits) || "
+             "self.method.quantization.bits != 8 || !has(self.training) || !has(self.training.deepspeed) || "
+             "!self.training.deepspeed.startsWith('zero3')",
+             lambda ds, bits: bits != 8 or not str(ds).startswith("zero3")),
         Rule(("dataset.format", "method.type"),
              "methods dpo, orpo and reward train on preference pairs (dataset.format preference, orpo_dpo_mix_40k "
              "or intel_orca_dpo), and those formats need one of these methods",

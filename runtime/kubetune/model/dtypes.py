@@ -21,7 +21,7 @@ def dtype_name(dtype: Any, default: str = "fp32") -> str:
 
 
 def bitsandbytes_config(bits: int, quant_type: str = "nf4", double_quant: bool = True,
-                        compute_dtype: Any = None) -> Any:
+                        compute_dtype: Any = None, storage_dtype: Any = None) -> Any:
     """8-bit, or 4-bit with the given type, double quantization and compute dtype (bf16 on a GPU, fp32 on a CPU when
     not given)."""
     import torch
@@ -31,5 +31,6 @@ def bitsandbytes_config(bits: int, quant_type: str = "nf4", double_quant: bool =
         return BitsAndBytesConfig(load_in_8bit=True)
     if compute_dtype is None:
         compute_dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    extra = {"bnb_4bit_quant_storage": storage_dtype} if storage_dtype is not None else {}
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
-                              bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype)
+                              bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype, **extra)

@@ -66,8 +66,12 @@ def build_model(spec: FineTuneJobSpec, device: Any, precision: Precision, seed: 
     if attn != "auto":
         kwargs["attn_implementation"] = attn
     if method == "qlora":
-        kwargs["quantization_config"] = _bnb_config(spec, precision)
-        kwargs["device_map"] = {"": device}
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        zero3 = is_deepspeed_zero3_enabled()
+        kwargs["quantization_config"] = _bnb_config(spec, precision, zero3)
+        if not zero3:  # ZeRO-3 places (partitions) the weights itself
+            kwargs["device_map"] = {"": device}
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     except Exception as exc:  # transformers raises many types for an unusable folder; the user needs the message
@@ -90,6 +94,10 @@ def build_model(spec: FineTuneJobSpec, device: Any, precision: Precision, seed: 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
         keep_training_layout(model)
+        packed = [p for p in model.parameters() if type(p).__name__ == "Params4bit"]
+        if zero3 and packed and say:
+            say(f"QLoRA under ZeRO-3: {len(packed)} 4-bit weights packed in {packed[0].dtype} storage, which "
+                "DeepSpeed partitions across the ranks")
         unquantized = unquantized_share(model)
         if unquantized and say:
             say(f"QLoRA: {unquantized:.0%} of the decoder's weights (fused MoE expert tensors) stay in "
@@ -147,7 +155,7 @@ def unquantized_share(model: Any) -> float:
     return sum(sizes[name] for name in experts) / total if experts and total else 0.0
 
 
-def _bnb_config(spec: FineTuneJobSpec, precision: Precision) -> Any:
+def _bnb_config(spec: FineTuneJobSpec, precision: Precision, zero3: bool) -> Any:
     import torch
 
     q = spec.method.quantization
@@ -155,7 +163,10 @@ def _bnb_config(spec: FineTuneJobSpec, precision: Precision) -> Any:
     compute = precision.autocast or torch.float32
     if q.compute_dtype.value != "auto":
         compute = torch_dtype(q.compute_dtype.value)
-    return bitsandbytes_config(q.bits, q.type, q.double_quant, compute)
+    # Under ZeRO-3 the packed 4-bit weights are stored in the compute dtype, a tensor type DeepSpeed partitions
+    # like any other (XTuner's 110B QLoRA recipe; bitsandbytes' quant_storage).
+    storage = compute if zero3 and q.bits == 4 else None
+    return bitsandbytes_config(q.bits, q.type, q.double_quant, compute, storage)
 
 
 def trainable_parameters(model: Any) -> list[Any]:
