@@ -102,11 +102,12 @@ def test_train_bad_manifest_lists_every_field(tmp_path, cli):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({
         "apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "bad"},
-        "spec": {"model": {"uri": "m"}, "dataset": {"uri": "d"}, "method": {"type": "qlora"},
+        "spec": {"model": {"uri": "m"}, "dataset": {"uri": "d"}, "method": {"type": "qlora", "quantization": {"bits": 8}},
                  "training": {"deepspeed": "zero3_offload", "maxEpochs": 3, "maxSteps": 10}}}))
     out = cli("train", str(bad))
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    for field in ("spec.method.type", "spec.training.deepspeed", "spec.training.maxEpochs", "spec.training.maxSteps"):
+    for field in ("spec.method.quantization.bits", "spec.training.deepspeed", "spec.training.maxEpochs",
+                  "spec.training.maxSteps"):
         assert field in out.stderr
 
 

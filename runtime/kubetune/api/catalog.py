@@ -197,7 +197,10 @@ def _manifest(name: str, family: Family, hub_id: str, method: str, ds_name: str,
         method_spec["quantization"] = {"bits": 4, "type": "nf4", "doubleQuant": True}
     # XTuner's SYSTEM is its EvaluateChatHook's: the training rows carry only what its map fn puts in them (the
     # dataset formats do the same), never the alpaca prompt on every sample.
-    dataset: dict[str, Any] = {"uri": ds.uri, "format": ds.format, "promptTemplate": family.prompt_template}
+    # A model XTuner has configs for gets the template XTuner gives it (base models included: internlm2 base trains
+    # with `default`, llama2 base with `llama2_chat` there).
+    template = _xtuner_templates().get(f"hf://{hub_id}", family.prompt_template)
+    dataset: dict[str, Any] = {"uri": ds.uri, "format": ds.format, "promptTemplate": template}
     evaluation: dict[str, Any] = {"everySteps": 500, "inputs": list(ds.inputs)}
     if ds.system_template:
         evaluation["systemTemplate"] = ds.system_template
@@ -207,6 +210,20 @@ def _manifest(name: str, family: Family, hub_id: str, method: str, ds_name: str,
     return _job(name, {"uri": f"hf://{hub_id}", "trustRemoteCode": family.trust_remote_code}, method_spec, dataset,
                 batch=1, accum=16, epochs=ds.epochs, lr=settings["lr"], deepspeed=settings["deepspeed"],
                 gpus=settings["gpus"], evaluation=evaluation)
+
+
+@functools.cache
+def _xtuner_templates() -> dict[str, str]:
+    """Model URI → the prompt template most of XTuner's text configs for that model use."""
+    from collections import Counter
+
+    seen: dict[str, Counter[str]] = {}
+    for entry in xtuner_table().values():
+        spec = entry.get("manifest", {}).get("spec", {})
+        template = spec.get("dataset", {}).get("promptTemplate")
+        if template and "vision" not in spec["model"]:
+            seen.setdefault(spec["model"]["uri"], Counter())[template] += 1
+    return {uri: counts.most_common(1)[0][0] for uri, counts in seen.items()}
 
 
 # Preference training, as XTuner's dpo/orpo/reward configs: (name, family, hub id, method, scheme, lr, dataset uri,
