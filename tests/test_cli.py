@@ -102,7 +102,8 @@ def test_train_bad_manifest_lists_every_field(tmp_path, cli):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({
         "apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "bad"},
-        "spec": {"model": {"uri": "m"}, "dataset": {"uri": "d"}, "method": {"type": "qlora", "quantization": {"bits": 8}},
+        "spec": {"model": {"uri": "m"}, "dataset": {"uri": "d"},
+                 "method": {"type": "qlora", "quantization": {"bits": 8}},
                  "training": {"deepspeed": "zero3_offload", "maxEpochs": 3, "maxSteps": 10}}}))
     out = cli("train", str(bad))
     assert out.returncode == 2 and "Traceback" not in out.stderr
@@ -128,7 +129,8 @@ def test_train_a_hub_model_offline_is_a_clear_error(cli, tmp_path):
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"))
     out = subprocess.run([sys.executable, "-m", "kubetune", "train", "internlm2_chat_1_8b_qlora_alpaca_e3",
-                          "--cfg-options", "training.maxSteps=5", "training.precision=fp32", "--work-dir", str(tmp_path / "w")],
+                          "--cfg-options", "training.maxSteps=5", "training.precision=fp32",
+                          "--work-dir", str(tmp_path / "w")],
                          capture_output=True, text=True, env=env)
     assert out.returncode == 2 and "hf://internlm/internlm2-chat-1_8b" in out.stderr
     assert "Traceback" not in out.stderr

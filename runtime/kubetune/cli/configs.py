@@ -75,7 +75,8 @@ def copy_cfg(args: argparse.Namespace) -> int:
               f"train {Path(save_path).name}` or in a cluster with `kubectl apply -f`.")
     differences = catalog.notes(args.config_name)
     if differences:
-        header += "\nImported from XTuner's file; where it differs on purpose:\n" + "\n".join(f"  {n}" for n in differences)
+        header += "\nImported from XTuner's file; where it differs on purpose:\n" + "\n".join(
+            f"  {n}" for n in differences)
     text = commented_manifest(manifest, header=header)
     Path(save_path).write_text(text, encoding="utf-8")
     print(f"Copy to {save_path}")
@@ -85,8 +86,8 @@ def copy_cfg(args: argparse.Namespace) -> int:
 
 
 TRUSTS_REMOTE_CODE = ("note: model.trustRemoteCode is true in this config: the model repository's own Python code "
-                      "runs when the model loads, if the repository ships any (XTuner's configs turn it on for every model); set it to "
-                      "false to refuse")
+                      "runs when the model loads, if the repository ships any (XTuner's configs turn it on for every "
+                      "model); set it to false to refuse")
 
 
 def validate(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
 """`kubetune convert pth_to_hf CONFIG CKPT SAVE_DIR`: a training checkpoint (kubetune's `iter_N/`, plain or DeepSpeed;
-XTuner's `iter_N.pth` file or `iter_N.pth/` DeepSpeed directory, convert/xtuner_ckpt.py) as a Hugging Face artifact that plain transformers/peft load: a PEFT adapter for lora/qlora, a sharded model plus tokenizer
+XTuner's `iter_N.pth` file or `iter_N.pth/` DeepSpeed directory, convert/xtuner_ckpt.py) as a Hugging Face artifact
+that plain transformers/peft load: a PEFT adapter for lora/qlora, a sharded model plus tokenizer
 for full fine-tuning. fp16 unless `--fp32`; the training config travels along as `kubetune_config.yaml`."""
 
 from __future__ import annotations

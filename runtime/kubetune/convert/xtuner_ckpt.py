@@ -59,8 +59,8 @@ def read_weights(path: Path) -> dict[str, Any]:
             checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
         lines = [line for line in str(exc).splitlines() if line.strip()]
-        raise ConvertError(f"{file}: not a checkpoint kubetune reads safely ({(lines[-1] if lines else type(exc).__name__)[:200]})"
-                           ) from None
+        reason = (lines[-1] if lines else type(exc).__name__)[:200]
+        raise ConvertError(f"{file}: not a checkpoint kubetune reads safely ({reason})") from None
     weights = checkpoint.get("module" if deepspeed else "state_dict") if isinstance(checkpoint, dict) else None
     if not isinstance(weights, dict) or not weights:
         raise ConvertError(f"{file}: no {'module' if deepspeed else 'state_dict'} weights in it")
@@ -103,7 +103,7 @@ def _adapter_config(job: FineTuneJob, adapter: dict[str, Any]) -> dict[str, Any]
 def _copy_model_config(job: FineTuneJob, scratch: Path) -> None:
     from kubetune.storage import local_path
 
-    base = Path(local_path(job.spec.model.uri, repo_type="model"))
+    base = local_path(job.spec.model.uri, repo_type="model")
     for name in ("config.json", "generation_config.json"):
         if (base / name).is_file():
             (scratch / name).write_bytes((base / name).read_bytes())

@@ -53,8 +53,9 @@ def to_manifest(config: Config, source: Path) -> Imported:
     spec = {k: v for k, v in spec.items() if v}
     stem = source.stem
     name = re.sub(r"[^a-z0-9-]+", "-", stem.lower()).strip("-")[:63].rstrip("-") or "xtuner"
+    labels = {"kubetune.io/config": stem[:63].rstrip("_-.")}  # a label value ends alphanumeric
     imported.manifest = {"apiVersion": API_VERSION, "kind": "FineTuneJob",
-                         "metadata": {"name": name, "labels": {"kubetune.io/config": stem[:63].rstrip("_-.")}}, "spec": spec}
+                         "metadata": {"name": name, "labels": labels}, "spec": spec}
     for line, text in config.skipped:
         imported.notes.append((line, f"skipped: {text}"))
     return imported
