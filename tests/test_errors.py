@@ -76,3 +76,19 @@ def test_a_user_mistake_is_one_line_and_exit_code_2(tmp_path, tiny_dir, case):
     assert out.returncode == 2, out.stderr[-2000:]
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
     assert len(lines) == 1 and named in out.stderr, out.stderr[-2000:]  # a manifest lists its fields below
+
+
+def test_a_data_mistake_under_two_ranks_is_the_ranks_error_without_a_traceback(tmp_path, tiny_dir):
+    """NPROC_PER_NODE=2 re-launches under torchrun: the rank's one-line error and exit code 2 reach the user, not the
+    launcher's ChildFailedError traceback."""
+    job = write_job(tmp_path, tiny_dir, alpaca_rows(4))
+    spec = yaml.safe_load(job.read_text())
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"instruction": "a", "output": "b"}\n{"instruction": \n')
+    spec["dataset"]["uri"] = str(broken)
+    job.write_text(json.dumps(spec))
+    out = kubetune("train", str(job), "--work-dir", str(tmp_path / "w"),
+                   env={"KUBETUNE_CACHE": str(tmp_path / "cache"), "NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "ChildFailedError" not in out.stderr, out.stderr[-3000:]
+    assert "broken.jsonl" in out.stderr, out.stderr[-3000:]

@@ -73,7 +73,7 @@ def relaunch_command(argv: list[str]) -> list[str] | None:
     if not port:
         port = str(random.randint(20000, 29999))
         print(f"kubetune: PORT is not set; using random port {port} for the rendezvous", file=sys.stderr)
-    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}",
+    return [sys.executable, "-m", "kubetune.train.torchrun", f"--nnodes={nnodes}",
             f"--node_rank={os.environ.get('NODE_RANK', '0')}", f"--nproc_per_node={nproc}",
             f"--master_addr={os.environ.get('ADDR', '127.0.0.1')}", f"--master_port={port}",
             "-m", "kubetune", *argv]
