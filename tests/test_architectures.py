@@ -217,7 +217,8 @@ def test_qlora_and_full_train_and_convert(models, family, method, tmp_path, caps
         assert kubetune(["convert", "merge", str(models[family]), str(out), str(tmp_path / "merged")]) == 0
 
 
-def first_grad_norm(tmp_path, model_dir, capsys, evaluate):
+def first_grad_norm(tmp_path, model_dir, capsys, evaluate, may_fail=False):
+    """The first step's gradient norm, or None where `may_fail` and the run failed."""
     tmp_path.mkdir()
     job = write_job(tmp_path, model_dir, "qlora")
     if not evaluate:
@@ -225,7 +226,13 @@ def first_grad_norm(tmp_path, model_dir, capsys, evaluate):
         spec["evaluation"]["inputs"] = []
         job.write_text(yaml.safe_dump(spec))
     work = tmp_path / "work"
-    assert kubetune(["train", str(job), "--work-dir", str(work)]) == 0, capsys.readouterr().err
+    try:
+        code = kubetune(["train", str(job), "--work-dir", str(work)])
+    except RuntimeError as exc:
+        if not may_fail or "in-place operation" not in str(exc):
+            raise
+        return None
+    assert code == 0, capsys.readouterr().err
     scalars = next(work.glob("*/vis_data/scalars.json"))
     return json.loads(scalars.read_text().splitlines()[0])["grad_norm"]
 
@@ -242,10 +249,11 @@ def test_a_qlora_step_has_the_same_gradient_with_an_evaluation_before_it(models,
     plain = first_grad_norm(tmp_path / "plain", models[family], capsys, evaluate=False)
     evaluated = first_grad_norm(tmp_path / "evaluated", models[family], capsys, evaluate=True)
     assert abs(evaluated - plain) <= 1e-6 * plain
-    # Sensitivity: with bitsandbytes left to repack, the same comparison fails.
+    # Sensitivity: with bitsandbytes left to repack, the same comparison fails: wrong gradients, or (a layer with a
+    # bias, where the CPU really has AVX512-BF16) bitsandbytes' in-place bias add on the repacked path refuses to run.
     monkeypatch.setattr(train_model, "keep_training_layout", lambda model: None)
-    repacked = first_grad_norm(tmp_path / "repacked", models[family], capsys, evaluate=True)
-    assert abs(repacked - plain) > 1e-3 * plain
+    repacked = first_grad_norm(tmp_path / "repacked", models[family], capsys, evaluate=True, may_fail=True)
+    assert repacked is None or abs(repacked - plain) > 1e-3 * plain
 
 
 def decoder_matrices(model):
