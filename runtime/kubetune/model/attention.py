@@ -151,8 +151,8 @@ def check_packed_attention_ran(model: Any, calls_before: int) -> None:
     inner = language_model(model)
     if getattr(inner.config, "_attn_implementation", None) == PACKED and _CALLS[0] == calls_before:
         raise UnsupportedAttention(
-            f"the model's own code ({type(inner).__name__}, model.trustRemoteCode) does not use transformers' "
-            "attention interface, so packed samples would attend to each other: set dataset.packToMaxLength to false")
+            f"the model's code ({type(inner).__name__}) computes attention without transformers' attention "
+            "interface, so packed samples would attend to each other: set dataset.packToMaxLength to false")
 
 
 def register() -> None:

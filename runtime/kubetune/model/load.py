@@ -12,6 +12,7 @@ from kubetune.errors import ModelLoadError
 from kubetune.storage import StorageError, local_path
 
 from .dtypes import NAMES, bitsandbytes_config, torch_dtype
+from .families import refuse_non_decoder_at
 
 
 @dataclass
@@ -76,6 +77,7 @@ def _base(uri: str, adapter_path: Path | None, bits: int | None, dtype: str, off
         kwargs["device_map"] = "auto"
         if offload_folder:
             kwargs["offload_folder"] = offload_folder
+    refuse_non_decoder_at(path, trust_remote_code, f"model {uri}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(adapter_path if _has_tokenizer(adapter_path) else path),
                                                   trust_remote_code=trust_remote_code)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kubetune.model.attention import training_attention
-from kubetune.model.packed import accepts_logits_mask, packed_forward
+from kubetune.model.packed import SPLIT, accepts_logits_mask, choose_packing, packed_forward
 from kubetune.storage import local_destination
 from kubetune.storage.sync import CheckpointSync
 
@@ -92,6 +92,11 @@ def _run(job: FineTuneJob, spec: FineTuneJobSpec, dist: distributed.Dist, work_d
     zero3 = ds.zero3_init(ds_config) if ds_config else None  # partitions weights while they load
     attention = sequence_parallel.ATTENTION if sp else training_attention(spec.model.attn_implementation, device)
     model = build_model(spec, device, precision, seed, attn_implementation=attention, say=say)
+    # The probe runs a forward: not over ZeRO-3's partitioned weights, nor with the sequence-parallel attention.
+    packs = spec.dataset.pack_to_max_length or spec.method.is_preference  # a preference pair shares its row
+    if choose_packing(model, model.config.model_type, say, zero3 is None and not sp, packs) == SPLIT and sp:
+        raise TrainError(f"training.sequenceParallelSize {sp_size}: {model.config.model_type} has layers that carry "
+                         "state along the sequence, which sequence parallel would cut between ranks; set it to 1")
     if spec.model.vision:  # LLaVA: the image encoder and projector join the LLM, frozen as the stage says
         from kubetune.vision.train import with_vision
 

@@ -8,6 +8,7 @@ from typing import Any, TYPE_CHECKING
 
 from kubetune.model.attention import MASK_IGNORES_PACKING
 from kubetune.model.dtypes import bitsandbytes_config, torch_dtype
+from kubetune.model.families import refuse_non_decoder_at
 from kubetune.model.tokenizer import ModelLoadError
 from kubetune.storage import StorageError, local_path
 
@@ -72,6 +73,7 @@ def build_model(spec: FineTuneJobSpec, device: Any, precision: Precision, seed: 
         kwargs["quantization_config"] = _bnb_config(spec, precision, zero3)
         if not zero3:  # ZeRO-3 places (partitions) the weights itself
             kwargs["device_map"] = {"": device}
+    refuse_non_decoder_at(path, spec.model.trust_remote_code, f"model.uri {spec.model.uri}")
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     except Exception as exc:  # transformers raises many types for an unusable folder; the user needs the message
