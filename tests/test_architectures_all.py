@@ -137,3 +137,34 @@ def test_a_hybrid_trains_packed_as_it_trains_unpacked(tmp_path, capsys):
         assert ("packing: qwen3_next: its Conv1d, Qwen3NextGatedDeltaNet layers carry state" in log) == pack
     assert results[True]["loss"] == pytest.approx(results[False]["loss"], rel=1e-5)
     assert results[True]["grad_norm"] == pytest.approx(results[False]["grad_norm"], rel=1e-4)
+
+
+class _Ids:  # the engine only detokenizes what it emits: token ids as text are enough here
+    def decode(self, ids, **_):
+        return " ".join(map(str, ids))
+
+    def convert_ids_to_tokens(self, ids):
+        return [str(i) for i in ids]
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3_next", "qwen3_5", "bamba", "jamba", "granitemoehybrid", "lfm2",
+                                    "falcon_h1", "zamba2"])
+def test_hybrids_decode_in_a_batch_as_generate_decodes_them_alone(family):
+    """`chat`/`serve`'s engine (continuous batching: each prompt prefilled alone, then its cache joined into the
+    running batch) on hybrid models, whose caches hold convolution and recurrent states beside keys and values:
+    greedy answers equal transformers' generate of each prompt alone."""
+    from kubetune.chat.engine import Engine, Request
+    from kubetune.chat.sampling import Sampling
+
+    model = archall.build(family)
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(5, 1000, (n,), generator=gen).tolist() for n in (5, 11, 3, 8)]
+    want = [model.generate(torch.tensor([p]), max_new_tokens=6, min_new_tokens=6, do_sample=False, eos_token_id=None,
+                           pad_token_id=0)[0, len(p):].tolist() for p in prompts]
+    errors = []
+    engine = Engine(model, _Ids(), max_batch=4)
+    requests = [engine.submit(Request(prompt=p, sampling=Sampling(max_tokens=6),
+                                      emit=lambda e: e.error and errors.append(e.error))) for p in prompts]
+    engine.shutdown(drain=True, timeout=120)
+    assert not errors
+    assert [r.generated for r in requests] == want

@@ -135,12 +135,10 @@ class Engine:
     def _prefill(self, r: Request) -> None:
         if r.cancelled:
             return self._finish(r, "abort")
-        from transformers import DynamicCache
-
         r.scheduled_at = time.monotonic()
         self._observe("scheduled", r)
         ids = self.torch.tensor([r.prompt], device=self.device)
-        cache = DynamicCache()
+        cache = new_cache(self.model)
         out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self.cache_arg: cache},
                          **self._adapters([r]))
         token = next_tokens(out.logits[:, -1], [r.sampling], [r.prompt], [r.rng])[0]
@@ -220,22 +218,20 @@ class Engine:
 
 
 class _Batch:
-    """The running batch's KV cache, left-padded to one length, with its attention mask and next positions."""
+    """The running batch's cache, left-padded to one length, with its attention mask and next positions. Attention
+    layers keep keys and values along the sequence (padded on the left to join); the state-space, convolution and
+    linear-attention layers of hybrid models keep a fixed-size state per row (joined as rows)."""
 
-    def __init__(self, kv: list[tuple[Any, Any]], mask: Any, positions: Any, last: Any, torch: Any):
-        from transformers import DynamicCache
-
+    def __init__(self, layers: list[_Layer], mask: Any, positions: Any, last: Any, torch: Any):
         self.torch = torch
-        self.cache = DynamicCache()
-        for i, (k, v) in enumerate(kv):
-            self.cache.update(k, v, i)
+        self.cache = _cache(layers)
         self.mask, self.positions, self.last = mask, positions, last
 
     @classmethod
     def single(cls, cache: Any, length: int, token: int, torch: Any) -> "_Batch":
-        kv = _tensors(cache)
-        device = kv[0][0].device
-        return cls(kv, torch.ones(1, length, dtype=torch.long, device=device),
+        layers = [_Layer.of(layer) for layer in cache.layers]
+        device = next(t for layer in layers for t in layer.tensors()).device
+        return cls(layers, torch.ones(1, length, dtype=torch.long, device=device),
                    torch.tensor([length], device=device), torch.tensor([token], device=device), torch)
 
     @classmethod
@@ -244,10 +240,9 @@ class _Batch:
             return b
         torch = a.torch
         length = max(a.mask.shape[1], b.mask.shape[1])
-        kv = [(torch.cat([_pad(ka, length), _pad(kb, length)]), torch.cat([_pad(va, length), _pad(vb, length)]))
-              for (ka, va), (kb, vb) in zip(_tensors(a.cache), _tensors(b.cache))]
+        layers = [_Layer.of(x).join(_Layer.of(y), length, torch) for x, y in zip(a.cache.layers, b.cache.layers)]
         mask = torch.cat([_pad_mask(a.mask, length, torch), _pad_mask(b.mask, length, torch)])
-        return cls(kv, mask, torch.cat([a.positions, b.positions]), torch.cat([a.last, b.last]), torch)
+        return cls(layers, mask, torch.cat([a.positions, b.positions]), torch.cat([a.last, b.last]), torch)
 
     def extended_mask(self) -> Any:
         self.mask = self.torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
@@ -258,14 +253,88 @@ class _Batch:
         mask = self.mask.index_select(0, index)
         # Columns that are padding in every remaining row are dead weight: drop them.
         start = int((mask.sum(dim=0) > 0).nonzero()[0])
-        kv = [(k.index_select(0, index)[:, :, start:], v.index_select(0, index)[:, :, start:])
-              for k, v in _tensors(self.cache)]
-        return _Batch(kv, mask[:, start:], self.positions.index_select(0, index), self.last.index_select(0, index),
-                      self.torch)
+        layers = [_Layer.of(layer).select(index, start) for layer in self.cache.layers]
+        return _Batch(layers, mask[:, start:], self.positions.index_select(0, index),
+                      self.last.index_select(0, index), self.torch)
 
 
-def _tensors(cache: Any) -> list[tuple[Any, Any]]:
-    return [(layer.keys, layer.values) for layer in cache.layers]
+@dataclass
+class _Layer:
+    """One layer's cached tensors: keys and values (attention), conv and recurrent states by index (the rest)."""
+
+    kv: tuple[Any, Any] | None = None
+    conv: dict[int, Any] = field(default_factory=dict)
+    recurrent: dict[int, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, layer: Any) -> "_Layer":
+        kv = (layer.keys, layer.values) if getattr(layer, "keys", None) is not None else None
+        conv = {i: t for i, t in getattr(layer, "conv_states", {}).items() if t is not None}
+        recurrent = {i: t for i, t in getattr(layer, "recurrent_states", {}).items() if t is not None}
+        return cls(kv, conv, recurrent)
+
+    def tensors(self) -> list[Any]:
+        return [*(self.kv or ()), *self.conv.values(), *self.recurrent.values()]
+
+    def join(self, other: "_Layer", length: int, torch: Any) -> "_Layer":
+        kv = None
+        if self.kv is not None and other.kv is not None:
+            kv = (torch.cat([_pad(self.kv[0], length), _pad(other.kv[0], length)]),
+                  torch.cat([_pad(self.kv[1], length), _pad(other.kv[1], length)]))
+        return _Layer(kv, {i: torch.cat([t, other.conv[i]]) for i, t in self.conv.items()},
+                      {i: torch.cat([t, other.recurrent[i]]) for i, t in self.recurrent.items()})
+
+    def select(self, index: Any, start: int) -> "_Layer":
+        kv = None if self.kv is None else (self.kv[0].index_select(0, index)[:, :, start:],
+                                           self.kv[1].index_select(0, index)[:, :, start:])
+        return _Layer(kv, {i: t.index_select(0, index) for i, t in self.conv.items()},
+                      {i: t.index_select(0, index) for i, t in self.recurrent.items()})
+
+
+def _cache(layers: list[_Layer]) -> Any:
+    """A transformers cache holding these tensors, its layer types matching what each layer keeps."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer, LinearAttentionAndFullAttentionLayer, LinearAttentionLayer
+
+    cache = DynamicCache()
+    if not any(layer.conv or layer.recurrent for layer in layers):
+        for i, layer in enumerate(layers):
+            if layer.kv is not None:
+                cache.update(*layer.kv, i)
+        return cache
+    built = []
+    for layer in layers:
+        states = max([*layer.conv, *layer.recurrent], default=0) + 1
+        if layer.kv is not None and (layer.conv or layer.recurrent):
+            target: Any = LinearAttentionAndFullAttentionLayer(number_of_states=states)
+        elif layer.kv is not None:
+            target = DynamicLayer()
+        else:
+            target = LinearAttentionLayer(number_of_states=states)
+        if layer.kv is not None:
+            target.update(*layer.kv)
+        for i, t in layer.conv.items():
+            target.update_conv_state(t, state_idx=i)
+        for i, t in layer.recurrent.items():
+            target.update_recurrent_state(t, state_idx=i)
+        built.append(target)
+    cache.layers = built
+    return cache
+
+
+def new_cache(model: Any) -> Any:
+    """The cache a prefill fills: the model's own layer types where it has state-space or linear-attention layers
+    (their states need their own slots), else transformers' default."""
+    from transformers import DynamicCache
+
+    config = getattr(model, "config", None)
+    try:
+        cache = DynamicCache(config=config) if config is not None else DynamicCache()
+    except (KeyError, ValueError, TypeError, AttributeError):  # a config transformers cannot read layer types from
+        return DynamicCache()
+    if any(hasattr(layer, "conv_states") for layer in cache.layers):
+        return cache
+    return DynamicCache()
 
 
 def _pad(t: Any, length: int) -> Any:
