@@ -168,3 +168,17 @@ def test_hybrids_decode_in_a_batch_as_generate_decodes_them_alone(family):
     engine.shutdown(drain=True, timeout=120)
     assert not errors
     assert [r.generated for r in requests] == want
+
+
+@pytest.mark.parametrize("family", ["phimoe", "llama4_text", "mixtral", "qwen3_moe", "jamba", "olmoe"])
+def test_all_linear_lora_never_adapts_a_router(family):
+    """Routers stay out of all-linear LoRA whatever class they are (PhiMoE's and Llama 4's subclass nn.Linear)."""
+    from kubetune.api.method import LoraSpec
+    from kubetune.train import lora
+
+    model = archall.build(family)
+    routers = {f"{name}.{leaf}.weight" for name, module in model.named_modules() if hasattr(module, "experts")
+               for leaf in ("gate", "router") if hasattr(getattr(module, leaf, None), "weight")}
+    assert routers, f"{family}: no router found to check"
+    adapted = lora.adapted_weights(lora.apply(model, lora.plan(model, LoraSpec(r=4))))
+    assert adapted and not adapted & routers

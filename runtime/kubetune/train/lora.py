@@ -74,12 +74,21 @@ def apply(model: Any, lora_plan: LoraPlan, say: Any = None) -> Any:
 
 
 def linear_weights(model: Any) -> list[str]:
-    """`<module>.weight` of every linear layer but the output head."""
+    """`<module>.weight` of every linear layer but the output head and the routers."""
     import torch
 
     head = model.get_output_embeddings()
-    return [f"{name}.weight" for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear) and module is not head]
+    modules = dict(model.named_modules())
+    return [f"{name}.weight" for name, module in modules.items()
+            if isinstance(module, torch.nn.Linear) and module is not head and not _is_router(name, module, modules)]
+
+
+def _is_router(name: str, module: Any, modules: dict[str, Any]) -> bool:
+    """A router, whatever class it subclasses (PhiMoE's and Llama 4's subclass nn.Linear): named so, or the `gate` /
+    `router` beside an MoE block's experts."""
+    parent, _, leaf = name.rpartition(".")
+    return "Router" in type(module).__name__ or (leaf in ("gate", "router")
+                                                 and hasattr(modules.get(parent), "experts"))
 
 
 def expert_weights(model: Any) -> list[str]:
