@@ -15,25 +15,14 @@ import torch
 from kubetune.data.collate import collate
 from kubetune.model import attention
 from kubetune.model.families import why_not_a_decoder
-from kubetune.model.packed import choose_packing, packed_forward
+from kubetune.model.packed import choose_packing
 
 from . import archall
+from .test_architectures import per_sample_losses, write_job
 
 LENGTHS = (13, 9, 40, 1, 30)
 TABLE = Path(__file__).parent.parent / "docs" / "architectures.md"
 RESULTS: dict[str, tuple[str, str]] = {}  # family → (status, detail), filled by the test below
-
-
-def per_sample_losses(model, batch, lengths):
-    with torch.no_grad():
-        logits = packed_forward(model, batch).logits[0]
-    out, offset = [], 0
-    for n in lengths:
-        if n > 1:
-            out.append(torch.nn.functional.cross_entropy(
-                logits[offset:offset + n - 1], batch["labels"][0, offset + 1:offset + n], reduction="sum").item())
-        offset += n
-    return out
 
 
 def status(family):
@@ -115,8 +104,6 @@ def test_a_hybrid_trains_packed_as_it_trains_unpacked(tmp_path, capsys):
 
     from kubetune.cli.main import main as kubetune
     from kubetune.tiny import build_tokenizer
-
-    from .test_architectures import write_job
 
     model_dir = tmp_path / "qwen3_next"
     build_tokenizer().save_pretrained(model_dir)
