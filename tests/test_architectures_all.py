@@ -15,18 +15,18 @@ import torch
 from kubetune.data.collate import collate
 from kubetune.model import attention
 from kubetune.model.families import why_not_a_decoder
-from kubetune.model.packed import choose_packing
+from kubetune.model.packed import choose_packing, packed_forward
 
 from . import archall
 from .test_architectures import per_sample_losses, write_job
 
 LENGTHS = (13, 9, 40, 1, 30)
 TABLE = Path(__file__).parent.parent / "docs" / "architectures.md"
-RESULTS: dict[str, tuple[str, str]] = {}  # family → (status, detail), filled by the test below
+RESULTS: dict[str, tuple[str, str, str]] = {}  # family → (packing, detail, chat/serve), filled by the test below
 
 
 def status(family):
-    """(status, detail) of one family, as the runtime decides it."""
+    """(packing status, detail, chat/serve status) of one family, as the runtime decides them."""
     from transformers import CONFIG_MAPPING
 
     try:
@@ -35,15 +35,34 @@ def status(family):
         default = SimpleNamespace(model_type=family)
     why = why_not_a_decoder(default)  # from the config alone: no weights are built or loaded
     if why:
-        return "refused", why
+        return "refused", why, "refused"
     try:
         model = archall.build(family)
     except Exception as exc:  # noqa: BLE001 - any failure to build must be a listed one
         assert family in archall.UNBUILDABLE, (
             f"{family} cannot be built tiny ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}): give it "
             "OVERRIDES in tests/archall.py, or list it in UNBUILDABLE with the reason")
-        return "not built here", archall.UNBUILDABLE[family]
+        return "not built here", archall.UNBUILDABLE[family], "—"
     assert family not in archall.UNBUILDABLE, f"{family} builds now: remove it from UNBUILDABLE"
+    chat = chat_status(model, family)  # first: packing switches the model to the training attention
+    return (*packing_status(model, family), chat)
+
+
+def chat_status(model, family):
+    """`chat`/`serve` start-up: batched decoding checked against the full forward, or a one-line refusal."""
+    from kubetune.chat.selfcheck import check_batched_decoding
+    from kubetune.errors import ModelLoadError
+
+    try:
+        check_batched_decoding(model, _Ids(), family)
+    except ModelLoadError as exc:
+        assert "\n" not in str(exc) and str(exc).startswith(f"model: {family}: ")
+        return "refused: " + str(exc).split(": ", 2)[2].split("; it can be")[0]
+    return "decodes (batched = full forward)"
+
+
+def packing_status(model, family):
+    """Packed = each sample alone, whichever way `choose_packing` runs the rows, or packing refused in one line."""
     gen = torch.Generator().manual_seed(0)
     vocab = model.config.get_text_config().vocab_size
     samples = [torch.randint(5, min(vocab, 1000), (n,), generator=gen).tolist() for n in LENGTHS]
@@ -67,7 +86,7 @@ def status(family):
 
 
 @pytest.mark.parametrize("family", archall.families())
-def test_every_registered_family_packs_exactly_or_is_refused(family):
+def test_every_registered_family_packs_and_decodes_exactly_or_is_refused(family):
     RESULTS[family] = status(family)
 
 
@@ -76,7 +95,8 @@ def test_the_architecture_table_is_this_tests_result():
     missing = [f for f in families if f not in RESULTS]
     if missing:
         pytest.fail(f"run the whole file: no result for {missing[:5]}")
-    rows = "\n".join(f"| {f} | {RESULTS[f][0]} | {RESULTS[f][1].replace('|', '/')} |" for f in families)
+    rows = "\n".join(f"| {f} | {RESULTS[f][0]} | {RESULTS[f][1].replace('|', '/')} | {RESULTS[f][2].replace('|', '/')} |"
+                     for f in families)
     counts = {s: sum(1 for v in RESULTS.values() if v[0] == s) for s in sorted({v[0] for v in RESULTS.values()})}
     text = (
         "# Architectures\n\n"
@@ -87,9 +107,11 @@ def test_the_architecture_table_is_this_tests_result():
         "the row (state-space, convolution, linear attention) or computes attention itself, so each sample runs as "
         "a row of its own (exact; as fast as unpacked training). **refused**: not a causal text decoder, refused "
         "before its weights load. **packing refused**: trains with `dataset.packToMaxLength: false`. **not built "
-        "here**: no tiny model of it in this test yet (the reason).\n\n"
+        "here**: no tiny model of it in this test yet (the reason). **chat / serve**: `kubetune chat` and `serve` "
+        "decode two prompts through their batching engine at start-up and check every token against the model's "
+        "full forward; a family whose cache they cannot batch is refused there in one line.\n\n"
         + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".\n\n"
-        "| family | status | why / measured |\n|---|---|---|\n" + rows + "\n")
+        "| family | packing | why / measured | chat / serve |\n|---|---|---|---|\n" + rows + "\n")
     if os.environ.get("KUBETUNE_REGEN_GOLDEN") == "1":
         TABLE.write_text(text)
     assert TABLE.read_text() == text, "docs/architectures.md differs from this run: KUBETUNE_REGEN_GOLDEN=1"
@@ -169,3 +191,22 @@ def test_all_linear_lora_never_adapts_a_router(family):
     assert routers, f"{family}: no router found to check"
     adapted = lora.adapted_weights(lora.apply(model, lora.plan(model, LoraSpec(r=4))))
     assert adapted and not adapted & routers
+
+
+def test_a_reward_model_over_a_hybrid_scores_packed_pairs_as_each_alone():
+    """Reward models wrap the language model: the split forward reaches through the wrapper (each pair's two
+    samples share a row whatever dataset.packToMaxLength says)."""
+    from kubetune.model.packed import SPLIT
+    from kubetune.train.reward import build_reward_model
+
+    llm = archall.build("qwen3_next")
+    attention.register()
+    llm.config._attn_implementation = attention.PACKED
+    assert choose_packing(llm, "qwen3_next") == SPLIT
+    reward = build_reward_model(llm, 7, seed=0).eval()
+    chosen, rejected = [5, 9, 11, 13, 7], [6, 10, 12, 7]
+    with torch.no_grad():
+        packed = packed_forward(reward, collate([{"input_ids": chosen + rejected, "labels": chosen + rejected,
+                                                  "seq_lens": [5, 4]}]))[0]
+        alone = [packed_forward(reward, collate([{"input_ids": s, "labels": s}]))[0] for s in (chosen, rejected)]
+    assert torch.allclose(packed, torch.cat(alone), atol=1e-5)

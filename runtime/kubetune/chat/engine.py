@@ -72,8 +72,10 @@ class Engine:
         self.torch = torch
         # transformers 5.x renamed `past_key_values` to `cache` (the old name warns, then goes away in 5.40).
         language_model = model.llm if hasattr(model, "projector") else model  # LLaVA passes the cache through
-        self.cache_arg = ("cache" if "cache" in inspect.signature(language_model.forward).parameters
-                          else "past_key_values")
+        accepted = inspect.signature(language_model.forward).parameters
+        self.cache_arg = "cache" if "cache" in accepted else "past_key_values"
+        # Given, not derived from the cache: a cache of recurrent layers only has no sequence length to derive it from.
+        self.positions_arg = "cache_position" in accepted
         # Adapters kept beside the base weights (model.load.load_adapters): every forward names, row by row, the
         # adapter that row goes through.
         self.lora = per_row_adapters
@@ -139,7 +141,8 @@ class Engine:
         self._observe("scheduled", r)
         ids = self.torch.tensor([r.prompt], device=self.device)
         cache = new_cache(self.model)
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self.cache_arg: cache},
+        where = {"cache_position": self.torch.arange(len(r.prompt), device=self.device)} if self.positions_arg else {}
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self.cache_arg: cache}, **where,
                          **self._adapters([r]))
         token = next_tokens(out.logits[:, -1], [r.sampling], [r.prompt], [r.rng])[0]
         if isinstance(token, SamplingFailed):
@@ -152,9 +155,13 @@ class Engine:
     def _decode(self) -> None:
         b = self.batch
         assert b is not None  # decoding runs only while requests are running
-        out = self.model(input_ids=b.last.unsqueeze(1), attention_mask=b.extended_mask(),
-                         position_ids=b.positions.unsqueeze(1), use_cache=True, **{self.cache_arg: b.cache},
-                         **self._adapters(self.running))
+        mask = b.extended_mask()
+        extra: dict[str, Any] = {"cache_position": self.torch.tensor([mask.shape[1] - 1], device=self.device)
+                                 } if self.positions_arg else {}
+        if b.attends:  # recurrent layers keep one state per row: the left padding never reached them
+            extra["attention_mask"] = mask
+        out = self.model(input_ids=b.last.unsqueeze(1), position_ids=b.positions.unsqueeze(1), use_cache=True,
+                         **{self.cache_arg: b.cache}, **extra, **self._adapters(self.running))
         b.positions = b.positions + 1  # the cache grew in place
         histories = [self.torch.tensor(r.prompt + r.generated, device=self.device) if r.sampling.repetition_penalty != 1
                      else [] for r in self.running]
@@ -230,6 +237,9 @@ class _Batch:
     @classmethod
     def single(cls, cache: Any, length: int, token: int, torch: Any) -> "_Batch":
         layers = [_Layer.of(layer) for layer in cache.layers]
+        if not any(layer.tensors() for layer in layers):
+            raise RuntimeError("the model keeps no cache kubetune can batch (its layers return no keys, values or "
+                               "states)")
         device = next(t for layer in layers for t in layer.tensors()).device
         return cls(layers, torch.ones(1, length, dtype=torch.long, device=device),
                    torch.tensor([length], device=device), torch.tensor([token], device=device), torch)
@@ -243,6 +253,11 @@ class _Batch:
         layers = [_Layer.of(x).join(_Layer.of(y), length, torch) for x, y in zip(a.cache.layers, b.cache.layers)]
         mask = torch.cat([_pad_mask(a.mask, length, torch), _pad_mask(b.mask, length, torch)])
         return cls(layers, mask, torch.cat([a.positions, b.positions]), torch.cat([a.last, b.last]), torch)
+
+    @property
+    def attends(self) -> bool:
+        """Whether any layer keeps keys and values (attention, which the padding mask is for)."""
+        return any(getattr(layer, "keys", None) is not None for layer in self.cache.layers)
 
     def extended_mask(self) -> Any:
         self.mask = self.torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)

@@ -20,8 +20,15 @@ def _load(args: Any) -> Any:
     from kubetune.model.load import load
 
     _log(f"loading {args.model_name_or_path}" + (f" with adapter {args.adapter}" if args.adapter else ""))
-    return load(args.model_name_or_path, args.adapter, args.bits, args.torch_dtype,
-                getattr(args, "offload_folder", None), getattr(args, "trust_remote_code", False))
+    return _checked(load(args.model_name_or_path, args.adapter, args.bits, args.torch_dtype,
+                         getattr(args, "offload_folder", None), getattr(args, "trust_remote_code", False)))
+
+
+def _checked(loaded: Any) -> Any:
+    from .selfcheck import check_batched_decoding
+
+    check_batched_decoding(loaded.model, loaded.tokenizer, loaded.model.config.model_type)
+    return loaded
 
 
 def prompter_for(args: Any, loaded: Any, trained: tuple[str | None, str | None] | None = None) -> Any:
@@ -155,7 +162,8 @@ def _load_served(args: Any, adapters: dict[str, str]) -> Any:
     from kubetune.model.load import load_adapters
 
     _log(f"loading {args.model_name_or_path}" + (f" with adapters {', '.join(adapters)}" if adapters else ""))
-    return load_adapters(args.model_name_or_path, adapters, args.bits, args.torch_dtype, args.trust_remote_code)
+    return _checked(load_adapters(args.model_name_or_path, adapters, args.bits, args.torch_dtype,
+                                  args.trust_remote_code))
 
 
 def _served(args: Any, loaded: Any, name: str) -> dict[str, Any]:

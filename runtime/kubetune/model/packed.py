@@ -75,7 +75,8 @@ def split_forward(model: Any, batch: dict[str, Any]) -> Any:
 
 
 def packing_mode(model: Any) -> str:
-    return getattr(language_model(model), _MODE, ATTENTION)
+    inner = getattr(model, "module", model)  # DDP's or DeepSpeed's wrapper
+    return getattr(language_model(getattr(inner, "llm", inner)), _MODE, ATTENTION)  # a reward model's decoder
 
 
 def stateful_mixers(model: Any) -> list[str]:

@@ -1,0 +1,57 @@
+"""Before a model answers anyone: two prompts of different lengths decoded through the engine (prefilled alone,
+joined into one batch, decoded together), each token checked against the model's own forward over the whole text
+without a cache. A family whose cache the engine cannot batch (its own cache class, indexer caches, layers that keep
+nothing) is refused at start-up with one line, instead of answering every request with an error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubetune.errors import ModelLoadError
+
+from .engine import Engine, Event, Request
+from .sampling import Sampling
+
+TOKENS = 3
+
+
+def check_batched_decoding(model: Any, tokenizer: Any, family: str) -> None:
+    import torch
+
+    vocab = int(model.config.get_text_config().vocab_size)
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(min(5, vocab - 1), vocab, (n,), generator=gen).tolist() for n in (5, 9)]
+    errors: list[str] = []
+
+    def emit(event: Event) -> None:
+        if event.error:
+            errors.append(event.error)
+
+    engine = Engine(model, tokenizer, max_batch=2)
+    with engine.cv:  # both wait before the engine looks: the second joins the first's batch
+        requests = [engine.submit(Request(prompt=p, sampling=Sampling(max_tokens=TOKENS, ignore_eos=True), emit=emit))
+                    for p in prompts]
+    engine.shutdown(drain=True, timeout=600)
+    if errors:
+        raise ModelLoadError(f"model: {family}: kubetune's batched decoding fails on it "
+                             f"({' '.join(errors[0].split())[:200]}); it can be trained, not served here")
+    for r in requests:
+        wrong = _first_wrong(model, r.prompt, r.generated)
+        if wrong is not None:
+            raise ModelLoadError(f"model: {family}: kubetune's batched decoding gives another token than the model's "
+                                 f"own forward at step {wrong + 1}; it can be trained, not served here")
+
+
+def _first_wrong(model: Any, prompt: list[int], generated: list[int]) -> int | None:
+    """The first generated token that is not the greedy choice of a full forward (ties within 1e-3 of the logits'
+    scale pass: half precision may order them either way)."""
+    import torch
+
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([prompt + generated], device=device), use_cache=False).logits[0].float()
+    for i, token in enumerate(generated):
+        row = logits[len(prompt) - 1 + i]
+        if float(row.max() - row[token]) > 1e-3 * max(1.0, float(row.abs().max())):
+            return i
+    return None
