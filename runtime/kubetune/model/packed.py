@@ -61,13 +61,16 @@ def split_forward(model: Any, batch: dict[str, Any]) -> Any:
     offsets = torch.arange(longest, device=ids.device)
     real = offsets[None, :] < lengths[:, None]  # (samples, longest)
     where = (starts[:, None] + offsets[None, :]).clamp(max=flat.numel() - 1)  # the packed position of each cell
+    # Samples in packed order, each row's tokens in order: the kept cells, read row by row, are the kept positions of
+    # the packed batch in its own order, so the model projects only those (no samples × longest × vocab logits).
+    extra = {"logits_to_keep": batch["keep"].reshape(-1)[where] & real} if "keep" in batch else {}
     out = model(input_ids=ids.reshape(-1)[where] * real, position_ids=offsets.expand_as(where).contiguous(),
-                attention_mask=real.long(), use_cache=False)
+                attention_mask=real.long(), use_cache=False, **extra)
+    if extra:
+        return out
     values = out if isinstance(out, torch.Tensor) else out.logits
     packed = values.new_zeros(flat.numel(), *values.shape[2:]).index_copy(0, where[real], values[real])
     packed = packed.view(rows, width, *values.shape[2:])
-    if "keep" in batch:
-        packed = packed[batch["keep"]]
     if isinstance(out, torch.Tensor):
         return packed
     out.logits = packed
