@@ -20,6 +20,9 @@ MAX_PARAMETERS = 5_000_000
 # family → settings beyond SIZES (None drops one of SIZES); "text_config" entries go to the text sub-config.
 OVERRIDES: dict[str, dict[str, Any]] = {
     "falcon": {"head_dim": None},  # derived from hidden size and heads
+    "gemma3": {"text_config": {"sliding_window": 16}, "mm_tokens_per_image": 4,  # multimodal: a tiny SigLIP tower
+               "vision_config": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                     image_size=28, patch_size=14)},
     "mamba2": {"num_heads": 8},  # hidden × expand / head_dim
     # Hybrids keep both kinds of layer in their two.
     "lfm2": {"layer_types": ["conv", "full_attention"]},
@@ -51,8 +54,6 @@ UNBUILDABLE: dict[str, str] = {
     "dots1": "its config leaves a per-layer size unset at the tiny sizes (int * None)",
     "dots3_note": "its per-layer configs need their own head counts (num_key_value_heads must match heads)",
     "dots3_note_text": "its per-layer configs need their own head counts",
-    "gemma3": "the multimodal Gemma 3 (a SigLIP vision tower of 9e7 parameters at default sizes); its text model "
-              "gemma3_text is tested",
     "gemma3n": "its audio/vision towers need the timm package, which kubetune does not install",
     "gemma3n_text": "its KV-sharing layer pattern does not fit 2 layers",
     "gemma4": "the multimodal Gemma 4 (vision tower at default sizes); its text model's tiny build is listed below",

@@ -27,13 +27,7 @@ RESULTS: dict[str, tuple[str, str, str]] = {}  # family → (packing, detail, ch
 
 def status(family):
     """(packing status, detail, chat/serve status) of one family, as the runtime decides them."""
-    from transformers import CONFIG_MAPPING
-
-    try:
-        default = CONFIG_MAPPING[family]()
-    except Exception:  # noqa: BLE001 - a config class with no valid defaults: its family name decides
-        default = SimpleNamespace(model_type=family)
-    why = why_not_a_decoder(default)  # from the config alone: no weights are built or loaded
+    why = refused_from_config(family)
     if why:
         return "refused", why, "refused"
     try:
@@ -46,6 +40,17 @@ def status(family):
     assert family not in archall.UNBUILDABLE, f"{family} builds now: remove it from UNBUILDABLE"
     chat = chat_status(model, family)  # first: packing switches the model to the training attention
     return (*packing_status(model, family), chat)
+
+
+def refused_from_config(family):
+    """The runtime's refusal of a non-decoder, from the family's config alone (no weights built or loaded)."""
+    from transformers import CONFIG_MAPPING
+
+    try:
+        default = CONFIG_MAPPING[family]()
+    except Exception:  # noqa: BLE001 - a config class with no valid defaults: its family name decides
+        default = SimpleNamespace(model_type=family)
+    return why_not_a_decoder(default)
 
 
 def chat_status(model, family):
@@ -210,3 +215,39 @@ def test_a_reward_model_over_a_hybrid_scores_packed_pairs_as_each_alone():
                                                   "seq_lens": [5, 4]}]))[0]
         alone = [packed_forward(reward, collate([{"input_ids": s, "labels": s}]))[0] for s in (chosen, rejected)]
     assert torch.allclose(packed, torch.cat(alone), atol=1e-5)
+
+
+def test_adapters_of_multimodal_checkpoints_merge_as_peft_merges_them(tmp_path, capsys):
+    """Every registered causal LM that is a multimodal wrapper (Gemma 3 ≥4B as shipped, ...) and builds tiny: its
+    checkpoint names weights as the hub does (`language_model.model.layers…`), transformers renames them on load
+    (`model.language_model.layers…`), and adapters use the loaded names; `convert merge` = peft's merge."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from kubetune.cli.main import main as kubetune
+
+    merged_families = []
+    for family in archall.families():
+        if ("ConditionalGeneration" not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[family]
+                or family in archall.UNBUILDABLE or refused_from_config(family)):
+            continue
+        base, adapter, merged = (tmp_path / family / name for name in ("base", "adapter", "merged"))
+        archall.build(family).save_pretrained(base)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8,
+                                                 target_modules=r".*language_model.*\.(q_proj|v_proj|down_proj)"))
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.1)
+        model.save_pretrained(adapter)
+        assert kubetune(["convert", "merge", str(base), str(adapter), str(merged)]) == 0, capsys.readouterr().err
+        ids = torch.randint(5, 1000, (1, 20), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            want = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                                             adapter).eval()(input_ids=ids).logits
+            got = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()(input_ids=ids).logits
+        assert (got - want).abs().max() <= 1e-5 * max(1.0, want.abs().max().item()), family
+        merged_families.append(family)
+    assert "gemma3" in merged_families, merged_families

@@ -93,8 +93,10 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, max_shard_size: str 
     files = shard_files(base_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     applied = set()
+    in_memory = key_renamer(base_dir)
 
     def transform(key: str, tensor: Any, dtype: str | None = None) -> Any:
+        key = key if key in updates else in_memory(key)
         update = updates.get(key)
         if update is None:
             return tensor
@@ -126,6 +128,26 @@ def merge(base_dir: Path, adapter_dir: Path, out_dir: Path, max_shard_size: str 
         raise
     copy_companions(base_dir, adapter_dir, out_dir)
     return written
+
+
+def key_renamer(base_dir: Path) -> Callable[[str], str]:
+    """Checkpoint key → the name transformers gives that weight in memory, which is what adapters name. They differ
+    where transformers renames on load: multimodal checkpoints as shipped (Gemma 3 ≥4B, Qwen3.5: the file's
+    `language_model.model.layers.N…` is `model.language_model.layers.N…` in memory), older layouts. Read from
+    transformers' own conversion mapping of the base's architecture, on a weightless (meta) model."""
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming, rename_source_key
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(base_dir)))
+        renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
+        meta = model.state_dict()
+    except Exception:  # noqa: BLE001 - no architecture transformers knows (hub code): the file's names are the names
+        return lambda key: key
+    return lambda key: rename_source_key(key, renamings, [], model.base_model_prefix, meta)[0]
 
 
 def copy_companions(base_dir: Path, adapter_dir: Path, out_dir: Path) -> None:
