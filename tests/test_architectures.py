@@ -366,3 +366,20 @@ def test_remote_code_in_internlm2_layout_trains_converts_merges_and_chats(tmp_pa
     capsys.readouterr()
     assert kubetune(["chat", str(merged), "--trust-remote-code", "--prompt", "hello", "--max-new-tokens", "3"]) == 0
     assert capsys.readouterr().out.strip()
+    # This test's modeling code takes no attention mask, so a batch's left padding reaches its attention: the
+    # server's start-up check finds the batched tokens differ from the model's own forward and refuses batching.
+    from kubetune.chat.selfcheck import check_batched_decoding
+    from kubetune.errors import ModelLoadError
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(merged))
+    with pytest.raises(ModelLoadError, match="model: internlm2: .*serve it with --max-batch 1"):
+        check_batched_decoding(got_model(merged), tokenizer, "internlm2", max_batch=2)
+    check_batched_decoding(got_model(merged), tokenizer, "internlm2", max_batch=1)
+
+
+def got_model(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=True, dtype=torch.float32).eval()

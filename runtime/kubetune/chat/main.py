@@ -21,13 +21,13 @@ def _load(args: Any) -> Any:
 
     _log(f"loading {args.model_name_or_path}" + (f" with adapter {args.adapter}" if args.adapter else ""))
     return _checked(load(args.model_name_or_path, args.adapter, args.bits, args.torch_dtype,
-                         getattr(args, "offload_folder", None), getattr(args, "trust_remote_code", False)))
+                         getattr(args, "offload_folder", None), getattr(args, "trust_remote_code", False)), 1)
 
 
-def _checked(loaded: Any) -> Any:
+def _checked(loaded: Any, max_batch: int) -> Any:
     from .selfcheck import check_batched_decoding
 
-    check_batched_decoding(loaded.model, loaded.tokenizer, loaded.model.config.model_type)
+    check_batched_decoding(loaded.model, loaded.tokenizer, loaded.model.config.model_type, max_batch)
     return loaded
 
 
@@ -163,7 +163,7 @@ def _load_served(args: Any, adapters: dict[str, str]) -> Any:
 
     _log(f"loading {args.model_name_or_path}" + (f" with adapters {', '.join(adapters)}" if adapters else ""))
     return _checked(load_adapters(args.model_name_or_path, adapters, args.bits, args.torch_dtype,
-                                  args.trust_remote_code))
+                                  args.trust_remote_code), args.max_batch)
 
 
 def _served(args: Any, loaded: Any, name: str) -> dict[str, Any]:
