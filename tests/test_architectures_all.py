@@ -62,7 +62,7 @@ def chat_status(model, family):
         check_batched_decoding(model, _Ids(), family)
     except ModelLoadError as exc:
         assert "\n" not in str(exc) and str(exc).startswith(f"model: {family}: ")
-        return "refused: " + str(exc).split(": ", 2)[2].split("; it can be")[0]
+        return "refused: " + str(exc).split(": ", 2)[2].split("; serve it with")[0]
     return "decodes (batched = full forward)"
 
 
