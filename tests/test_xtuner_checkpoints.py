@@ -55,9 +55,36 @@ class XTuner:
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
 
 
+# XTuner's iterations: the full run steps every 4 micro-batches and saves every 8 of them (aligned); the LoRA run
+# saves every 6 (inside a window) and ends on a window of 2; both warm up for 3 iterations, then a cosine.
+UNITS = {"full": (4, 8, 16), "lora": (4, 6, 18), "lora-zero2": (1, 3, 3)}
+SCHEDULE = ("param_scheduler = [dict(type=LinearLR, start_factor=1e-5, by_epoch=False, begin=0, end={warm}), "
+            "dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=False, begin={warm}, end={iters})]")
+
+
+def _config(bench, home: Path, name: str, data: Path) -> str:
+    accum, every, iters = UNITS[name]
+    text = bench.XT_CONFIG.format(model=str(home / "tiny-xt"), data=str(data), max_length=64, accum=accum)
+    replace = {"train_cfg = dict(type=TrainLoop, max_epochs=1)": f"train_cfg = dict(type=TrainLoop, max_iters={iters})",
+               "interval=100000, max_keep_ckpts=1": f"interval={every}, max_keep_ckpts=-1",
+               "from mmengine.optim import OptimWrapper, CosineAnnealingLR":
+                   "from mmengine.optim import OptimWrapper, CosineAnnealingLR, LinearLR",
+               "log_processor = dict(by_epoch=False)": "log_processor = dict(by_epoch=False, window_size=1)"}
+    text = text.replace(*[line for line in text.splitlines() if line.startswith("param_scheduler")],
+                        SCHEDULE.format(iters=iters, warm=min(3, iters - 1)))
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    assert LORA in text
+    if name == "full":  # one sample a micro-batch, every answer as long: XTuner's mean of means = kubetune's tokens
+        text = text.replace(LORA, ")").replace("pack_to_max_length=True", "pack_to_max_length=False")
+    return text
+
+
 @pytest.fixture(scope="module")
 def xtuner_runs(tiny_dir, tmp_path_factory):
-    """Three real XTuner runs and XTuner's conversions of their checkpoints: {name: (config, checkpoint, xtuner's)}."""
+    """Three real XTuner runs and XTuner's conversions of their last checkpoints: {name: (config, checkpoint,
+    xtuner's conversion, work dir)}."""
     python = subprocess.run([str(ROOT / ".ci" / "xtuner-venv")], check=True, capture_output=True,
                             text=True).stdout.strip()
     home = tmp_path_factory.mktemp("xtuner")
@@ -65,26 +92,25 @@ def xtuner_runs(tiny_dir, tmp_path_factory):
     (home / "model.py").write_text(bench.XT_MODEL)
     subprocess.run([python, str(home / "model.py"), str(tiny_dir), str(home / "tiny-xt")], check=True,
                    capture_output=True, timeout=600)  # files transformers 4.48 loads
-    rows = [{"instruction": f"Say {w}.", "input": "", "output": f"{w} {w} {w}."}
-            for w in ["sea", "sky", "moon", "river", "snow", "rain", "sun", "star"] * 4]
+    words = ["sea", "sky", "moon", "river", "snow", "rain", "sun", "star"] * 4
+    rows = [{"instruction": f"Say {w}.", "input": "", "output": f"{w} {w} {w}."} for w in words]
     (home / "data.json").write_text(json.dumps(rows))
-    lora = bench.XT_CONFIG.format(model=str(home / "tiny-xt"), data=str(home / "data.json"), max_length=64, accum=1)
-    lora = lora.replace("train_cfg = dict(type=TrainLoop, max_epochs=1)",
-                        "train_cfg = dict(type=TrainLoop, max_iters=3)").replace("interval=100000", "interval=3")
-    assert LORA in lora
-    (home / "lora.py").write_text(lora)
-    (home / "full.py").write_text(lora.replace(LORA, ")"))
+    same = [{"instruction": f"Say {w} {i}.", "input": "", "output": "yes yes yes."} for i, w in enumerate(words)]
+    (home / "same.json").write_text(json.dumps(same))
+    for name in UNITS:
+        (home / f"{name}.py").write_text(_config(bench, home, name, home / ("same.json" if name == "full"
+                                                                              else "data.json")))
     (home / "zero2.json").write_text(json.dumps(ZERO2_CPU))
     xt = XTuner(python, home)
     single = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29531"}
-    runs = {"lora": ("lora.py", []), "full": ("full.py", []), "lora-zero2": ("lora.py", ["--deepspeed", "zero2.json"])}
     out = {}
-    for name, (config, extra) in runs.items():
+    for name in UNITS:
+        extra = ["--deepspeed", "zero2.json"] if name == "lora-zero2" else []
         work = home / f"work-{name}"
-        xt.run("xtuner.tools.train", config, "--work-dir", str(work), *extra, env=single if extra else None)
-        ckpt = work / "iter_3.pth"
-        xt.run("xtuner.tools.model_converters.pth_to_hf", config, str(ckpt), str(home / f"xtuner-{name}"))
-        out[name] = (home / config, ckpt, home / f"xtuner-{name}")
+        xt.run("xtuner.tools.train", f"{name}.py", "--work-dir", str(work), *extra, env=single if extra else None)
+        ckpt = work / f"iter_{UNITS[name][2]}.pth"
+        xt.run("xtuner.tools.model_converters.pth_to_hf", f"{name}.py", str(ckpt), str(home / f"xtuner-{name}"))
+        out[name] = (home / f"{name}.py", ckpt, home / f"xtuner-{name}", work)
     return out
 
 
@@ -94,7 +120,7 @@ def _kubetune(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("name", ["lora", "full", "lora-zero2"])
 def test_an_xtuner_checkpoint_converts_to_what_xtuners_converter_writes(xtuner_runs, tmp_path, name):
-    config, ckpt, theirs = xtuner_runs[name]
+    config, ckpt, theirs, _ = xtuner_runs[name]
     assert ckpt.is_dir() == (name == "lora-zero2")  # DeepSpeed writes iter_3.pth/ as a directory
     out = _kubetune("convert", "pth_to_hf", str(config), str(ckpt), str(tmp_path / "ours"))
     assert out.returncode == 0, out.stderr[-3000:]
@@ -117,7 +143,7 @@ def test_the_allow_list_is_exactly_what_xtuner_checkpoints_hold(xtuner_runs):
     """Each checkpoint's non-tensor globals are on the allow-list (a new XTuner or mmengine that adds one shows up
     here), and nothing on it runs: every name maps to an inert placeholder."""
     seen = set()
-    for _, ckpt, _ in xtuner_runs.values():
+    for _, ckpt, _, _ in xtuner_runs.values():
         file = ckpt / "mp_rank_00_model_states.pt" if ckpt.is_dir() else ckpt
         seen |= set(torch.serialization.get_unsafe_globals_in_checkpoint(str(file)))
     assert seen and seen <= set(INERT), seen - set(INERT)
@@ -129,7 +155,7 @@ class _Boom:
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_unrun(xtuner_runs, tmp_path):
-    config, _, _ = xtuner_runs["lora"]
+    config, _, _, _ = xtuner_runs["lora"]
     bad = tmp_path / "iter_9.pth"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "meta": _Boom()}, bad)
     out = subprocess.run([sys.executable, "-m", "kubetune", "convert", "pth_to_hf", str(config), str(bad),
@@ -145,3 +171,39 @@ def test_a_checkpoint_that_would_run_code_is_refused_unrun(xtuner_runs, tmp_path
     cut.write_bytes(b"PK\x03\x04 not a whole file")
     out = _kubetune("convert", "pth_to_hf", str(config), str(cut), str(tmp_path / "out"))
     assert out.returncode == 2 and "iter_10.pth" in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
+def _scalars(work: Path) -> list[dict]:
+    return [json.loads(line) for path in sorted(work.glob("*/vis_data/scalars.json"))
+            for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("name", ["full", "lora"])
+def test_an_imported_config_trains_in_xtuners_iterations(xtuner_runs, tmp_path, name):
+    """XTuner's units side by side: the same config imported and trained by kubetune writes the checkpoints XTuner
+    wrote (same names), consumes the same micro-batches, and (full: no random initialisation, equal answer lengths)
+    every optimizer step has XTuner's learning rate and the mean loss of XTuner's iterations in its window."""
+    config, _, _, xt_work = xtuner_runs[name]
+    accum, every, iters = UNITS[name]
+    manifest = tmp_path / "job.yaml"
+    out = _kubetune("import-xtuner", str(config), "-o", str(manifest))
+    assert out.returncode == 0, out.stderr[-2000:]
+    out = _kubetune("train", str(manifest), "--work-dir", str(tmp_path / "work"))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    theirs = sorted(p.name for p in xt_work.glob("iter_*.pth"))
+    mine = sorted(f"{p.name}.pth" for p in (tmp_path / "work").glob("iter_*") if p.is_dir())
+    assert mine == theirs and len(theirs) >= 2, (mine, theirs)
+    last = json.loads((tmp_path / "work" / f"iter_{iters}" / "trainer_state.json").read_text())
+    assert last["consumed"] == iters and last["step"] == -(-iters // accum), last
+    print(f"{name}: XTuner and kubetune wrote {mine}; {iters} micro-batches in {last['step']} optimizer steps")
+    if name != "full":
+        return
+    xt = {s["iter"]: s for s in _scalars(xt_work) if "loss" in s}
+    assert sorted(xt) == list(range(1, iters + 1))
+    steps = [s for s in _scalars(tmp_path / "work") if "loss" in s]
+    assert [s["iter"] for s in steps] == list(range(accum, iters + 1, accum))
+    for s in steps:
+        window = range(s["iter"] - accum + 1, s["iter"] + 1)
+        assert s["lr"] == pytest.approx(xt[s["iter"]]["lr"], rel=1e-6, abs=1e-12), s["iter"]
+        assert s["loss"] == pytest.approx(sum(xt[i]["loss"] for i in window) / accum, rel=2e-3), s["iter"]
+    print(f"{name}: checkpoints {mine}; lr and loss of {len(steps)} steps equal XTuner's")

@@ -150,3 +150,8 @@ class LrSchedule(StrEnum):
     COSINE = "cosine"
     LINEAR = "linear"
     CONSTANT = "constant"
+
+
+class StepUnit(StrEnum):
+    OPTIMIZER = "optimizer"
+    ITERATION = "iteration"

@@ -10,7 +10,7 @@ from .base import (API_VERSION, KubeModel, ObjectMeta, PriorityClassName, QueueN
                    unchangeable)
 from .pods import PodResources, PodSettings
 from .enums import (LLAVA_FORMATS, PREFERENCE_FORMATS, PREFERENCE_METHODS, DatasetFormat, DeepSpeedPreset, DType,
-                    FileType, LrSchedule, OptimizerType, Precision, PromptTemplate, SystemTemplate)
+                    FileType, LrSchedule, OptimizerType, Precision, PromptTemplate, StepUnit, SystemTemplate)
 from .method import DpoSpec, LoraSpec, MethodSpec, OrpoSpec, QuantizationSpec, RewardSpec  # noqa: F401 (re-exported)
 from .vision import VisionModelSpec
 
@@ -33,6 +33,9 @@ class ModelSpec(KubeModel):
     """Run the model repository's own Python code (needed by InternLM2, ChatGLM3, Baichuan2...). Off unless you opt in."""
     dtype: DType = DType.AUTO
     """Weight dtype when loading; `auto` follows the precision (bf16 where supported, else fp16; fp32 on CPU)."""
+    eos_token: str | None = Field(default=None, min_length=1, max_length=64)
+    """Use this token as the tokenizer's end-of-sequence token instead of the one it ships (XTuner's tokenizer
+    `eos_token=`; Qwen-1's and MiniCPM's configs set it): it ends every answer in the training data and in chat."""
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
     """Attention kernel; `auto` picks flash_attention_2 when installed and needed for varlen attention, else sdpa."""
     router_aux_loss_coef: float | None = Field(default=None, ge=0, le=10)
@@ -155,19 +158,29 @@ class TrainingSpec(KubeModel):
     batch_size: int = Field(default=1, ge=1, le=4096)
     """Sequences per device per micro-step."""
     accumulative_counts: int = Field(default=16, ge=1, le=65536)
-    """Gradient accumulation steps per optimizer step."""
+    """Micro-batches per optimizer step (gradient accumulation); the run's last step takes the micro-batches left."""
+    step_unit: StepUnit = StepUnit.OPTIMIZER
+    """What maxSteps, logEverySteps, checkpoints.everySteps, evaluation.everySteps and the N of `iter_N` count:
+    `optimizer` steps, or `iteration`s, micro-batches (XTuner's and mmengine's unit; imported XTuner configs use it,
+    the schedule then moves every micro-batch as XTuner's does). A checkpoint or evaluation that falls inside an
+    accumulation window has the weights of the step before it, as XTuner's has."""
     max_epochs: int | None = Field(default=None, ge=1)
     """Passes over the data (3 when neither maxEpochs nor maxSteps is set)."""
     max_steps: int | None = Field(default=None, ge=1)
-    """Optimizer steps to run, instead of maxEpochs."""
+    """Steps to run, in stepUnit, instead of maxEpochs."""
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     """Optimizer and learning rate."""
-    max_norm: float = Field(default=1.0, gt=0)
-    """Clip the global gradient norm to this value."""
+    max_norm: float = Field(default=1.0, ge=0)
+    """Clip the global gradient norm to this value; 0 does not clip (XTuner's clip_grad=None)."""
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
-    """Fraction of steps with linear warm-up from 1e-5·lr, after which the schedule runs."""
+    """Fraction of the run with linear warm-up from warmupStartFactor·lr to lr (mmengine's LinearLR: lr is
+    reached on the warm-up's last step), after which the schedule runs."""
+    warmup_start_factor: float = Field(default=1e-5, gt=0, le=1)
+    """Where the warm-up starts, as a fraction of lr (XTuner's LinearLR start_factor)."""
     lr_schedule: LrSchedule = LrSchedule.COSINE
-    """Decay after warm-up: cosine to 0 (XTuner's), linear to 0, or constant."""
+    """Decay after warm-up: cosine (XTuner's), linear, or constant."""
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
+    """Where cosine and linear decay end, as a fraction of lr (XTuner's CosineAnnealingLR eta_min / lr)."""
     precision: Precision = Precision.AUTO
     """Mixed precision; `auto` is bf16 where supported, else fp16 with loss scaling; fp32 on CPU."""
     gradient_checkpointing: bool = True
@@ -184,10 +197,16 @@ class TrainingSpec(KubeModel):
     """DeepSpeed ZeRO preset (XTuner's JSON files); `none` uses plain data parallel."""
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)  # numpy and the samplers take 32-bit seeds
     """Random seed; unset picks one and records it in the work dir, so resumes stay exact."""
+    deterministic: bool = False
+    """Deterministic kernels only (XTuner's randomness.deterministic: torch.use_deterministic_algorithms, cuDNN
+    without benchmarking): slower on GPUs, the same numbers every run on the same hardware."""
+    shuffle: bool = True
+    """Visit the data in a new random order every epoch (a pure function of seed and epoch); false keeps the
+    dataset's order (XTuner's DefaultSampler shuffle=False)."""
     dataloader_num_workers: int = Field(default=0, ge=0, le=64)
     """Dataloader worker processes."""
     log_every_steps: int = Field(default=10, ge=1)
-    """Log (and publish progress) every this many optimizer steps."""
+    """Log (and publish progress) every this many steps (stepUnit)."""
 
     @model_validator(mode="after")
     def _default_length(self):
@@ -207,10 +226,11 @@ class CheckpointSpec(KubeModel):
              "!has(self.keep) || self.keep == -1 || self.keep >= 1", lambda keep: keep == -1 or keep >= 1),
     )
 
-    every_steps: int | None = Field(default=None, ge=1)
-    """Save every this many optimizer steps (500 unless byEpoch is set)."""
+    every_steps: int | None = Field(default=None, ge=0)
+    """Save every this many steps, in training.stepUnit (500 unless byEpoch is set); 0 saves only at the end
+    (XTuner's interval=-1)."""
     by_epoch: bool = False
-    """Save at the end of every epoch instead of every N steps."""
+    """Save at the end of every epoch instead of every N steps (by iterations: at the epoch's last micro-batch)."""
     keep: int = 2
     """Checkpoints to keep (XTuner's save_total_limit); -1 keeps all. Applied to the remote copy too."""
     uri: Uri | None = None
@@ -236,7 +256,7 @@ class EvaluationSpec(KubeModel):
     )
 
     every_steps: int = Field(default=500, ge=1)
-    """Generate for every input every this many steps (and before and after training)."""
+    """Generate for every input every this many steps, in training.stepUnit (and before and after training)."""
     inputs: list[str] = Field(default_factory=list, max_length=64)
     """Prompts to answer; empty disables evaluation."""
     max_new_tokens: int = Field(default=600, ge=1, le=65536)
@@ -246,6 +266,10 @@ class EvaluationSpec(KubeModel):
     `system`); default: the dataset's own system prompt, if it sets one."""
     system_template: SystemTemplate | None = None
     """A predefined evaluation system prompt (XTuner's `SYSTEM_TEMPLATE.<name>`)."""
+    stop_words: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=list,
+                                                                                 max_length=16)
+    """Strings that end an answer besides the end-of-sequence token and the prompt template's stop words (XTuner's
+    EvaluateChatHook `stop_words`)."""
     greedy: bool = False
     """Decode greedily; default: XTuner's EvaluateChatHook sampling (temperature 0.1, top-p 0.75, top-k 40, seeded
     by the step, so a run's outputs repeat)."""

@@ -63,7 +63,7 @@ def _storage() -> dict[str, Entry]:
 FINETUNE: dict[str, Entry] = {
     **_metadata("names the run: ./work_dirs/<name> unless --work-dir, and the export ConvertJobs' names"),
     "spec.baseConfig": (HONOURED, "the predefined config is filled in before validation, in both places"),
-    **_same(HONOURED, _TRAINS, "spec.model", "uri", "trustRemoteCode", "dtype", "attnImplementation",
+    **_same(HONOURED, _TRAINS, "spec.model", "uri", "trustRemoteCode", "dtype", "eosToken", "attnImplementation",
             "routerAuxLossCoef", "vision.encoder", "vision.selectLayer", "vision.projectorDepth", "vision.projector"),
     **_same(HONOURED, _TRAINS, "spec.method", "type", "parameters", "lora.r", "lora.alpha", "lora.dropout",
             "lora.targetModules", "lora.bias", "quantization.bits", "quantization.type", "quantization.doubleQuant",
@@ -78,10 +78,10 @@ FINETUNE: dict[str, Entry] = {
             "shuffleBeforePack", "varlenAttention", "numProc", "concat[].format", "concat[].fileType",
             "concat[].split", "concat[].system", "concat[].systemTemplate", "concat[].maxSamples",
             "padImageToSquare", "groupByModalityLength"),
-    **_same(HONOURED, _TRAINS, "spec.training", "batchSize", "accumulativeCounts", "maxEpochs", "maxSteps",
-            "optimizer.type", "optimizer.lr", "optimizer.betas", "optimizer.weightDecay", "optimizer.eps",
-            "maxNorm", "warmupRatio", "lrSchedule", "precision", "gradientCheckpointing", "lossKernel", "deepspeed",
-            "seed", "dataloaderNumWorkers", "logEverySteps"),
+    **_same(HONOURED, _TRAINS, "spec.training", "batchSize", "accumulativeCounts", "stepUnit", "maxEpochs",
+            "maxSteps", "optimizer.type", "optimizer.lr", "optimizer.betas", "optimizer.weightDecay", "optimizer.eps",
+            "maxNorm", "warmupRatio", "warmupStartFactor", "lrSchedule", "minLrRatio", "precision", "gradientCheckpointing", "lossKernel", "deepspeed",
+            "seed", "deterministic", "shuffle", "dataloaderNumWorkers", "logEverySteps"),
     "spec.training.sequenceParallelSize": (HONOURED, "over the processes started here (NPROC_PER_NODE or "
                                                      "torchrun), as over the gang's GPUs in a cluster"),
     **_same(HONOURED, _TRAINS, "spec.checkpoints", "everySteps", "byEpoch", "keep",
@@ -90,7 +90,7 @@ FINETUNE: dict[str, Entry] = {
                                        "is $KUBETUNE_PVC_ROOT/CLAIM/path here, /mnt/pvc by default); --resume auto "
                                        "resumes from it"),
     **_same(HONOURED, _TRAINS, "spec.evaluation", "everySteps", "inputs", "maxNewTokens", "system", "systemTemplate",
-            "greedy"),
+            "stopWords", "greedy"),
     **_pod("spec.resources"),
     **{k: (CLUSTER, "the export ConvertJobs' pods: here the export runs in this process after training")
        for k in _pod("spec.export.resources")},

@@ -45,7 +45,8 @@ def _xtuner(config: str, overrides: list[str] | None, kind: str | None) -> Any:
         job = parse_manifest(imported(config), source=config, overrides=overrides or ())
     except ManifestError as exc:
         raise UserError(str(exc)) from None
-    return with_storage(resolve_relative_paths(job, Path(config).resolve().parent))
+    # XTuner resolves a config's relative paths from the working directory, not from the config's folder.
+    return with_storage(resolve_relative_paths(job, Path.cwd()))
 
 
 def with_storage(obj: Any) -> Any:
@@ -100,18 +101,38 @@ def add_cfg_options(parser: argparse.ArgumentParser) -> None:
              "(`kubetune explain finetunejob.spec` lists the fields)")
 
 
+# The FineTuneJob fields that may hold a local path: (object path from the spec, attribute).
+PATH_FIELDS = (("model", "uri"), ("dataset", "uri"), ("checkpoints", "uri"), ("dataset", "image_folder"),
+               ("model.vision", "encoder"), ("model.vision", "projector"))
+
+
 def resolve_relative_paths(obj: Any, base: Path) -> Any:
-    """Relative local paths in a config file mean relative to that file (as in kustomize and compose files), so a
-    config and its data can move together."""
+    """Relative local paths in a YAML config mean relative to that file (as in kustomize and compose files), so a
+    config and its data can move together; an XTuner .py config's are relative to the working directory, as XTuner
+    reads them (the caller passes the base)."""
     if getattr(obj, "kind", None) != "FineTuneJob":
         return obj
     spec = obj.spec
-    targets = [spec.model, spec.dataset, *spec.dataset.concat, spec.checkpoints]
-    for target in targets:
-        uri = getattr(target, "uri", None)
-        if not uri:
-            continue
-        path = uri[len("file://"):] if uri.startswith("file://") else (None if "://" in uri else uri)
-        if path is not None and not Path(path).is_absolute():
-            target.uri = str((base / path).resolve())
+    for owner, attribute in PATH_FIELDS:
+        targets = [spec] if owner else []
+        for part in owner.split("."):
+            targets = [getattr(t, part, None) for t in targets]
+        if owner == "dataset":
+            targets += list(spec.dataset.concat) if attribute == "uri" else []
+        for target in targets:
+            value = getattr(target, attribute, None) if target is not None else None
+            if value:
+                setattr(target, attribute, rebase(value, base))
     return obj
+
+
+def rebase(uri: str, base: Path, to: Path | None = None) -> str:
+    """A relative local path (or file:// URI) made absolute against `base`, or, with `to`, relative to `to`; other
+    URIs as they are."""
+    import os
+
+    path = uri[len("file://"):] if uri.startswith("file://") else (None if "://" in uri else uri)
+    if path is None or Path(path).is_absolute():
+        return uri
+    absolute = (base / path).resolve()
+    return os.path.relpath(absolute, to.resolve()) if to is not None else str(absolute)

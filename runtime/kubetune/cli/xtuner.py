@@ -45,6 +45,23 @@ def imported(path: str, allow_partial: bool = False) -> dict[str, Any]:
     return result.manifest
 
 
+def _rebase_paths(spec: dict[str, Any], folder: Path) -> None:
+    from .common import rebase
+
+    cwd = Path.cwd()
+    for section, key in (("model", "uri"), ("dataset", "uri"), ("checkpoints", "uri"), ("dataset", "imageFolder")):
+        part = spec.get(section) or {}
+        if isinstance(part.get(key), str):
+            part[key] = rebase(part[key], cwd, folder)
+    for source in (spec.get("dataset") or {}).get("concat") or []:
+        if isinstance(source.get("uri"), str):
+            source["uri"] = rebase(source["uri"], cwd, folder)
+    vision = (spec.get("model") or {}).get("vision") or {}
+    for key in ("encoder", "projector"):
+        if isinstance(vision.get(key), str):
+            vision[key] = rebase(vision[key], cwd, folder)
+
+
 def run(args: argparse.Namespace) -> int:
     import yaml
 
@@ -58,8 +75,11 @@ def run(args: argparse.Namespace) -> int:
     except ManifestError as exc:
         raise UserError(str(exc)) from None
     apply_overrides(manifest["spec"], args.cfg_options)
+    if args.output:  # XTuner's paths are the working directory's; a manifest's are its own folder's
+        _rebase_paths(manifest["spec"], Path(args.output).resolve().parent)
     text = yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True)
     if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(text)
         print(f"wrote {args.output}", file=sys.stderr)
     else:

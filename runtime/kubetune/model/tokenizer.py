@@ -19,8 +19,9 @@ def load_tokenizer(model: Any) -> Any:
         raise ModelLoadError(f"model.uri {exc}") from None
     try:
         # Right padding: the collator and the loss assume real tokens come first.
+        override = {"eos_token": model.eos_token} if getattr(model, "eos_token", None) else {}
         return AutoTokenizer.from_pretrained(str(path), trust_remote_code=model.trust_remote_code,
-                                             padding_side="right")
+                                             padding_side="right", **override)
     except Exception as exc:  # transformers raises OSError/ValueError/KeyError for unusable folders
         hint = " (this model needs trustRemoteCode: true)" if "trust_remote_code" in str(exc) else ""
         raise ModelLoadError(f"model.uri {model.uri}: cannot load a tokenizer from {path}: "

@@ -72,8 +72,9 @@ class Checkpointer:
     uploads: Any = None  # a CheckpointSync (rank 0, with a remote checkpoints.uri)
     gather: Callable[[Any], list[Any]] = lambda obj: [obj]  # every rank's object, in rank order (Dist)
 
-    def save(self, run: Any) -> Path:
-        path = _save(self, run)
+    def save(self, run: Any, count: int | None = None) -> Path:
+        """Checkpoint the run's state as `iter_<count>` (default: its optimizer step)."""
+        path = _save(self, run, run.step if count is None else count)
         if self.uploads:
             self.uploads.submit(path)
         return path
@@ -82,7 +83,7 @@ class Checkpointer:
         return load(path, model, optimizer, scheduler, scaler, self.rank, self.engine)
 
 
-def _save(ck: Checkpointer, run: Any) -> Path:
+def _save(ck: Checkpointer, run: Any, count: int) -> Path:
     """Every rank writes its RNG state (and, under DeepSpeed, its optimizer partition); rank 0 writes the rest and
     publishes the checkpoint. The work dir may be shared (one file system) or per node (a pod's emptyDir): then each
     node keeps its own ranks' files and its first rank publishes them."""
@@ -90,8 +91,8 @@ def _save(ck: Checkpointer, run: Any) -> Path:
 
     from . import ds
 
-    final = ck.work_dir / f"iter_{run.step}"
-    tmp = ck.work_dir / f".iter_{run.step}.tmp"
+    final = ck.work_dir / f"iter_{count}"
+    tmp = ck.work_dir / f".iter_{count}.tmp"
     if ck.rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

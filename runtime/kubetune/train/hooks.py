@@ -84,14 +84,16 @@ class TextLog(Hook):
     def after_step(self, ctx: Any, metrics: dict[str, Any]) -> None:
         # XTuner's (mmengine's) keys beside kubetune's, for the scripts that read its scalars.json: iter, time,
         # data_time, and memory (MB allocated, on a GPU only, as mmengine logs it).
-        record = {**metrics, "iter": metrics["step"], "time": metrics["step_time"]}
+        clock = ctx.clock
+        count = clock.count(metrics["step"])
+        record = {**metrics, "iter": count, "time": metrics["step_time"]}
         if getattr(getattr(ctx, "device", None), "type", "cpu") == "cuda":
             record["memory"] = int(metrics["peak_memory_bytes"] / 2**20)
         self.scalars.write(json.dumps(record) + "\n")
         self.scalars.flush()
-        if metrics["step"] % self.every == 0 or metrics["step"] == ctx.total_steps:
+        if clock.due(metrics["step"], self.every) or metrics["step"] == ctx.total_steps:
             extra = "".join(f"  {k}: {v:.4f}" for k, v in metrics.items() if k not in _STANDARD)
-            self.write(f"Iter(train) [{metrics['step']:>6}/{ctx.total_steps}]  lr: {metrics['lr']:.4e}  "
+            self.write(f"Iter(train) [{count:>6}/{clock.total}]  lr: {metrics['lr']:.4e}  "
                        f"eta: {metrics['eta']}  time: {metrics['step_time']:.4f}  "
                        f"data_time: {metrics.get('data_time', 0.0):.4f}  loss: {metrics['loss']:.4f}  "
                        f"tokens/s: {metrics['tokens_per_second']:.0f}  epoch: {metrics['epoch']:.3f}{extra}")
@@ -184,6 +186,7 @@ class Metrics(Hook):
         self.gauges["peak_memory_bytes"].set(metrics.get("peak_memory_bytes", 0))
 
 
+BEFORE_TRAIN_TOKENS = 50  # XTuner's EvaluateChatHook.before_train
 # XTuner's EvaluateChatHook samples with these (its GenerationConfig), unless evaluation.greedy.
 XTUNER_SAMPLING = {"do_sample": True, "temperature": 0.1, "top_p": 0.75, "top_k": 40}
 
@@ -200,6 +203,11 @@ class EvaluateChat(Hook):
         self.sampling = {"do_sample": False} if spec.evaluation.greedy else XTUNER_SAMPLING
         self.tokenizer, self.out_dir, self.log = tokenizer, out_dir, log
         self.prompts = [self._prompt(spec, text) for text in self.inputs]
+        template = spec.dataset.prompt_template.value
+        from kubetune.data.templates import PROMPT_TEMPLATES
+
+        known = PROMPT_TEMPLATES[template].stop_words if template in PROMPT_TEMPLATES else ()
+        self.stop_words = list(dict.fromkeys([*known, *spec.evaluation.stop_words]))
 
     def _prompt(self, spec: FineTuneJobSpec, text: str) -> list[int]:
         from kubetune.data.encode import special_ids
@@ -216,7 +224,7 @@ class EvaluateChat(Hook):
         bos, _ = special_ids(self.tokenizer)
         return bos + self.tokenizer.encode(PROMPT_TEMPLATES[name].render_input(text, system), add_special_tokens=False)
 
-    def run(self, ctx: Any, step: int) -> None:
+    def run(self, ctx: Any, step: int, max_new_tokens: int | None = None) -> None:
         if not self.inputs:
             return
         import torch
@@ -231,8 +239,10 @@ class EvaluateChat(Hook):
             torch.manual_seed(step)
             for text, ids in zip(self.inputs, self.prompts):
                 input_ids = torch.tensor([ids], device=ctx.device)
+                stops = {"stop_strings": self.stop_words, "tokenizer": self.tokenizer} if self.stop_words else {}
                 out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                     max_new_tokens=self.max_new_tokens, use_cache=True, **self.sampling,
+                                     max_new_tokens=max_new_tokens or self.max_new_tokens, use_cache=True,
+                                     **self.sampling, **stops,
                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
                 answer = self.tokenizer.decode(out[0, len(ids):], skip_special_tokens=False)
                 lines.append(f"Sample output:\n{text}\n{answer}\n")
@@ -244,14 +254,18 @@ class EvaluateChat(Hook):
         self.log.write(f"eval outputs at step {step} written to {path}")
 
     def before_train(self, ctx: Any) -> None:
-        self.run(ctx, ctx.step)
+        # A first look, short as XTuner's (50 new tokens): the untrained model rarely stops by itself.
+        self.run(ctx, ctx.clock.count(ctx.step), min(BEFORE_TRAIN_TOKENS, self.max_new_tokens))
+        if ctx.step == 0:  # points inside the first accumulation window answer with the initial weights
+            self.after_step(ctx, {"step": 0})
 
     def after_step(self, ctx: Any, metrics: dict[str, Any]) -> None:
-        if metrics["step"] % self.every == 0 and metrics["step"] != ctx.total_steps:
-            self.run(ctx, metrics["step"])
+        for count in ctx.clock.due(metrics["step"], self.every):
+            if count != ctx.clock.total:
+                self.run(ctx, count)
 
     def after_train(self, ctx: Any) -> None:
-        self.run(ctx, ctx.total_steps)
+        self.run(ctx, ctx.clock.total)
 
 
 def megatron_tflops(layers: int, hidden: int, vocab: int, seq_len: int, tokens_per_second: float,

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .clock import Clock
 from .errors import TrainError
 from .profile import Phases
 
@@ -27,15 +28,14 @@ class Run:
     objective: Callable[[Any, dict], tuple[Any, dict]]  # (model, batch) -> (loss sum, metric sums), objectives.py
     device: Any
     autocast: Any
-    accum: int
+    clock: Clock  # the run's length, its accumulation windows and the spec's unit (clock.py)
     max_norm: float
-    total_steps: int
     rank: int = 0
     world: int = 1
     step: int = 0
     consumed: int = 0  # micro-batches taken from the stream by this rank
     checkpointer: Any = None  # checkpoint.Checkpointer; None saves nothing (tests, benchmarks)
-    should_save: Callable[[int], bool] = lambda step: False
+    saves: Callable[[int], list[int]] = lambda step: []  # optimizer step -> the checkpoints due, named in the unit
     hooks: list[Any] = field(default_factory=list)  # hooks.Hook
     all_reduce: Callable[[Any], Any] = lambda t: t
     engine: Any = None  # a DeepSpeed engine: it accumulates, reduces, clips and steps
@@ -46,6 +46,20 @@ class Run:
     @property
     def epoch(self) -> float:
         return self.consumed / self.batches.batches_per_epoch()
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps in the run."""
+        return self.clock.steps
+
+    def save(self, step: int) -> None:
+        """The checkpoints due at optimizer step `step` (one per name: several fall to one step only when the
+        interval is shorter than an accumulation window, as XTuner writes them)."""
+        if self.checkpointer is None:
+            return
+        for count in self.saves(step):
+            with self.phases("checkpoint"):
+                self.checkpointer.save(self, count)
 
 
 def micro_batches(run: Run):
@@ -60,6 +74,9 @@ def micro_batches(run: Run):
 
 def backward(run: Run, loss: Any, last: bool) -> None:
     if run.engine is not None:
+        # The window may be shorter than DeepSpeed's gradient_accumulation_steps (the run's last step): the
+        # boundary is ours, not its micro-step counter's.
+        run.engine.set_gradient_accumulation_boundary(last)
         run.engine.backward(loss, scale_wrt_gas=False)  # the loss is already weighted over the window
         if not last:
             run.engine.step()  # DeepSpeed counts micro-steps; it only updates on the window's last one
@@ -77,7 +94,9 @@ def optimizer_step(run: Run) -> Any:
         return torch.tensor(float(norm) if norm is not None else float("nan"), device=run.device)
     if run.scaler:
         run.scaler.unscale_(run.optimizer)
-    norm = torch.nn.utils.clip_grad_norm_([p for g in run.optimizer.param_groups for p in g["params"]], run.max_norm)
+    # maxNorm 0 measures the norm without clipping (an infinite bound scales by 1).
+    norm = torch.nn.utils.clip_grad_norm_([p for g in run.optimizer.param_groups for p in g["params"]],
+                                          run.max_norm or float("inf"))
     if run.scaler:
         run.scaler.step(run.optimizer)
         run.scaler.update()
@@ -100,12 +119,14 @@ def train(run: Run) -> None:
     stream = micro_batches(run)
     started = time.perf_counter()
     first_step = run.step
+    if run.step == 0:
+        run.save(0)  # points before the first step's end (an interval shorter than the window): the initial weights
     run.model.train()
     while run.step < run.total_steps:
         t0 = time.perf_counter()
         with run.phases("data"):
             window = [run.prepare({k: v.to(run.device) if hasattr(v, "to") else v for k, v in next(stream).items()})
-                      for _ in range(run.accum)]
+                      for _ in range(run.clock.window(run.step))]
         data_time = time.perf_counter() - t0
         # Every unit (labelled token, or preference pair) of the window weighs the same, across micro-batches and
         # ranks.
@@ -144,9 +165,7 @@ def train(run: Run) -> None:
             raise TrainError(f"step {run.step}: the loss is {loss_value}; training stopped without saving. Lower "
                              "training.optimizer.lr, keep training.maxNorm, or use precision bf16 instead of fp16; "
                              "resume from the last checkpoint with --resume auto")
-        if run.checkpointer and run.should_save(run.step):
-            with run.phases("checkpoint"):
-                run.checkpointer.save(run)
+        run.save(run.step)
         elapsed = time.perf_counter() - t0
         done = run.step - first_step
         run.phases.step_done()

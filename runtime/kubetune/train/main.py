@@ -23,8 +23,9 @@ from .model import build_model, count_parameters, resolve_precision, trainable_p
 from .sampler import ResumableBatches
 from .schedule import build_optimizer, build_scheduler
 from .stop import StopRequest, stopped
-from .steps import (build_data, collator, hooks_for, objective_for, pick_seed, plan_steps, report_throughput,
-                    sampling_order, save_policy, seed_everything)
+from .clock import Clock
+from .steps import (build_data, collator, hooks_for, objective_for, pick_seed, report_throughput, sampling_order,
+                    save_policy, seed_everything)
 
 if TYPE_CHECKING:  # the API models, for the type checker only (imported at run time where used)
     from kubetune.api.finetune import FineTuneJob, FineTuneJobSpec
@@ -64,7 +65,7 @@ def _run(job: FineTuneJob, spec: FineTuneJobSpec, dist: distributed.Dist, work_d
     # Rank 0's: an unset seed is drawn once, or each rank would shuffle (and split sequences) its own way, as
     # XTuner's runner syncs its drawn seed.
     seed = dist.all_gather_object(pick_seed(spec, resume_from))[0]
-    seed_everything(seed)
+    seed_everything(seed, spec.training.deterministic)
     if dist.rank == 0:
         # The resolved seed goes into the spec, so this file is a valid manifest that reruns the same run (and the
         # config `convert pth_to_hf` takes, as the last log line suggests).
@@ -115,10 +116,11 @@ def _run(job: FineTuneJob, spec: FineTuneJobSpec, dist: distributed.Dist, work_d
 
     # 4. Batches, optimizer, schedule; the data-parallel wrapper or the DeepSpeed engine.
     batches = ResumableBatches(len(data), spec.training.batch_size, seed, dp_rank, dp_world,
-                               order=sampling_order(spec, data, dp_world))
-    total_steps = plan_steps(spec, batches)
+                               shuffle=spec.training.shuffle, order=sampling_order(spec, data, dp_world))
+    clock = Clock.plan(spec, batches.batches_per_epoch())
+    total_steps = clock.steps
     optimizer = build_optimizer(trainable_parameters(model), spec.training)
-    scheduler = build_scheduler(optimizer, total_steps, spec.training)
+    scheduler = build_scheduler(optimizer, clock, spec.training)
     scaler = torch.amp.GradScaler("cuda") if precision.scaler else None
     engine = ds.initialize(model, optimizer, ds_config) if ds_config else None
     if engine is not None:
@@ -155,19 +157,18 @@ def _run(job: FineTuneJob, spec: FineTuneJobSpec, dist: distributed.Dist, work_d
                else (lambda b: prepare_pairs(b, keep)) if prepare_pairs else (lambda b: with_targets(b, keep)))
     run_ = Run(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, batches=batches, dataset=data,
                collate=collator(tokenizer, spec, data), prepare=prepare, objective=objective, device=device,
-               autocast=precision.autocast, accum=spec.training.accumulative_counts,
-               max_norm=spec.training.max_norm, total_steps=total_steps, rank=dist.rank, world=dist.world,
-               step=state["step"], consumed=state["consumed"], checkpointer=checkpointer,
-               should_save=save_policy(spec, batches), hooks=hooks_for(dist.rank, spec, tokenizer, work, log),
+               autocast=precision.autocast, clock=clock, max_norm=spec.training.max_norm, rank=dist.rank,
+               world=dist.world, step=state["step"], consumed=state["consumed"], checkpointer=checkpointer,
+               saves=save_policy(spec, clock), hooks=hooks_for(dist.rank, spec, tokenizer, work, log),
                all_reduce=dist.all_reduce, engine=engine, stop=stop, phases=phases)
     if dist.rank == 0:
-        say(f"training {total_steps} steps ({spec.training.accumulative_counts} micro-batches of "
-            f"{spec.training.batch_size} x {dp_world} data-parallel rank(s) each) on {len(data)} sequences; "
-            f"work dir {work}")
+        say(f"training {total_steps} optimizer steps ({clock.iterations} micro-batches of "
+            f"{spec.training.batch_size} x {dp_world} data-parallel rank(s), {spec.training.accumulative_counts} a "
+            f"step) on {len(data)} sequences; work dir {work}")
     train(run_)
-    if not run_.should_save(run_.step):
+    if run_.stopped and clock.count(run_.step) not in run_.saves(run_.step):  # where the stop came, in the unit
         with phases("checkpoint"):
-            checkpointer.save(run_)
+            checkpointer.save(run_, clock.count(run_.step))
 
     # 7. Finish uploads, report, point at the next step.
     if checkpointer.uploads:
@@ -176,7 +177,7 @@ def _run(job: FineTuneJob, spec: FineTuneJobSpec, dist: distributed.Dist, work_d
         dist.barrier()
         if log is not None:
             log.close()
-        raise stopped(run_.step, total_steps, str(work / f"iter_{run_.step}"))
+        raise stopped(run_.step, total_steps, str(work / f"iter_{clock.count(run_.step)}"))
     if log is not None:  # rank 0
         report_throughput(model, spec, log, work)
         say(f"done: checkpoints in {work}; next: kubetune convert pth_to_hf "

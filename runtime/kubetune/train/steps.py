@@ -6,13 +6,13 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Any, TYPE_CHECKING
+from typing import Any, Callable, TYPE_CHECKING
 
 from . import checkpoint
+from .clock import Clock
 from .hooks import (EvaluateChat, Hook, Metrics, ProgressBar, ProgressFile, SignalAfterStep, StopAfterStep,
                     TensorBoard, TextLog, megatron_tflops)
 from .report import StatusReporter
-from .sampler import ResumableBatches
 
 if TYPE_CHECKING:  # the API models, for the type checker only (imported at run time where used)
     from kubetune.api.finetune import FineTuneJobSpec
@@ -24,13 +24,18 @@ def pick_seed(spec: FineTuneJobSpec, resume_from: Path | None) -> int:
     return spec.training.seed if spec.training.seed is not None else random.SystemRandom().randint(0, 2**31 - 1)
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: bool = False) -> None:
     import numpy as np
     import torch
 
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    if deterministic:  # as mmengine's set_random_seed(deterministic=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS refuses determinism without it
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True)
 
 
 def build_data(spec: FineTuneJobSpec, seed: int, say: Any) -> tuple[Any, Any]:
@@ -61,20 +66,16 @@ def build_data(spec: FineTuneJobSpec, seed: int, say: Any) -> tuple[Any, Any]:
     return tokenizer, built.dataset
 
 
-def plan_steps(spec: FineTuneJobSpec, batches: ResumableBatches) -> int:
-    if spec.training.max_steps:
-        return spec.training.max_steps
-    per_epoch = max(1, batches.batches_per_epoch() // spec.training.accumulative_counts)
-    assert spec.training.max_epochs is not None  # TrainingSpec sets 3 when neither is given
-    return spec.training.max_epochs * per_epoch
-
-
-def save_policy(spec: FineTuneJobSpec, batches: ResumableBatches):
-    if spec.checkpoints.by_epoch:
-        per_epoch = max(1, batches.batches_per_epoch() // spec.training.accumulative_counts)
-        return lambda step: step % per_epoch == 0
+def save_policy(spec: FineTuneJobSpec, clock: Clock) -> Callable[[int], list[int]]:
+    """Optimizer step -> the checkpoints due after it, named in the spec's unit; the run's end always has one."""
     every = spec.checkpoints.every_steps
-    return lambda step: step % every == 0
+
+    def due(step: int) -> list[int]:
+        names = clock.epochs_due(step) if spec.checkpoints.by_epoch else clock.due(step, every or clock.total)
+        if step == clock.steps and clock.total not in names:
+            names.append(clock.total)
+        return names
+    return due
 
 
 def collator(tokenizer: Any, spec: FineTuneJobSpec, data: Any):

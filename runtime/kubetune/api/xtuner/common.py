@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .reader import Config, Local, Unknown
+from .reader import Config, Local, Sym, Unknown
 
 DTYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 
@@ -31,7 +31,8 @@ class Mapper:
         return self.c.lines.get(name, 0)
 
     def problem(self, line: int, message: str) -> None:
-        self.out.problems.append((line, message))
+        if (line, message) not in self.out.problems:  # one dict shared by several settings (the tokenizer): once
+            self.out.problems.append((line, message))
 
     def note(self, line: int, message: str) -> None:
         self.out.notes.append((line, message))
@@ -53,6 +54,59 @@ def to_uri(path: Any) -> Any:
     if not isinstance(path, str) or "://" in path or path.startswith(("/", ".", "~")) or Path(path).exists():
         return path
     return f"hf://{path}" if re.fullmatch(r"[\w.-]+/[\w.-]+", path) else path
+
+
+def read_all(value: Any) -> None:
+    """Mark every key under a config dict as read: the mapping decided on it as a whole (a note or a problem says
+    how)."""
+    if isinstance(value, dict):
+        for item in value.values():
+            read_all(item)
+        value.items()  # a Setting counts a walk over its items as reading each key
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            read_all(item)
+
+
+def check_tokenizer(m: Mapper, tokenizer: Any, model_path: Any, where: str, line: int, eos_token: Any) -> None:
+    """XTuner builds the tokenizer from its own dict; kubetune loads model.uri's. The same path is fine (padding side
+    and remote code follow the model); another one is a problem, and so is an eos_token other than model.eosToken;
+    ChatGLM3's encode_special_tokens is refused; other keyword arguments stay unread, so the accounting refuses them
+    by line."""
+    if not isinstance(tokenizer, dict):
+        return
+    lines = getattr(tokenizer, "lines", {})
+    path = tokenizer.get("pretrained_model_name_or_path")
+    tokenizer.get("padding_side"), tokenizer.get("trust_remote_code")
+    if tokenizer.get("eos_token") != eos_token:
+        m.problem(lines.get("eos_token", line), f"{where}.eos_token {tokenizer.get('eos_token')!r}: not the training "
+                                                f"data's ({eos_token!r}); kubetune has one tokenizer (model.eosToken)")
+    if tokenizer.get("encode_special_tokens"):
+        m.problem(lines.get("encode_special_tokens", line),
+                  "tokenizer encode_special_tokens=True: ChatGLM3's tokenizer option (special tokens written in the "
+                  "data become control tokens); kubetune loads the tokenizer without it")
+    if path is not None and model_path is not None and path != model_path:
+        m.problem(lines.get("pretrained_model_name_or_path", line),
+                  f"{where}.pretrained_model_name_or_path {path!r}: another tokenizer than the model's "
+                  f"({model_path!r}); kubetune uses model.uri's tokenizer")
+
+
+def quantization(m: Mapper, quant: dict) -> dict[str, Any]:
+    line = m.line("model")
+    four, eight = quant.get("load_in_4bit"), quant.get("load_in_8bit")
+    if not four and not eight:
+        m.problem(line, "model.llm.quantization_config: neither load_in_4bit nor load_in_8bit")
+        return {}
+    if quant.get("llm_int8_threshold", 6.0) != 6.0:
+        m.problem(line, f"model.llm.quantization_config.llm_int8_threshold {quant['llm_int8_threshold']}: kubetune "
+                        "quantizes with bitsandbytes' 6.0")
+    quant.get("bnb_4bit_quant_storage")  # how the packed weights are stored (for FSDP sharding): same numbers
+    out: dict[str, Any] = {"bits": 4 if four else 8, "type": quant.get("bnb_4bit_quant_type", "nf4"),
+                           "doubleQuant": bool(quant.get("bnb_4bit_use_double_quant", False))}
+    compute = quant.get("bnb_4bit_compute_dtype")
+    # transformers' BitsAndBytesConfig computes in fp32 unless told: kubetune's `auto` follows the training dtype.
+    out["computeDtype"] = DTYPES.get(compute.name, "auto") if isinstance(compute, Sym) else "fp32"
+    return out
 
 
 def as_dict(value: Any) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import DTYPES, Mapper, as_dict, to_uri
+from .common import DTYPES, Mapper, as_dict, quantization, read_all, to_uri
 from .reader import Sym
 
 # XTuner's LLaVAModel defaults (xtuner/model/llava.py).
@@ -20,8 +20,11 @@ def _flag(m: Mapper, model: dict, name: str) -> Any:
     return m.value(model.get(name, DEFAULTS[name]), f"model.{name}", m.line("model"))
 
 
-def _lora(lora: dict) -> dict[str, Any]:
+def _lora(m: Mapper, lora: dict) -> dict[str, Any]:
     out = {"r": lora.get("r", 8), "alpha": lora.get("lora_alpha", 8), "dropout": lora.get("lora_dropout", 0.0)}
+    if lora.get("bias", "none") != "none":
+        m.problem(m.line("model"), f"model: a LLaVA LoRA with bias={lora['bias']!r} (kubetune's LLaVA adapters "
+                                   "have no bias)")
     if isinstance(lora.get("target_modules"), (list, tuple)):
         out["targetModules"] = list(lora["target_modules"])
     return out
@@ -55,6 +58,7 @@ def method_spec(m: Mapper, model: dict) -> dict[str, Any]:
                         "through LoRA (method.vision.encoderLora)")
     if freeze_llm and not llm_lora and not encoder_lora:
         if quantized:
+            read_all(llm.get("quantization_config"))
             m.note(line, "model.llm.quantization_config: kubetune's pretrain stage keeps the frozen LLM in its dtype, "
                          "not 4-bit (more memory; the projector learns against the unquantized LLM)")
         return {"type": "full", "vision": {"stage": "pretrain"}}
@@ -64,15 +68,12 @@ def method_spec(m: Mapper, model: dict) -> dict[str, Any]:
     scheme = "qlora" if llm_lora and quantized else "lora" if llm_lora else "full"
     vision: dict[str, Any] = {"stage": "finetune"}
     if isinstance(encoder_lora, dict):
-        vision["encoderLora"] = _lora(encoder_lora)
+        vision["encoderLora"] = _lora(m, encoder_lora)
     out: dict[str, Any] = {"type": scheme}
     if isinstance(llm_lora, dict):
-        out["lora"] = _lora(llm_lora)
+        out["lora"] = _lora(m, llm_lora)
     if scheme == "qlora":
-        quant = llm["quantization_config"]
-        out["quantization"] = {"bits": 4 if quant.get("load_in_4bit") else 8,
-                               "type": quant.get("bnb_4bit_quant_type", "nf4"),
-                               "doubleQuant": bool(quant.get("bnb_4bit_use_double_quant", False))}
+        out["quantization"] = quantization(m, llm["quantization_config"])
     out["vision"] = vision
     return out
 

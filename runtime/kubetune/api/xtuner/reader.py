@@ -50,6 +50,32 @@ class Call:
     line: int
 
 
+class Setting(dict):
+    """A dict of the config (a `dict(...)` call or a `{...}` literal) that remembers each key's line and which keys
+    the importer read, so that what it never looked at can be named (accounting.py)."""
+
+    def __init__(self, items: dict[Any, Any], lines: dict[Any, int]):
+        super().__init__(items)
+        self.lines: dict[Any, int] = lines
+        self.read: set[Any] = set()
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: Any) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        self.read.add(key)
+        return super().__contains__(key)
+
+    def items(self):  # a walk over every key reads them all
+        self.read.update(self.keys())
+        return super().items()
+
+
 @dataclass
 class Config:
     """The config's module-level names, where each was last set, and the statements that were skipped."""
@@ -151,7 +177,9 @@ class _Reader:
         if isinstance(node, ast.Dict):
             if any(k is None for k in node.keys):
                 return Unknown(ast.unparse(node), node.lineno)
-            return {self.expr(k): self.expr(v) for k, v in zip(node.keys, node.values)}  # type: ignore[arg-type]
+            keys = [self.expr(k) for k in node.keys if k is not None]
+            return Setting(dict(zip(keys, (self.expr(v) for v in node.values))),
+                           {k: n.lineno for k, n in zip(keys, node.keys) if n is not None})
         if isinstance(node, ast.Call):
             return self.call(node)
         if isinstance(node, ast.BinOp):
@@ -187,7 +215,7 @@ class _Reader:
         if any(k.arg is None for k in node.keywords):  # **spread
             return Unknown(ast.unparse(node), node.lineno)
         if isinstance(node.func, ast.Name) and node.func.id == "dict" and not args:
-            return kwargs
+            return Setting(kwargs, {k.arg: k.value.lineno for k in node.keywords if k.arg is not None})
         # int(2048 - (336 / 14) ** 2): LLaVA's max_length, the LLM's length less the image tokens
         if isinstance(node.func, ast.Name) and node.func.id in _NUMBER_CASTS and len(args) == 1 and not kwargs \
                 and isinstance(args[0], (int, float)) and not isinstance(args[0], bool):
