@@ -364,6 +364,8 @@ def test_remote_code_in_internlm2_layout_trains_converts_merges_and_chats(tmp_pa
             input_ids=ids).logits
     assert (got - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max().item())
     capsys.readouterr()
+    assert kubetune(["chat", str(merged), "--prompt", "hello", "--max-new-tokens", "3"]) == 2
+    assert "pass --trust-remote-code" in capsys.readouterr().err  # the advice survives the message's cut
     assert kubetune(["chat", str(merged), "--trust-remote-code", "--prompt", "hello", "--max-new-tokens", "3"]) == 0
     assert capsys.readouterr().out.strip()
     # This test's modeling code takes no attention mask, so a batch's left padding reaches its attention: the

@@ -89,8 +89,9 @@ def differences(row: dict, spec: dict) -> list[tuple[str, object, object]]:
         eq("save_total_limit", ckpt.get("keep"), row["save_total_limit"])
     if (row.get("checkpoint_hook") or {}).get("interval") == "save_steps" and row.get("save_steps", -1) > 0:
         eq("save_steps", ckpt.get("everySteps"), row["save_steps"])
-    if "prompt_template" in row:
-        eq("prompt_template", data.get("promptTemplate"), row["prompt_template"]["$ref"].rsplit(".", 1)[-1])
+    if "prompt_template" in row:  # preference data is rendered with the chat template (XTuner's tokenize())
+        eq("prompt_template", data.get("promptTemplate"), "auto" if row.get("model_type") in
+           ("DPO", "ORPO", "RewardModel") else row["prompt_template"]["$ref"].rsplit(".", 1)[-1])
     if "use_varlen_attn" in row and "llm_name_or_path" not in row:
         eq("use_varlen_attn", data.get("varlenAttention", False), row["use_varlen_attn"])
     if "pack_to_max_length" in row and row.get("model_type") == "SupervisedFinetune":
@@ -138,7 +139,8 @@ def test_every_reference_row_is_listed_and_copies_with_xtuners_settings(tmp_path
     assert main(["list-cfg"]) == 0
     listed = capsys.readouterr().out.splitlines()[1:-1]
     names = list(dict.fromkeys(r["name"] for r in reference))
-    assert listed[:len(names)] == sorted(names), "list-cfg prints XTuner's names first, in XTuner's (sorted) order"
+    xtuners = sorted([*names, *catalog.DEEPSPEED_NAMES])  # XTuner's list-cfg has its DeepSpeed JSON files too
+    assert listed[:len(xtuners)] == xtuners, "list-cfg prints XTuner's names first, in XTuner's (sorted) order"
     docs = (ROOT / "docs" / "configs.md").read_text(encoding="utf-8")
     ran, refused, on_purpose, wrong = 0, 0, 0, []
     for row in reference:
@@ -183,3 +185,11 @@ def test_every_inert_key_is_documented_with_its_reason():
     docs = (ROOT / "docs" / "configs.md").read_text(encoding="utf-8")
     for pattern, why in INERT:
         assert f"| `{pattern}` | {why} |" in docs, pattern
+
+
+def test_xtuners_deepspeed_names_are_listed_and_copied(tmp_path, capsys):
+    assert main(["list-cfg", "-p", "deepspeed"]) == 0
+    assert set(catalog.DEEPSPEED_NAMES) <= set(capsys.readouterr().out.split())
+    assert main(["copy-cfg", "deepspeed_zero2", str(tmp_path)]) == 0
+    copied = json.loads((tmp_path / "deepspeed_zero2_copy.json").read_text())
+    assert copied["zero_optimization"]["stage"] == 2

@@ -200,12 +200,19 @@ def test_the_usage_documents_layout_trains_with_paths_from_the_working_directory
     shutil.copytree(tiny_dir, tmp_path / "models" / "tiny")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "alpaca.json").write_text(json.dumps(alpaca_rows(8)))
-    small = ["--cfg-options", "model.trustRemoteCode=false", "training.maxEpochs=null", "training.maxSteps=2",
-             "training.precision=fp32", "model.dtype=fp32", "evaluation.inputs=[]", "dataset.numProc=1",
-             "dataset.maxLength=64"]
+    small = ["--cfg-options", "model.trustRemoteCode=false", "training.maxEpochs=1", "training.precision=fp32",
+             "model.dtype=fp32", "evaluation.inputs=[]", "dataset.numProc=1", "dataset.maxLength=64",
+             "dataset.packToMaxLength=false"]
     out = kubetune("train", "train/x.py", "--no-export", *small, cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    assert (tmp_path / "work_dirs" / "x" / "iter_2").is_dir()
+    # One epoch of 8 micro-batches (XTuner's iterations), accumulation 16: one optimizer step, iter_8 at the end.
+    assert sorted(p.name for p in (tmp_path / "work_dirs" / "x").glob("iter_*")) == ["iter_8"]
+    # The usage document's next commands, with XTuner's checkpoint names: epoch_1.pth, iter_8.pth.
+    out = kubetune("convert", "pth_to_hf", "train/x.py", "work_dirs/x/epoch_1.pth", "hf", *small, cwd=tmp_path)
+    assert out.returncode == 0 and (tmp_path / "hf" / "adapter_model.safetensors").is_file(), out.stderr[-2000:]
+    out = kubetune("test", "train/x.py", "--checkpoint", "work_dirs/x/iter_8.pth", "--max-samples", "2", *small,
+                   cwd=tmp_path)
+    assert out.returncode == 0 and "perplexity" in out.stdout, out.stderr[-2000:]
     out = kubetune("import-xtuner", "train/x.py", "-o", "manifests/job.yaml", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     spec = yaml.safe_load((tmp_path / "manifests" / "job.yaml").read_text())["spec"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .base import API_VERSION
+from .enums import DeepSpeedPreset
 from .xtuner.table import table as xtuner_table
 
 INTERNLM2_TARGETS = ["wqkv", "wo", "w1", "w2", "w3"]
@@ -328,11 +329,16 @@ def catalog() -> dict[str, dict[str, Any]]:
     return xtuner | _own()
 
 
+# XTuner's DeepSpeed files by their list-cfg names; `copy-cfg` writes the preset's JSON, `--deepspeed` takes either.
+DEEPSPEED_NAMES = tuple(f"deepspeed_{p.value}" for p in DeepSpeedPreset if p is not DeepSpeedPreset.NONE)
+
+
 def names(pattern: str | None = None) -> list[str]:
     """Config names containing `pattern` (case-insensitive), like XTuner's list-cfg: XTuner's names first (those
     kubetune refuses too), then kubetune's own."""
     needle = (pattern or "").lower()
-    return [n for n in [*xtuner_table(), *_own()] if needle in n.lower()]
+    xtuners = sorted([*xtuner_table(), *DEEPSPEED_NAMES])  # XTuner lists its DeepSpeed JSON files among them
+    return [n for n in [*xtuners, *_own()] if needle in n.lower()]
 
 
 def notes(name: str) -> list[str]:

@@ -81,8 +81,10 @@ class DatasetFormat(StrEnum):
     CODE_ALPACA = "code_alpaca"
     COLORS = "colors"
     CRIME_KG_ASSISTANT = "crime_kg_assistant"
-    # XTuner's own spelling (`crime_kg_assitant_map_fn`): the same rows, so its users' names work unchanged.
+    # XTuner's own spellings (`crime_kg_assitant_map_fn`, and `crime_kg_assitan` in its DATASET_FORMAT_MAPPING): the
+    # same rows, so its users' names work unchanged.
     CRIME_KG_ASSITANT = "crime_kg_assitant"
+    CRIME_KG_ASSITAN = "crime_kg_assitan"
     LAW_REFERENCE = "law_reference"
     MEDICAL = "medical"
     SQL = "sql"

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from .common import load_config
 from .errors import KubetuneError, UserError
 
 
@@ -58,10 +59,27 @@ def list_cfg(args: argparse.Namespace) -> int:
     return 0
 
 
+def _copy_deepspeed(name: str, save_dir: Path) -> int:
+    """XTuner's DeepSpeed files: the preset's JSON as `<name>_copy.json`, for `--deepspeed FILE`."""
+    import json
+
+    from kubetune.configs import deepspeed_preset
+
+    if save_dir.exists() and not save_dir.is_dir():
+        raise UserError(f"{save_dir}: exists and is not a directory")
+    save_dir.mkdir(parents=True, exist_ok=True)
+    path = save_dir / f"{name}_copy.json"
+    path.write_text(json.dumps(deepspeed_preset(name), indent=2) + "\n")
+    print(f"Copy to {path}")
+    return 0
+
+
 def copy_cfg(args: argparse.Namespace) -> int:
     from kubetune.api import catalog
     from kubetune.api.yamlgen import commented_manifest
 
+    if args.config_name in catalog.DEEPSPEED_NAMES:
+        return _copy_deepspeed(args.config_name, Path(args.save_dir))
     try:
         manifest = catalog.get(args.config_name)
     except KeyError as exc:
@@ -99,8 +117,9 @@ def validate(args: argparse.Namespace) -> int:
     failed = 0
     for file in args.files:
         try:
-            obj = load_manifest(file, kind=args.kind)
-        except ManifestError as exc:
+            # An XTuner .py config validates as what `train` would run: its import (refused settings by line).
+            obj = load_config(file, kind=args.kind) if file.endswith(".py") else load_manifest(file, kind=args.kind)
+        except (ManifestError, UserError) as exc:
             print(str(exc), file=sys.stderr)
             failed += 1
             continue

@@ -32,7 +32,12 @@ def run(args: argparse.Namespace) -> int:
     work = Path(args.work_dir or Path("work_dirs") / name / "test").resolve()
     data = TestData(uri=str(Path(args.data).resolve()) if args.data and "://" not in args.data else args.data,
                     split=args.split, max_samples=args.max_samples)
-    result = score(job, Path(args.checkpoint).resolve(), work, data)
+    checkpoint = Path(args.checkpoint).resolve()
+    if not checkpoint.exists():  # XTuner's names for kubetune's checkpoints: iter_N.pth, epoch_N.pth
+        from kubetune.storage import xtuner_checkpoint_alias
+
+        checkpoint = xtuner_checkpoint_alias(checkpoint) or checkpoint
+    result = score(job, checkpoint, work, data)
     print(f"test: {result['samples']} samples, {result['tokens']} labelled tokens of {result['data']}: "
           f"loss {result['loss']:.4f}, perplexity {result['perplexity']:.3f} (checkpoint {result['checkpoint']}); "
           f"results in {result['results']}")

@@ -378,7 +378,8 @@ def llava_image_only(row):
 FORMATS: dict[str, Callable[[dict[str, Any]], Conversation]] = {
     "xtuner": xtuner, "openai": openai, "default": default, "alpaca": alpaca, "alpaca_zh": alpaca_zh,
     "arxiv": arxiv, "code_alpaca": code_alpaca, "colors": colors, "crime_kg_assistant": crime_kg_assistant,
-    "crime_kg_assitant": crime_kg_assistant, "law_reference": law_reference, "medical": medical, "sql": sql, "tiny_codes": tiny_codes,
+    "crime_kg_assitant": crime_kg_assistant, "crime_kg_assitan": crime_kg_assistant,
+    "law_reference": law_reference, "medical": medical, "sql": sql, "tiny_codes": tiny_codes,
     "openorca": openorca, "stack_exchange": stack_exchange, "oasst1": oasst1, "wizardlm": wizardlm,
     "msagent_react": msagent_react, "pretrain": pretrain, "llava": llava, "llava_image_only": llava_image_only,
 }

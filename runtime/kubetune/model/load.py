@@ -83,7 +83,11 @@ def _base(uri: str, adapter_path: Path | None, bits: int | None, dtype: str, off
                                                   trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"{uri}: cannot load a model from {path}: {' '.join(str(exc).split())[:300]}") from None
+        # The advice goes first: transformers' own message about remote code is long, and a cut one loses it.
+        hint = "the repository ships its own code: pass --trust-remote-code to run it; " \
+            if "trust_remote_code" in str(exc) and not trust_remote_code else ""
+        raise ModelLoadError(f"{uri}: cannot load a model from {path}: {hint}"
+                             f"{' '.join(str(exc).split())[:300]}") from None
     return model, tokenizer, path
 
 

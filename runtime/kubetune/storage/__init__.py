@@ -63,10 +63,23 @@ def _existing(path: Path, uri: str) -> Path:
 
 
 def xtuner_checkpoint_alias(path: Path) -> Path | None:
-    """XTuner names a checkpoint `iter_N.pth`; kubetune writes `iter_N/`. A missing `iter_N.pth` beside an existing
-    `iter_N/` is that checkpoint, so XTuner's commands (convert, pretrained_pth, --resume) run on kubetune's runs."""
-    if path.suffix == ".pth" and path.name.startswith("iter_") and path.with_suffix("").is_dir():
+    """XTuner names a checkpoint `iter_N.pth` (and, by epochs, `epoch_N.pth`); kubetune writes `iter_N/`. A missing
+    `iter_N.pth` beside an existing `iter_N/` is that checkpoint, and a missing `epoch_N.pth` is the checkpoint
+    written where epoch N ended (its trainer_state's epoch), so XTuner's commands (convert, pretrained_pth, --resume,
+    test) run on kubetune's runs."""
+    if path.suffix != ".pth":
+        return None
+    if path.name.startswith("iter_") and path.with_suffix("").is_dir():
         return path.with_suffix("")
+    stem = path.stem
+    if stem.startswith("epoch_") and stem[6:].isdigit() and path.parent.is_dir():
+        for candidate in sorted(path.parent.glob("iter_*")):
+            try:
+                epoch = json.loads((candidate / "trainer_state.json").read_text()).get("epoch")
+            except (OSError, ValueError):
+                continue
+            if epoch == int(stem[6:]):
+                return candidate
     return None
 
 

@@ -120,7 +120,7 @@ def _save(ck: Checkpointer, run: Any, count: int) -> Path:
             if run.scaler is not None:
                 torch.save(run.scaler.state_dict(), tmp / "scaler.pt")
             state = {"consumed": run.consumed, "seed": ck.seed, "total_steps": ck.total_steps, "step": run.step,
-                     "world_size": ck.world}
+                     "world_size": ck.world, "epoch": run.epoch}  # the epoch: XTuner's epoch_N.pth names it
             (tmp / STATE).write_text(json.dumps(state, indent=2))
         ck.barrier()
         if ck.rank == 0:

@@ -287,6 +287,9 @@ def _dataset(m: Mapper, kind: str) -> dict[str, Any]:
         check_tokenizer(m, part.get("tokenizer"), llm_path, "dataset.tokenizer", at, _eos_token(m))
     if kind != "sft":
         out["packToMaxLength"] = first.get("use_varlen_attn", False) is True
+        # XTuner's preference datasets render prompt and answers with the tokenizer's chat template
+        # (preference_dataset.tokenize); its prompt_template serves the evaluation hook only.
+        out["promptTemplate"] = "auto"
     return {k: v for k, v in out.items() if v != [] and v is not None}
 
 
