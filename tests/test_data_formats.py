@@ -17,7 +17,7 @@ from .conftest import REPO
 def test_every_format_is_implemented():
     assert set(FORMATS) | set(PAIR_FORMATS) == {f.value for f in DatasetFormat}
     assert not set(FORMATS) & set(PAIR_FORMATS)
-    assert FORMATS["crime_kg_assitant"] is FORMATS["crime_kg_assistant"]  # XTuner's spelling of the same rows
+    assert FORMATS["crime_kg_assitant"] is FORMATS["crime_kg_assitan"] is FORMATS["crime_kg_assistant"]  # XTuner's spellings
 
 
 CASES = [

@@ -47,12 +47,19 @@ class XTuner:
         self.python, self.home = python, home
         (home / "xt_cpu.py").write_text(CPU_SHIM)
 
-    def run(self, *args: str, env: dict | None = None) -> None:
-        # The xtuner CLI spawns `python` from PATH: the venv's bin goes first.
-        full = dict(os.environ, PATH=f"{Path(self.python).parent}:{os.environ['PATH']}", **(env or {}))
-        out = subprocess.run([self.python, str(self.home / "xt_cpu.py"), *args], capture_output=True, text=True,
-                             cwd=self.home, env=full, timeout=600)
-        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    def start(self, *args: str, env: dict | None = None) -> subprocess.Popen:
+        # The xtuner CLI spawns `python` from PATH: the venv's bin goes first. One thread each: the runs go side by
+        # side, and most of each is Python importing XTuner's stack.
+        full = dict(os.environ, PATH=f"{Path(self.python).parent}:{os.environ['PATH']}", OMP_NUM_THREADS="1",
+                    **(env or {}))
+        return subprocess.Popen([self.python, str(self.home / "xt_cpu.py"), *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=self.home, env=full)
+
+    @staticmethod
+    def wait(processes: list[subprocess.Popen]) -> None:
+        for process in processes:
+            out, err = process.communicate(timeout=600)
+            assert process.returncode == 0, out[-2000:] + err[-4000:]
 
 
 # XTuner's iterations: the full run steps every 4 micro-batches and saves every 8 of them (aligned); the LoRA run
@@ -103,14 +110,13 @@ def xtuner_runs(tiny_dir, tmp_path_factory):
     (home / "zero2.json").write_text(json.dumps(ZERO2_CPU))
     xt = XTuner(python, home)
     single = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29531"}
-    out = {}
-    for name in UNITS:
-        extra = ["--deepspeed", "zero2.json"] if name == "lora-zero2" else []
-        work = home / f"work-{name}"
-        xt.run("xtuner.tools.train", f"{name}.py", "--work-dir", str(work), *extra, env=single if extra else None)
-        ckpt = work / f"iter_{UNITS[name][2]}.pth"
-        xt.run("xtuner.tools.model_converters.pth_to_hf", f"{name}.py", str(ckpt), str(home / f"xtuner-{name}"))
-        out[name] = (home / f"{name}.py", ckpt, home / f"xtuner-{name}", work)
+    out = {name: (home / f"{name}.py", home / f"work-{name}" / f"iter_{UNITS[name][2]}.pth", home / f"xtuner-{name}",
+                  home / f"work-{name}") for name in UNITS}
+    xt.wait([xt.start("xtuner.tools.train", f"{name}.py", "--work-dir", str(work),
+                      *(["--deepspeed", "zero2.json"] if name == "lora-zero2" else []),
+                      env=single if name == "lora-zero2" else None) for name, (_, _, _, work) in out.items()])
+    xt.wait([xt.start("xtuner.tools.model_converters.pth_to_hf", f"{name}.py", str(ckpt), str(converted))
+             for name, (_, ckpt, converted, _) in out.items()])
     return out
 
 
