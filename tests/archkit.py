@@ -4,6 +4,8 @@ family keeps what makes it differ (soft-capping, sinks, alternating layer types,
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +72,10 @@ def build(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     return out
 
 
-def build_remote_internlm2(out_dir: str | Path, seed: int = 0) -> Path:
-    """A tiny model in InternLM2's layout that loads only with trust_remote_code, its code beside its weights as on
-    the hub (tests/remote_code): the path for InternLM2 and the other remote-code families of the catalogue."""
+def build_remote_internlm2(out_dir: str | Path, seed: int = 0, model_type: str = "internlm2") -> Path:
+    """A tiny model in InternLM2's layout, its code beside its weights as on the hub (tests/remote_code). As
+    `internlm2` kubetune loads it natively (model/native.py); under another `model_type` it loads only with
+    trust_remote_code: the path of the catalogue's other remote-code families."""
     import shutil
 
     import torch
@@ -90,6 +93,9 @@ def build_remote_internlm2(out_dir: str | Path, seed: int = 0) -> Path:
                        "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM"}
     torch.manual_seed(seed)
     InternLM2ForCausalLM(config).save_pretrained(out, safe_serialization=True)
+    if model_type != "internlm2":
+        saved = json.loads((out / "config.json").read_text())
+        (out / "config.json").write_text(json.dumps({**saved, "model_type": model_type}, indent=2))
     for name in ("configuration_internlm2.py", "modeling_internlm2.py"):
         shutil.copy2(Path(__file__).parent / "remote_code" / name, out / name)
     return out

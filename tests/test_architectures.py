@@ -325,13 +325,14 @@ def test_the_router_load_balancing_loss_is_added_with_its_weight(models, tmp_pat
 
 
 def test_remote_code_in_internlm2_layout_trains_converts_merges_and_chats(tmp_path, capsys):
-    """InternLM2's path: its modeling code beside the weights, run with trustRemoteCode (the catalogue's settings).
-    Code that computes attention itself never calls kubetune's packed attention: its packed rows run each sample as a
-    row of its own (model/packed.py's split forward), exact rather than mixed."""
+    """The remote-code path (Baichuan, ChatGLM, Qwen-1, ... in the catalogue): modeling code beside the weights, run
+    with trustRemoteCode. Code that computes attention itself never calls kubetune's packed attention: its packed
+    rows run each sample as a row of its own (model/packed.py's split forward), exact rather than mixed. (InternLM2
+    itself loads natively: the next test.)"""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    model_dir = archkit.build_remote_internlm2(tmp_path / "internlm2")
+    model_dir = archkit.build_remote_internlm2(tmp_path / "internlm2", model_type="remote_decoder")
     assert kubetune(["copy-cfg", "internlm2_chat_1_8b_qlora_alpaca_e3", str(tmp_path)]) == 0
     job = tmp_path / "internlm2_chat_1_8b_qlora_alpaca_e3_copy.yaml"
     data = tmp_path / "data.jsonl"
@@ -348,7 +349,7 @@ def test_remote_code_in_internlm2_layout_trains_converts_merges_and_chats(tmp_pa
     assert code == 2 and "training.gradientCheckpointing: InternLM2ForCausalLM" in err and "Traceback" not in err
     code, err = train("packed", "training.gradientCheckpointing=false")  # each packed sample a row of its own
     assert code == 0, err
-    assert "packing: internlm2: its layers do not take packed rows" in next((tmp_path / "packed").glob("*/*.log")).read_text()
+    assert "packing: remote_decoder: its layers do not take packed rows" in next((tmp_path / "packed").glob("*/*.log")).read_text()
     code, err = train("work", "training.gradientCheckpointing=false", "dataset.packToMaxLength=false")
     assert code == 0, err
     adapter, merged = tmp_path / "adapter", tmp_path / "merged"
@@ -379,6 +380,52 @@ def test_remote_code_in_internlm2_layout_trains_converts_merges_and_chats(tmp_pa
     with pytest.raises(ModelLoadError, match="model: internlm2: .*serve it with --max-batch 1"):
         check_batched_decoding(got_model(merged), tokenizer, "internlm2", max_batch=2)
     check_batched_decoding(got_model(merged), tokenizer, "internlm2", max_batch=1)
+
+
+def test_internlm2_in_its_hub_layout_trains_packed_without_remote_code(tmp_path, capsys, monkeypatch):
+    """The usage document's own family: InternLM2 in its hub layout (fused grouped wqkv, its code beside the
+    weights) loads as transformers' Llama with the same weights (model/native.py), logits equal to its own code's;
+    an XTuner config trains it packed through the attention kernels with trustRemoteCode false, and the export
+    merges and chats as a native model."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from kubetune.model.native import native_path
+
+    monkeypatch.setenv("KUBETUNE_CACHE", str(tmp_path / "cache"))
+    model_dir = archkit.build_remote_internlm2(tmp_path / "internlm2")
+    native = native_path(model_dir)
+    assert native != model_dir and native_path(model_dir) == native  # converted once
+    ids = torch.randint(5, 700, (2, 24), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        theirs = got_model(model_dir)(input_ids=ids).logits
+        loaded = AutoModelForCausalLM.from_pretrained(str(native), dtype=torch.float32).eval()
+        assert type(loaded).__name__ == "LlamaForCausalLM"
+        assert (loaded(input_ids=ids).logits - theirs).abs().max() <= 1e-5 * max(1.0, theirs.abs().max().item())
+    assert kubetune(["copy-cfg", "internlm2_chat_1_8b_qlora_alpaca_e3", str(tmp_path)]) == 0
+    job = tmp_path / "internlm2_chat_1_8b_qlora_alpaca_e3_copy.yaml"
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows(output_words=(2, 4))) + "\n")
+    capsys.readouterr()
+    assert kubetune(["train", str(job), "--work-dir", str(tmp_path / "work"), "--cfg-options",
+                     f"model.uri={model_dir}", "model.trustRemoteCode=false", f"dataset.uri={data}",
+                     "dataset.maxLength=256", "training.maxSteps=2", "training.accumulativeCounts=1",
+                     "evaluation.maxNewTokens=2", "training.precision=fp32"]) == 0, capsys.readouterr().err[-3000:]
+    log = next((tmp_path / "work").glob("*/*.log")).read_text()
+    assert "each packed sample runs as a row of its own" not in log  # packed rows go through the kernels
+    adapter, merged = tmp_path / "adapter", tmp_path / "merged"
+    assert kubetune(["convert", "pth_to_hf", str(job), str(tmp_path / "work" / "iter_2"), str(adapter), "--fp32"]) == 0
+    assert set(json.loads((adapter / "adapter_config.json").read_text())["target_modules"]) == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert kubetune(["convert", "merge", str(model_dir), str(adapter), str(merged)]) == 0
+    with torch.no_grad():
+        base = AutoModelForCausalLM.from_pretrained(str(native), dtype=torch.float32)
+        expected = PeftModel.from_pretrained(base, str(adapter)).eval()(input_ids=ids).logits
+        got = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32).eval()(input_ids=ids).logits
+    assert (got - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max().item())
+    capsys.readouterr()
+    assert kubetune(["chat", str(merged), "--prompt", "hello", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.strip()
 
 
 def got_model(path):

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, TYPE_CHECKING
 
+from kubetune.model.native import native_path
 from kubetune.storage import local_destination, local_path
 
 from .shards import ConvertError
@@ -62,7 +63,7 @@ def run(spec: ConvertJobSpec, source: str, config: FineTuneJob | None = None, lo
                 raise ConvertError("operation merge needs baseModel.uri")
             if spec.is_clip:
                 check_clip(local_path(base))
-            written = merge(local_path(base), local_path(source), out, spec.max_shard_size, spec.safe_serialization,
+            written = merge(native_path(local_path(base)), local_path(source), out, spec.max_shard_size, spec.safe_serialization,
                             resolve_device(spec.device), log)
             log(f"merged model written to {spec.output.uri} ({len(written)} shard(s))")
         else:

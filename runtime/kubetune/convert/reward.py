@@ -20,6 +20,7 @@ def export(job: FineTuneJob, source: Path, out: Path, fp32: bool, max_shard_size
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    from kubetune.model.native import native_path
     from kubetune.model.tokenizer import load_tokenizer
     from kubetune.storage import local_path
     from kubetune.train.reward import CONFIG_FILE, HEAD_FILE
@@ -28,7 +29,7 @@ def export(job: FineTuneJob, source: Path, out: Path, fp32: bool, max_shard_size
     if (source / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(str(local_path(job.spec.model.uri, repo_type="model")),
+        base = AutoModelForCausalLM.from_pretrained(str(native_path(local_path(job.spec.model.uri, repo_type="model"))),
                                                     dtype=torch.float32, trust_remote_code=trust)
         lm = PeftModel.from_pretrained(base, str(source)).merge_and_unload()
     else:

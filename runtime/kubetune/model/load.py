@@ -13,6 +13,7 @@ from kubetune.storage import StorageError, local_path
 
 from .dtypes import NAMES, bitsandbytes_config, torch_dtype
 from .families import refuse_non_decoder_at
+from .native import native_path
 
 
 @dataclass
@@ -62,7 +63,7 @@ def _base(uri: str, adapter_path: Path | None, bits: int | None, dtype: str, off
     # A REPL and a server log: no weight-loading progress bars or library deprecation notices in between.
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
-    path = _local(uri, "model")
+    path = native_path(_local(uri, "model"))
     cuda = torch.cuda.is_available()
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "low_cpu_mem_usage": True}
     if dtype in NAMES:

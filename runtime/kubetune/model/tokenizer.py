@@ -7,6 +7,8 @@ from typing import Any
 from kubetune.errors import ModelLoadError
 from kubetune.storage import StorageError, local_path
 
+from .native import native_path
+
 __all__ = ["ModelLoadError", "load_tokenizer"]
 
 
@@ -14,7 +16,7 @@ def load_tokenizer(model: Any) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        path = local_path(model.uri, repo_type="model")
+        path = native_path(local_path(model.uri, repo_type="model"))
     except StorageError as exc:
         raise ModelLoadError(f"model.uri {exc}") from None
     try:

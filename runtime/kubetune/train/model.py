@@ -9,6 +9,7 @@ from typing import Any, TYPE_CHECKING
 from kubetune.model.attention import MASK_IGNORES_PACKING
 from kubetune.model.dtypes import bitsandbytes_config, torch_dtype
 from kubetune.model.families import refuse_non_decoder_at
+from kubetune.model.native import native_path
 from kubetune.model.tokenizer import ModelLoadError
 from kubetune.storage import StorageError, local_path
 
@@ -58,7 +59,7 @@ def build_model(spec: FineTuneJobSpec, device: Any, precision: Precision, seed: 
     from transformers import AutoModelForCausalLM
 
     try:
-        path = local_path(spec.model.uri, repo_type="model")
+        path = native_path(local_path(spec.model.uri, repo_type="model"))
     except StorageError as exc:
         raise ModelLoadError(f"model.uri {exc}") from None
     method = spec.method.scheme
