@@ -46,7 +46,7 @@ def imported(path: str, allow_partial: bool = False) -> dict[str, Any]:
 
 
 def _rebase_paths(spec: dict[str, Any], folder: Path) -> None:
-    from .common import rebase
+    from .paths import rebase
 
     cwd = Path.cwd()
     for section, key in (("model", "uri"), ("dataset", "uri"), ("checkpoints", "uri"), ("dataset", "imageFolder")):
