@@ -12,13 +12,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_gpu_benchmark_runs_tiny_on_the_cpu(tmp_path):
     out = tmp_path / "gpu.json"
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu" / "gpu_bench.py"), "--device", "cpu", "--tiny",
-                          "--sides", "kubetune,trl,kubetune-chunked", "--out", str(out)],
+                          "--sides", "kubetune,trl", "--out", str(out)],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
     rows = {(r["tool"], r["method"]): r for r in report["results"]}
-    assert set(rows) == {("kubetune", "lora"), ("trl", "lora"), ("kubetune-chunked", "lora"), ("kubetune", "full"),
-                         ("trl", "full")}
+    # kubetune-chunked is kubetune with its loss kernel forced: on a CPU that is what kubetune picks anyway.
+    assert set(rows) == {("kubetune", "lora"), ("trl", "lora"), ("kubetune", "full"), ("trl", "full")}
     for row in rows.values():
         assert "error" not in row, row
         assert row["tokens_per_s"] > 0 and row["measured_steps"] == 2
