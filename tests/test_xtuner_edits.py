@@ -132,3 +132,27 @@ def test_an_edit_without_a_field_is_refused_at_its_line(base, tmp_path, name, ol
     assert hits, result.problems
     # The line named is the edit's, or the statement that holds it (a multi-line dict names its first line).
     assert any(0 < line <= changed + 2 for line, _ in hits), (changed, hits)
+
+
+def test_arithmetic_bombs_are_not_evaluated(base, tmp_path):
+    """Issue 42 R7: nothing in a config runs, and nothing it asks the reader to compute may hang or allocate without
+    bound: huge powers and products, strings doubled in a loop of statements, overflows and division by zero become
+    values the importer does not evaluate, refused at their line when a setting uses them."""
+    import time
+
+    bombs = ["max_length = 9**9**9**9", "n = 10", *["n *= n"] * 12, "s = 'x'", *["s += s"] * 40,
+             "overflow = 10.0 ** 400"]
+    edited = base.replace("max_length = 2048", "\n".join(bombs), 1).replace("lr = 2e-4", "lr = 10**10**8", 1)
+    edited = edited.replace("weight_decay = 0\n", "weight_decay = 1 / 0\n", 1)
+    assert edited.count("10**10**8") == 1 and edited.count("1 / 0") == 1
+    path = tmp_path / "bombs.py"
+    path.write_text(edited)
+    started = time.perf_counter()
+    result = import_config(path)
+    assert time.perf_counter() - started < 5
+    line = edited.splitlines().index("max_length = 9**9**9**9") + 1
+    problems = dict(result.problems)
+    assert "too large to be a setting" in problems.get(line, ""), result.problems
+    lr_line = edited.splitlines().index("lr = 10**10**8") + 1
+    assert problems.get(lr_line, "").startswith("training.optimizer.lr: "), result.problems
+    assert "training.optimizer.weightDecay: `1 Div 0`" in " ".join(problems.values())

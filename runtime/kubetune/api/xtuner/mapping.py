@@ -15,7 +15,7 @@ from ..enums import DatasetFormat, PromptTemplate
 from . import llava
 from .accounting import account
 from .common import DTYPES, Imported, Mapper, as_dict, as_list, check_tokenizer, quantization, read_all, to_uri
-from .reader import Config, Local, Sym, Unknown
+from .reader import Call, Config, Local, Sym, Unknown
 from .schedule import schedule_fields
 
 # XTuner's map fns by name → kubetune's dataset formats (None: rows already in XTuner's conversation layout).
@@ -63,6 +63,7 @@ def to_manifest(config: Config, source: Path) -> Imported:
     for line, text in config.skipped:
         imported.notes.append((line, f"skipped: {text}"))
     account(m)
+    _unevaluated(m, imported.manifest.get("spec", {}), "")
     imported.manifest = json.loads(json.dumps(imported.manifest))  # plain dicts: the config's Settings stay behind
     return imported
 
@@ -94,6 +95,20 @@ def _runtime(m: Mapper) -> None:
     if as_dict(m.get("optim_wrapper")).get("paramwise_cfg") is not None:
         m.problem(m.line("optim_wrapper"), "optim_wrapper.paramwise_cfg: per-parameter learning rates and decay "
                                            "are not something kubetune trains with")
+
+
+def _unevaluated(m: Mapper, node: Any, path: str) -> None:
+    """Whatever the reader did not evaluate and a field still holds (an expression, a symbol, the config's own
+    function): a problem at its line, and the field left out."""
+    items = list(node.items()) if isinstance(node, dict) else list(enumerate(node)) if isinstance(node, list) else []
+    for key, value in items:
+        if isinstance(value, (Unknown, Local, Sym, Call)):
+            m.value(value if isinstance(value, (Unknown, Local)) else Unknown(getattr(value, "path", "a call"),
+                                                                               getattr(value, "line", 0)),
+                    f"{path}.{key}".lstrip("."), getattr(value, "line", 0))
+            node[key] = None
+        else:
+            _unevaluated(m, value, f"{path}.{key}".lstrip("."))
 
 
 def _model(m: Mapper, model: dict) -> dict[str, Any]:
@@ -311,6 +326,8 @@ def _training(m: Mapper) -> dict[str, Any]:
     out["maxNorm"] = clip.get("max_norm") if isinstance(clip, dict) else 0 if clip is None else None
     if isinstance(out["optimizer"].get("lr"), (int, float)):
         out |= schedule_fields(m, out["optimizer"]["lr"])
+    else:  # the schedule's factors are relative to an lr the importer could not evaluate (refused at its line)
+        read_all(m.get("param_scheduler"))
     wrapper_type = wrapper.get("type")
     if isinstance(wrapper_type, Sym) and wrapper_type.name == "AmpOptimWrapper":
         out["precision"] = DTYPES.get(wrapper.get("dtype", "float16"), "fp16")

@@ -100,6 +100,28 @@ def read(source: str, filename: str) -> Config:
 
 
 _NUMBER_CASTS = {"int": int, "float": float}
+MAX_BITS = 128  # the largest integer a setting may be (seeds, lengths and counts need 64)
+MAX_LENGTH = 1_000_000  # the longest string or list a setting may be built into
+
+
+def _small_enough(fn: Any, left: Any, right: Any) -> bool:
+    """Whether an integer result stays within MAX_BITS, judged before computing it."""
+    if not (isinstance(left, int) and isinstance(right, int)):
+        return True  # float arithmetic overflows into an error, not into memory
+    bits = max(abs(left).bit_length(), 1)
+    if fn is operator.pow:
+        return right < 0 or bits * right <= MAX_BITS or abs(left) <= 1
+    if fn is operator.mul:
+        return bits + abs(right).bit_length() <= MAX_BITS
+    return True
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, int) and value.bit_length() > MAX_BITS:
+        return "<a very large integer>"
+    text = repr(value) if not isinstance(value, (str, list)) or len(value) <= 60 else f"<{type(value).__name__} of " \
+        f"{len(value):,}>"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class _Reader:
@@ -228,7 +250,16 @@ class _Reader:
     def binary(op: ast.operator, left: Any, right: Any, line: int) -> Any:
         fn = _BINARY.get(type(op))
         numbers = (int, float)
-        if fn and ((isinstance(left, numbers) and isinstance(right, numbers))
-                   or (isinstance(left, (str, list)) and type(left) is type(right) and fn is operator.add)):
+        text = f"{_short(left)} {type(op).__name__} {_short(right)}"
+        if fn and isinstance(left, numbers) and isinstance(right, numbers):
+            if not _small_enough(fn, left, right):  # 9**9**9**9: no setting is that large, and computing it hangs
+                return Unknown(f"{text} (too large to be a setting)", line)
+            try:
+                return fn(left, right)
+            except ArithmeticError:  # 1 / 0, 10.0 ** 400
+                return Unknown(text, line)
+        if fn is operator.add and isinstance(left, (str, list)) and type(left) is type(right):
+            if len(left) + len(right) > MAX_LENGTH:  # `s += s` in a loop of statements doubles without end
+                return Unknown(f"{text} (longer than {MAX_LENGTH:,})", line)
             return fn(left, right)
-        return Unknown(f"{left!r} {type(op).__name__} {right!r}", line)
+        return Unknown(text, line)
