@@ -213,20 +213,25 @@ def test_nan_loss_stops_training_without_a_checkpoint(tmp_path, tiny_dir):
 
 def _big_row_job(tmp_path, tiny_dir, array: bool):
     rows = alpaca_rows(4)
-    rows[2] = {**rows[2], "output": "x" * (17 << 20)}  # 17 MiB, over the 16 MiB row limit
+    if array == "padded":  # issue 42 R3: 5 000 spaces first, and the 17 MiB row spread over short lines
+        rows[2] = {**rows[2], **{f"k{i}": "x" * (16 << 10) for i in range(1088)}}
+        text = " " * 5000 + json.dumps(rows, indent=1)
+    else:
+        rows[2] = {**rows[2], "output": "x" * (17 << 20)}  # 17 MiB, over the 16 MiB row limit
+        text = json.dumps(rows) if array else "\n".join(json.dumps(r) for r in rows) + "\n"
     job = write_job(tmp_path, tiny_dir, [])
     data = tmp_path / ("big.json" if array else "big.jsonl")  # not write_job's data.jsonl, which it just wrote
-    data.write_text(json.dumps(rows) if array else "\n".join(json.dumps(r) for r in rows) + "\n")
+    data.write_text(text)
     spec = yaml.safe_load(job.read_text())
     spec["dataset"]["uri"] = str(data)
     job.write_text(yaml.safe_dump(spec))
     return job, data
 
 
-@pytest.mark.parametrize("array", [False, True], ids=["jsonl", "json-array"])
+@pytest.mark.parametrize("array", [False, True, "padded"], ids=["jsonl", "json-array", "padded-array"])
 def test_h3_a_huge_row_is_refused_before_it_is_loaded(tmp_path, tiny_dir, array):
     job, data = _big_row_job(tmp_path, tiny_dir, array)
-    where = "row 2 (from line 1)" if array else "line 3"
+    where = "row 2 (from line 1)" if array is True else "row 2 (from line 12)" if array else "line 3"
     for command in (["train", str(job), "--work-dir", str(tmp_path / "w")], ["check-custom-dataset", str(job)]):
         out = kubetune(*command, env={**os.environ, "KUBETUNE_CACHE": str(tmp_path / "cache")})
         assert out.returncode == 2, out.stderr[-2000:]

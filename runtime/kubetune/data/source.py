@@ -122,10 +122,17 @@ def _bounded_lines(path: Path, block: int = 1 << 20) -> Path:
     return path
 
 
-def _is_json_array(path: Path) -> bool:
+def _is_json_array(path: Path, block: int = 1 << 16) -> bool:
+    """Whether the first character after any amount of leading whitespace (and a UTF-8 byte-order mark) is `[`:
+    padding must not turn an array into "lines" that escape the per-row bound."""
     with path.open("rb") as fh:
-        head = fh.read(4096).lstrip()
-    return head[:1] == b"["
+        head = fh.read(block).removeprefix(b"\xef\xbb\xbf")
+        while head:
+            stripped = head.lstrip()
+            if stripped:
+                return stripped[:1] == b"["
+            head = fh.read(block)
+    return False
 
 
 _SKIP = re.compile(r"[\s,]*")
@@ -145,9 +152,13 @@ def _as_json_lines(path: Path, work: Path, block: int = 1 << 22) -> Path:
     target = work / f"{path.stem}-{abs(hash(str(path)))}.jsonl"
     decoder = json.JSONDecoder()
     line, index, limit = 1, 0, max_row_bytes()
-    with path.open("r", encoding="utf-8") as fin, target.open("w", encoding="utf-8") as fout:
+    with path.open("r", encoding="utf-8-sig") as fin, target.open("w", encoding="utf-8") as fout:
         buf = fin.read(block)
         pos = _skip(buf, 0)
+        while pos == len(buf) and buf:  # leading whitespace longer than a block
+            line += buf.count("\n")
+            buf = fin.read(block)
+            pos = _skip(buf, 0)
         if buf[pos:pos + 1] != "[":
             raise DataError(f"{path}: expected a JSON array")
         line += buf.count("\n", 0, pos)
