@@ -340,3 +340,28 @@ def test_a_full_disk_is_a_clear_error_and_keeps_the_complete_checkpoints(tmp_pat
     assert saved and not list(kept.glob(".iter_*.tmp"))  # what was saved is whole; the cut one is gone
     for checkpoint in saved:
         assert sync.verify(checkpoint, quick=False), checkpoint
+
+
+def test_r12_r13_manifests_are_read_within_bounds(tmp_path):
+    """Issue 42 R13/R12: a manifest is read at most 4 MiB deep (a link to /dev/zero was read until MemoryError), and
+    an integer of thousands of digits (which Python cannot even print) or past 64 bits is one line naming the field,
+    in the file and in --cfg-options."""
+    from kubetune.api import ManifestError, load_manifest
+
+    endless = tmp_path / "endless.yaml"
+    endless.symlink_to("/dev/zero")
+    huge = "9" * 5000
+    cases = {endless: "over 4 MiB: not a manifest"}
+    for name, text in (("digits.yaml", f"spec:\n  training:\n    seed: {huge}\n"),
+                       ("digits.json", f'{{"spec": {{"training": {{"seed": {huge}}}}}}}')):
+        (tmp_path / name).write_text(text)
+        cases[tmp_path / name] = "a number too long to be a setting"
+    (tmp_path / "wide.yaml").write_text("spec:\n  training:\n    seed: " + "9" * 40 + "\n")
+    cases[tmp_path / "wide.yaml"] = "spec.training.seed: an integer of more than 64 bits"
+    for path, message in cases.items():
+        with pytest.raises(ManifestError) as caught:
+            load_manifest(path)
+        assert message in str(caught.value), str(caught.value)[:300]
+    example = Path(__file__).resolve().parents[1] / "examples" / "finetune-local-tiny.yaml"
+    out = kubetune("train", str(example), "--work-dir", str(tmp_path / "w"), "--cfg-options", f"training.seed={huge}")
+    assert out.returncode == 2 and "training.seed" in out.stderr and "Traceback" not in out.stderr, out.stderr[-500:]

@@ -61,6 +61,9 @@ _Loader.add_implicit_resolver(
 )
 
 
+MAX_MANIFEST_BYTES = 4 << 20  # a manifest is kilobytes; the Kubernetes API refuses objects past 1.5 MiB
+
+
 def read_document(path: str | Path) -> Any:
     """Parse one YAML or JSON document; ManifestError naming the file on any problem."""
     path = Path(path)
@@ -70,7 +73,11 @@ def read_document(path: str | Path) -> Any:
     if path.is_dir():
         raise ManifestError(source, [("", "is a directory, not a manifest file")])
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as fh:  # bounded: a link to /dev/zero or a huge file is not a manifest
+            raw = fh.read(MAX_MANIFEST_BYTES + 1)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise ManifestError(source, [("", f"over {MAX_MANIFEST_BYTES >> 20} MiB: not a manifest")])
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(source, [("", f"cannot read: {exc}")]) from None
     try:
@@ -82,9 +89,29 @@ def read_document(path: str | Path) -> Any:
                                           f"{' '.join(str(exc).split())}")]) from None
     except RecursionError:
         raise ManifestError(source, [("", "nested too deeply to be a manifest")]) from None
+    except ValueError as exc:  # YAML's and JSON's int(): a number of thousands of digits
+        raise ManifestError(source, [("", f"a number too long to be a setting ({' '.join(str(exc).split())[:80]})")]) \
+            from None
     if len(docs) != 1:
         raise ManifestError(source, [("", f"expected exactly one document, found {len(docs)}")])
+    huge = _huge_integer(docs[0])
+    if huge is not None:
+        raise ManifestError(source, [(huge, "an integer of more than 64 bits: no field takes one")])
     return docs[0]
+
+
+def _huge_integer(node: Any, path: str = "") -> str | None:
+    """The path of the first integer past 64 bits (a 5 000-digit number cannot even be printed in an error)."""
+    if isinstance(node, bool):
+        return None
+    if isinstance(node, int):
+        return path if node.bit_length() > 64 else None
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        found = _huge_integer(value, f"{path}.{key}".lstrip(".") if isinstance(key, str) else f"{path}[{key}]")
+        if found is not None:
+            return found
+    return None
 
 
 def load_manifest(path: str | Path, kind: str | None = None, overrides: Iterable[str] = ()) -> Manifest:
@@ -201,7 +228,7 @@ def apply_overrides(spec: dict[str, Any], overrides: Iterable[str]) -> list[tupl
             key = key[len("spec."):]
         try:
             value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError):  # ValueError: a number of thousands of digits, kept as text
             value = raw
         node: Any = spec
         parts = key.split(".")
