@@ -141,7 +141,7 @@ def test_h4_deepspeed_files_are_scanned_against_an_allow_list(tmp_path):
     assert not (tmp_path / "ran").exists()
 
 
-def test_m6_a_damaged_checkpoint_is_refused_and_auto_falls_back(trained):
+def test_m6_r10_a_damaged_or_unvouched_checkpoint_is_refused_and_auto_falls_back(trained):
     job, work, env = trained
     weights = work / "iter_4" / "model" / "adapter_model.safetensors"
     data = bytearray(weights.read_bytes())
@@ -149,6 +149,12 @@ def test_m6_a_damaged_checkpoint_is_refused_and_auto_falls_back(trained):
     weights.write_bytes(bytes(data))
     out = resume(job, work, env, which=str(work / "iter_4"))
     assert out.returncode == 2 and "differ from its manifest.json" in out.stderr and "Traceback" not in out.stderr
+    # Issue 42 R10: the manifest is written last and vouches for the rest; deleted by whoever altered the files, the
+    # checkpoint is refused all the same (it resumed the garbage before).
+    (work / "iter_4" / "manifest.json").unlink()
+    out = resume(job, work, env, which=str(work / "iter_4"))
+    assert out.returncode == 2 and "no manifest.json" in out.stderr and "Traceback" not in out.stderr, \
+        out.stderr[-2000:]
     out = resume(job, work, env)
     assert out.returncode == 0 and "iter_2 at step 2" in out.stdout, out.stdout[-2000:]
 
@@ -365,3 +371,4 @@ def test_r12_r13_manifests_are_read_within_bounds(tmp_path):
     example = Path(__file__).resolve().parents[1] / "examples" / "finetune-local-tiny.yaml"
     out = kubetune("train", str(example), "--work-dir", str(tmp_path / "w"), "--cfg-options", f"training.seed={huge}")
     assert out.returncode == 2 and "training.seed" in out.stderr and "Traceback" not in out.stderr, out.stderr[-500:]
+

@@ -189,15 +189,19 @@ def find_resume(work_dir: Path, resume: str | None, remote: str | None = None, f
             resume = str(work_dir / resume.rstrip("/").rpartition("/")[2])
     if resume == "auto":
         for path in reversed(checkpoints(work_dir)):
-            if sync.verify(path):
+            if (path / sync.MANIFEST).is_file() and sync.verify(path):
                 return path
-            print(f"kubetune: {path} does not match its manifest (damaged); trying an older checkpoint", flush=True)
+            print(f"kubetune: {path} has no {sync.MANIFEST} or does not match it (damaged); trying an older "
+                  "checkpoint", flush=True)
         return None
     path = Path(resume)
     if not path.exists():
         path = xtuner_checkpoint_alias(path) or path
     if not complete(path):
         raise FileNotFoundError(f"--resume {resume}: not a complete kubetune checkpoint (no {STATE} or model/)")
+    if not (path / sync.MANIFEST).is_file():  # the manifest is written last: without it nothing vouches for the rest
+        raise TrainError(f"--resume {resume}: no {sync.MANIFEST} (a checkpoint cut before it was published, or "
+                         "altered); resume from another one")
     if not sync.verify(path):
         raise TrainError(f"--resume {resume}: files differ from its {sync.MANIFEST} (sizes or sha256): the "
                          "checkpoint is damaged or was altered; resume from another one")
