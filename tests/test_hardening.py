@@ -115,7 +115,9 @@ class RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_h4_a_checkpoint_that_carries_code_is_refused_not_run(trained, tmp_path):
+def test_h4_r6_a_checkpoint_that_carries_code_or_a_bomb_is_refused_not_run(trained, tmp_path):
+    import torch
+
     job, work, env = trained
     marker = tmp_path / "code-ran"
     with (work / "iter_4" / "rng_rank0.pt").open("wb") as f:
@@ -124,6 +126,32 @@ def test_h4_a_checkpoint_that_carries_code_is_refused_not_run(trained, tmp_path)
     out = resume(job, work, env)
     assert out.returncode == 2 and "refusing to resume" in out.stderr and "Traceback" not in out.stderr
     assert not marker.exists()
+    # Issue 42 R6: a compressed entry (32 MiB of zeros in a 32 KiB file) is refused before torch inflates it, on
+    # resume and in convert.
+    _deflated(work / "iter_4" / "rng_rank0.pt", {"python": torch.zeros(8 << 20)})
+    rewrite_manifest(work / "iter_4")
+    out = resume(job, work, env)
+    assert out.returncode == 2 and "is compressed" in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+    bomb = tmp_path / "iter_2.pth"
+    _deflated(bomb, {"state_dict": {"w": torch.zeros(8 << 20)}})
+    assert bomb.stat().st_size < 1 << 20
+    out = kubetune("convert", "pth_to_hf", str(job), str(bomb), str(tmp_path / "hf"), env=env)
+    assert out.returncode == 2 and "is compressed" in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
+def _deflated(path: Path, obj) -> None:
+    """What torch.save writes, with every entry deflated: the archive stays small, its tensors do not."""
+    import io
+    import zipfile
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    source = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as out:
+        for name in source.namelist():
+            out.writestr(name, source.read(name))
 
 
 def test_h4_deepspeed_files_are_scanned_against_an_allow_list(tmp_path):

@@ -13,6 +13,8 @@ import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kubetune.storage.archives import unbounded
+
 from .shards import ConvertError
 
 if TYPE_CHECKING:
@@ -49,6 +51,9 @@ def read_weights(path: Path) -> dict[str, Any]:
 
     deepspeed = path.is_dir()
     file = path / DEEPSPEED_STATES if deepspeed else path
+    why = unbounded(file)
+    if why is not None:
+        raise ConvertError(f"{file}: not a checkpoint kubetune reads safely ({why})")
     try:
         # Listed without unpickling anything: a file naming another callable is refused before it is opened.
         unknown = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(str(file))) - set(INERT))

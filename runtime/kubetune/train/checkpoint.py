@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kubetune.storage import sync, xtuner_checkpoint_alias
+from kubetune.storage.archives import unbounded
 
 from .errors import TrainError
 
@@ -242,6 +243,9 @@ def read_state(path: Path) -> Any:
 
     import torch
 
+    why = unbounded(path)
+    if why is not None:
+        raise TrainError(f"{path}: {why}; refusing to resume from it")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:

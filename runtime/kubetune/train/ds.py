@@ -105,9 +105,14 @@ def scan(directory: Path) -> None:
     """Refuse DeepSpeed files whose pickles name globals outside the allow-list, before DeepSpeed unpickles them."""
     from torch.serialization import get_unsafe_globals_in_checkpoint
 
+    from kubetune.storage.archives import unbounded
+
     from .errors import TrainError
 
     for path in sorted(directory.rglob("*.pt")):
+        why = unbounded(path)
+        if why is not None:
+            raise TrainError(f"{path}: {why}; refusing to load it")
         try:
             found = sorted(set(get_unsafe_globals_in_checkpoint(str(path))) - ALLOWED_GLOBALS)
         except Exception as exc:  # a damaged archive: zipfile, pickle and torch raise their own types
