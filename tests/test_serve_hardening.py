@@ -106,6 +106,12 @@ def test_an_empty_completion_prompt_is_a_400(server, body, param):
      "messages.0.content"),
     ({"model": "tiny", "messages": QUESTION, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ({"model": "tiny", "messages": QUESTION, "functions": [{"name": "f"}]}, "functions"),
+    # Issue 42 R14: what changes the answer's shape or content is refused, not ignored with a 200.
+    ({"model": "tiny", "messages": QUESTION, "logprobs": True, "top_logprobs": 2}, "logprobs"),
+    ({"model": "tiny", "messages": QUESTION, "response_format": {"type": "json_object"}}, "response_format"),
+    ({"model": "tiny", "messages": QUESTION, "tool_choice": "required"}, "tool_choice"),
+    ({"model": "tiny", "messages": QUESTION, "frequency_penalty": 0.5}, "frequency_penalty"),
+    ({"model": "tiny", "messages": QUESTION, "repetition_penalty": 1e30}, "repetition_penalty"),
     (b'{"model": "tiny", "messages": [{"role": "user", "content": "\\ud800"}]}', None),
     (b'{"model": "tiny", "x": ' + b"[" * 200000 + b"]" * 200000 + b"}", None),
 ])

@@ -52,13 +52,49 @@ class _Sampling(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=0)
-    repetition_penalty: float | None = Field(default=None, gt=0)
+    repetition_penalty: float | None = Field(default=None, ge=0.01, le=100)  # past these, scores go non-finite
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # OpenAI's int64; torch takes all of it
     stop: str | list[str] | None = None
     ignore_eos: bool = False
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # Asked for, these change what the client gets back; answered without them, a 200 would mislead: refused.
+    logprobs: bool | int | None = None
+    top_logprobs: int | None = None
+    response_format: dict[str, Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+
+    @field_validator("logprobs", "top_logprobs")
+    @classmethod
+    def _no_logprobs(cls, v: Any) -> Any:
+        if v:  # True, or a positive count (completions' logprobs=N)
+            raise ValueError("this server does not return log probabilities")
+        return v
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, v: Any) -> Any:
+        if v and v.get("type", "text") != "text":
+            raise ValueError(f"response_format {v.get('type')!r}: this server does not constrain output to JSON; "
+                             "only type 'text'")
+        return v
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _no_tool_choice(cls, v: Any) -> Any:
+        if v not in (None, "none", "auto"):
+            raise ValueError("this server does not support tool or function calls")
+        return v
+
+    @field_validator("frequency_penalty", "presence_penalty")
+    @classmethod
+    def _no_openai_penalties(cls, v: Any) -> Any:
+        if v:
+            raise ValueError("not applied by this server; use repetition_penalty")
+        return v
 
     @field_validator("stop")
     @classmethod
