@@ -170,24 +170,29 @@ def test_control_tokens_in_a_message_cannot_open_another_turn(tokenizer, templat
 def test_plugin_commands_from_the_model_are_bounded_and_normalised(monkeypatch):
     """Issue 26 M4/M5: model output crashed the session (`exp(1000)`, a 5 000-digit product, `1\\x`), hung it
     (`round(1, -10**9)`, `solve("x=9^9^9")`) or ate 1.2 GB (`x^1000000000-1`); full-width letters slipped past the
-    solver's attribute filter. Each command now runs in a budgeted process and always gives a result line."""
+    solver's attribute filter. Each command now runs in a budgeted process and always gives a result line. Issue 42
+    R11: the budget is the answer's, not each command's (four slow commands held the chat for four budgets), and
+    `1 .evalf()` is attribute access too."""
     import time
 
-    monkeypatch.setattr(plugins, "BUDGET_SECONDS", 4.0)
+    monkeypatch.setattr(plugins, "BUDGET_SECONDS", 6.0)
     commands = {'Calculate("exp(1000)")': "error: OverflowError",
                 'Calculate("factorial(1000)*factorial(1000)")': "error: ValueError: Exceeds the limit",
                 'Calculate("1\\x")': "error: not an arithmetic expression",
-                'Calculate("round(1,-10**9)")': "error: took longer than 4 s",
-                'Solve("x=9^9^9")': "error: took longer than 4 s",
+                'Solve("\uff59.\uff4e\uff41\uff4d\uff45")': "error: not an equation: 'y.name'",
+                'Solve("1 .evalf()")': "error: not an equation",
                 'Solve("x^1000000000-1")': "error: ",
-                'Solve("\uff59.\uff4e\uff41\uff4d\uff45")': "error: not an equation: 'y.name'"}
+                'Calculate("round(1,-10**9)")': "error: ran past this answer's 6 s plugin budget",
+                'Solve("x=9^9^9")': "error: this answer's 6 s plugin budget is spent"}
     started = time.monotonic()
     results = plugins.run_commands("<|Commands|>: " + ", ".join(commands) + "<eoc>", {"calculate", "solve"})
-    assert time.monotonic() - started < 4 * 4 + 20
+    assert time.monotonic() - started < 6 + 5
     lines = results.splitlines()[1:-1]
     assert len(lines) == len(commands)
     for line, want in zip(lines, commands.values()):
         assert line.split(" => ", 1)[1].startswith(want), line
+    many = plugins.run_commands("<|Commands|>: " + ", ".join(['Calculate("1+1")'] * 9) + "<eoc>", {"calculate"})
+    assert many.splitlines()[-2].endswith("error: more than 8 commands in one answer")
 
 
 def _repl(tiny_dir, *flags: str) -> pexpect.spawn:

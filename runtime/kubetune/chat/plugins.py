@@ -16,6 +16,7 @@ import re
 import resource
 import subprocess
 import sys
+import time
 import unicodedata
 import urllib.request
 from typing import Any, Callable
@@ -27,6 +28,7 @@ _EQUATION = re.compile(r"[\w\s+\-*/^().=,;]*", re.ASCII)
 BUDGET_SECONDS = 10.0
 BUDGET_BYTES = 1 << 30  # address space of the plugin process
 MAX_RESULT = 2000
+MAX_COMMANDS = 8  # per answer
 
 
 class PluginError(ValueError):
@@ -88,7 +90,9 @@ def solve(equations: str) -> str:
                                             standard_transformations)
 
     # parse_expr evaluates Python: admit only arithmetic characters, no dunders and no attribute access.
-    if not _EQUATION.fullmatch(equations) or "__" in equations or re.search(r"[A-Za-z_)\]]\s*\.", equations):
+    # A dot before a letter is attribute access however it is spaced (`1 .evalf()`), never part of a number here.
+    if not _EQUATION.fullmatch(equations) or "__" in equations or re.search(r"[A-Za-z_)\]]\s*\.", equations) \
+            or re.search(r"\.\s*[A-Za-z_]", equations):
         raise PluginError(f"not an equation: {equations!r}")
     transformations = standard_transformations + (convert_xor, implicit_multiplication_application)
     parsed = []
@@ -136,13 +140,13 @@ def search(query: str) -> str:
 PLUGINS = {"Calculate": ("calculate", calculate), "Solve": ("solve", solve), "Search": ("search", search)}
 
 
-def run_isolated(name: str, argument: str) -> str:
+def run_isolated(name: str, argument: str, seconds: float | None = None) -> str:
     """`name(argument)` in a child process under the budget; the result line, or `error: ...` whatever happens."""
     try:
         proc = subprocess.run([sys.executable, "-m", "kubetune.chat.plugins", name], input=argument, text=True,
-                              capture_output=True, timeout=BUDGET_SECONDS)
+                              capture_output=True, timeout=BUDGET_SECONDS if seconds is None else seconds)
     except subprocess.TimeoutExpired:
-        return f"error: took longer than {BUDGET_SECONDS:g} s"
+        return f"error: ran past this answer's {BUDGET_SECONDS:g} s plugin budget"
     try:
         answer = json.loads(proc.stdout)
     except ValueError:
@@ -181,13 +185,20 @@ def run_commands(generated: str, enabled: set[str]) -> str | None:
     if not block:
         return None
     lines = []
-    for name, argument in COMMAND.findall(block.group(1)):
+    # One budget per answer, not per command: four slow commands must not hold the chat for four budgets.
+    deadline = time.monotonic() + BUDGET_SECONDS
+    for index, (name, argument) in enumerate(COMMAND.findall(block.group(1))):
         flag, _ = PLUGINS[name]
         argument = _argument(argument)
+        left = deadline - time.monotonic()
         if flag not in enabled:
             result = f"{name} is disabled (start chat with --with-plugins {flag})"
+        elif index >= MAX_COMMANDS:
+            result = f"error: more than {MAX_COMMANDS} commands in one answer"
+        elif left <= 0.05:
+            result = f"error: this answer's {BUDGET_SECONDS:g} s plugin budget is spent"
         else:
-            result = run_isolated(name, argument)
+            result = run_isolated(name, argument, left)
         lines.append(f'{name}("{argument}") => {result}')
     if not lines:
         return None
