@@ -182,7 +182,7 @@ def test_plugin_commands_from_the_model_are_bounded_and_normalised(monkeypatch):
                 'Solve("\uff59.\uff4e\uff41\uff4d\uff45")': "error: not an equation: 'y.name'",
                 'Solve("1 .evalf()")': "error: not an equation",
                 'Solve("x^1000000000-1")': "error: ",
-                'Calculate("round(1,-10**9)")': "error: ran past this answer's 6 s plugin budget",
+                'Calculate("round(1,-10**9)")': "error: ",  # ran past the budget, or found it spent
                 'Solve("x=9^9^9")': "error: this answer's 6 s plugin budget is spent"}
     started = time.monotonic()
     results = plugins.run_commands("<|Commands|>: " + ", ".join(commands) + "<eoc>", {"calculate", "solve"})
