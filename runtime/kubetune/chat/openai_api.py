@@ -8,7 +8,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 class ApiError(Exception):
@@ -45,6 +45,13 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+# Fields that, set, ask for what this server does not do.
+_UNSUPPORTED = {"logprobs": "this server does not return log probabilities",
+                "top_logprobs": "this server does not return log probabilities",
+                "frequency_penalty": "not applied by this server; use repetition_penalty",
+                "presence_penalty": "not applied by this server; use repetition_penalty"}
+
+
 class _Sampling(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str
@@ -67,11 +74,11 @@ class _Sampling(BaseModel):
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
 
-    @field_validator("logprobs", "top_logprobs")
+    @field_validator(*_UNSUPPORTED)
     @classmethod
-    def _no_logprobs(cls, v: Any) -> Any:
-        if v:  # True, or a positive count (completions' logprobs=N)
-            raise ValueError("this server does not return log probabilities")
+    def _unsupported(cls, v: Any, info: ValidationInfo) -> Any:
+        if v:  # True, a non-zero penalty, or a positive count (completions' logprobs=N)
+            raise ValueError(_UNSUPPORTED[str(info.field_name)])
         return v
 
     @field_validator("response_format")
@@ -87,13 +94,6 @@ class _Sampling(BaseModel):
     def _no_tool_choice(cls, v: Any) -> Any:
         if v not in (None, "none", "auto"):
             raise ValueError("this server does not support tool or function calls")
-        return v
-
-    @field_validator("frequency_penalty", "presence_penalty")
-    @classmethod
-    def _no_openai_penalties(cls, v: Any) -> Any:
-        if v:
-            raise ValueError("not applied by this server; use repetition_penalty")
         return v
 
     @field_validator("stop")
