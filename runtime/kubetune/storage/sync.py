@@ -77,6 +77,7 @@ def download_checkpoint(remote: s3.S3Uri, step: int, work_dir: Path) -> Path:
     for rel, meta in content["files"].items():
         if sha256(paths[rel]) != meta["sha256"]:
             raise StorageError(f"{source.join(rel)}: sha256 does not match the manifest; not resuming from it")
+    (tmp / MANIFEST).write_text(json.dumps(content, indent=1))  # the local copy vouches for itself as the remote did
     final = work_dir / f"iter_{step}"
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
