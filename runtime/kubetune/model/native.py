@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from kubetune.storage import cache_root
+
 WEIGHTS = (".safetensors", ".bin")
 
 
@@ -30,16 +32,12 @@ def native_path(path: Path) -> Path:
     family = config.get("model_type")
     if family not in CONVERSIONS or not isinstance(config.get("auto_map"), dict):
         return path
-    target = _cache() / f"{family}-{_digest(path)}"
+    target = cache_root() / "native" / f"{family}-{_digest(path)}"
     if not (target / ".complete").exists():
         print(f"kubetune: {path}: {family} loads as transformers' {CONVERSIONS[family][0]} (the same weights, "
               f"converted once into {target})", file=sys.stderr, flush=True)
-        _convert(path, target, config, CONVERSIONS[family][1])
+        _convert(path, target, config)
     return target
-
-
-def _cache() -> Path:
-    return Path(os.environ.get("KUBETUNE_CACHE") or Path.home() / ".cache" / "kubetune") / "native"
 
 
 def _digest(path: Path) -> str:
@@ -50,14 +48,15 @@ def _digest(path: Path) -> str:
     return hashlib.sha256("\n".join([str(path.resolve()), *parts]).encode()).hexdigest()[:16]
 
 
-def _convert(source: Path, target: Path, config: dict[str, Any], tensors: Callable[[dict, dict], dict]) -> None:
+def _convert(source: Path, target: Path, config: dict[str, Any]) -> None:
     """Write the copy into a private folder, then move it into place: ranks converting at once never read a half."""
     from safetensors.torch import save_file
 
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    native = CONVERSIONS[config["model_type"]][2](config)
+    _, tensors, native_config = CONVERSIONS[config["model_type"]]
+    native = native_config(config)
     (tmp / "config.json").write_text(json.dumps(native, indent=2))
     shards = sorted(p for p in source.iterdir() if p.suffix in WEIGHTS and p.name != "training_args.bin")
     if any(p.suffix == ".safetensors" for p in shards):

@@ -80,6 +80,3 @@ class Clock:
         """The schedule position that optimizer step `step` (0-based) uses: mmengine's schedulers step once an
         iteration, so by micro-batches the step uses the value of the last micro-batch of its window."""
         return self.consumed(step + 1) - 1 if self.by_iteration else step
-
-    def epoch_of(self, count: int) -> float:
-        return (count if self.by_iteration else self.consumed(count)) / self.per_epoch
